@@ -1,0 +1,1 @@
+//! End-to-end tests of the real `sluice` binary live in `tests/`; this library is empty.
