@@ -1,1 +1,74 @@
-fn main() {}
+//! Builds the Wasm modules the host embeds (the example overheat rule) from this repository's
+//! sources, so no `.wasm` file is ever committed. A nested `cargo build` for
+//! `wasm32-unknown-unknown` runs with its own target directory (the outer build holds the lock on
+//! the main one), and the resulting paths are passed to the crate as `SLUICE_*_WASM` variables.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The crates to build, with the env variable that carries each module's path.
+const MODULES: &[(&str, &str, &str)] = &[(
+    "sluice-rule-overheat",
+    "sluice_rule_overheat",
+    "SLUICE_OVERHEAT_WASM",
+)];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let root = manifest_dir.parent().expect("host/ sits in the workspace root");
+    for dir in ["guest-sdk", "rules-examples"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+
+    let target_dir = wasm_target_dir(root);
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .args(["build", "--target", "wasm32-unknown-unknown", "--profile", "wasm-rules"])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    for (package, _, _) in MODULES {
+        cmd.args(["-p", package]);
+    }
+    // The outer build's flags and wrappers (clippy, coverage) are for the host, not the guest.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("cannot run cargo to build the example rules");
+    assert!(
+        status.success(),
+        "building the example rules for wasm32-unknown-unknown failed; \
+         is the target installed? (rustup target add wasm32-unknown-unknown)"
+    );
+    for (_, file, var) in MODULES {
+        let path = target_dir
+            .join("wasm32-unknown-unknown")
+            .join("wasm-rules")
+            .join(format!("{file}.wasm"));
+        assert!(path.exists(), "expected {} after the build", path.display());
+        println!("cargo:rustc-env={var}={}", path.display());
+    }
+}
+
+/// `target/wasm-rules` beside the outer target directory, shared by every host build profile.
+fn wasm_target_dir(root: &Path) -> PathBuf {
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets it"));
+    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out; walk up to <target>.
+    out_dir
+        .ancestors()
+        .nth(4)
+        .map(|t| t.join("wasm-rules"))
+        .unwrap_or_else(|| root.join("target").join("wasm-rules"))
+}

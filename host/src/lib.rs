@@ -1,1 +1,17 @@
+//! sluice: a self-hostable IoT rules engine and message service.
+//!
+//! Layout, in the order a message flows:
+//! - [`ingest`]: sluice's own MQTT listener and the external-broker client; hands each message
+//!   over and waits for its ack.
+//! - [`rules`]: the Wasm sandbox, the rule set and the thing-model view.
+//! - [`store`]: durable topics, subscriptions and queues in SQLite (group commit).
+//! - [`pipeline`]: joins ingest -> rules -> store and sends acks back after the commit.
+//! - [`api`]: the HTTP API under `/v1/`, `/healthz`.
+//! - [`cli`]: the `sluice` command line (talks to the API, plus offline commands).
+//! - [`serve`]: wires everything for `sluice serve`; [`config`]: `sluice.toml` and flags.
+//! - [`ids`], [`names`], [`topic`]: message ids, object names and MQTT topic rules.
 
+pub mod ids;
+pub mod names;
+pub mod rules;
+pub mod topic;

@@ -1,0 +1,83 @@
+//! Counters of the ingest stage, kept as atomics so every connection can bump them without a
+//! lock; the metrics endpoint reads a snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Running totals for the ingest stage (shared by the listener, its sessions and the router).
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    /// Connections accepted (TCP), total.
+    pub connections_total: AtomicU64,
+    /// Sessions currently connected (CONNACK sent, not yet closed).
+    pub sessions_active: AtomicU64,
+    /// CONNECTs refused with a non-zero CONNACK code.
+    pub connects_refused_total: AtomicU64,
+    /// PUBLISH packets handed to the sink.
+    pub publishes_in_total: AtomicU64,
+    /// PUBACK/PUBREC (positive) sent after a commit.
+    pub acks_total: AtomicU64,
+    /// Publishes the pipeline rejected (negative ack or disconnect).
+    pub rejected_total: AtomicU64,
+    /// PUBLISH or SUBSCRIBE refused by the policy.
+    pub refused_total: AtomicU64,
+    /// Connections closed for a malformed or unexpected packet.
+    pub malformed_total: AtomicU64,
+    /// Connections closed because the keep-alive expired.
+    pub keepalive_timeouts_total: AtomicU64,
+    /// Downlink messages delivered into a session's queue.
+    pub downlink_total: AtomicU64,
+    /// Downlink messages dropped because a session's queue was full.
+    pub downlink_dropped_total: AtomicU64,
+}
+
+/// A plain copy of [`IngestCounters`] at one moment, for tests and the metrics endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestCountersSnapshot {
+    /// See [`IngestCounters::connections_total`].
+    pub connections_total: u64,
+    /// See [`IngestCounters::sessions_active`].
+    pub sessions_active: u64,
+    /// See [`IngestCounters::connects_refused_total`].
+    pub connects_refused_total: u64,
+    /// See [`IngestCounters::publishes_in_total`].
+    pub publishes_in_total: u64,
+    /// See [`IngestCounters::acks_total`].
+    pub acks_total: u64,
+    /// See [`IngestCounters::rejected_total`].
+    pub rejected_total: u64,
+    /// See [`IngestCounters::refused_total`].
+    pub refused_total: u64,
+    /// See [`IngestCounters::malformed_total`].
+    pub malformed_total: u64,
+    /// See [`IngestCounters::keepalive_timeouts_total`].
+    pub keepalive_timeouts_total: u64,
+    /// See [`IngestCounters::downlink_total`].
+    pub downlink_total: u64,
+    /// See [`IngestCounters::downlink_dropped_total`].
+    pub downlink_dropped_total: u64,
+}
+
+impl IngestCounters {
+    /// Reads every counter (relaxed: they are statistics, not synchronisation).
+    pub fn snapshot(&self) -> IngestCountersSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        IngestCountersSnapshot {
+            connections_total: r(&self.connections_total),
+            sessions_active: r(&self.sessions_active),
+            connects_refused_total: r(&self.connects_refused_total),
+            publishes_in_total: r(&self.publishes_in_total),
+            acks_total: r(&self.acks_total),
+            rejected_total: r(&self.rejected_total),
+            refused_total: r(&self.refused_total),
+            malformed_total: r(&self.malformed_total),
+            keepalive_timeouts_total: r(&self.keepalive_timeouts_total),
+            downlink_total: r(&self.downlink_total),
+            downlink_dropped_total: r(&self.downlink_dropped_total),
+        }
+    }
+}
+
+/// Adds one to a counter.
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}

@@ -1,0 +1,732 @@
+//! One device connection, from CONNECT to close.
+//!
+//! A single task owns the socket and runs a `select!` over: reading packets, the ordered queue
+//! of pending acks (`FuturesOrdered`, so PUBACKs leave in the order the PUBLISHes came while many
+//! commits are in flight), a message waiting for room in the sink, downlink messages from the
+//! router, the keep-alive timer, takeover and shutdown. Nothing here holds a lock across an
+//! await, and the reader only ever waits on the pipeline through the bounded sink (or the
+//! per-connection in-flight bound): that is the back-pressure that reaches the device.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{
+    sniff_connect, AckReason, CloseReason, Codec, ConnAckCode, ConnectPacket, InPublish, Inbound,
+    Outbound, Sniff, SubCode,
+};
+use super::counters::{bump, IngestCounters};
+use super::listener::ListenerConfig;
+use super::router::{Downlink, SessionRouter};
+use super::topic::{validate_filter, validate_topic, SHARED_PREFIX};
+use super::{
+    now_ms, Ack, AckOutcome, ConnectInfo, ConnectRefusal, IngestMessage, IngestSink, Ingested,
+    ProtocolVersion, SessionInfo,
+};
+
+/// What every session of one listener shares.
+pub(crate) struct SessionCtx {
+    pub cfg: Arc<ListenerConfig>,
+    pub router: SessionRouter,
+    pub counters: Arc<IngestCounters>,
+    pub sink: IngestSink,
+    pub shutdown: CancellationToken,
+}
+
+/// Free space kept in the read buffer before each read.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// How long the last words (final acks, a DISCONNECT) may take to write before closing.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
+
+/// Serves one accepted connection to the end; never panics on what the device sends.
+pub(crate) async fn run_connection(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<SessionCtx>) {
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let Some((codec, connect)) = read_connect(&mut stream, peer, &ctx, &mut rbuf).await else {
+        return;
+    };
+    let Some(mut session) = accept_connect(&mut stream, peer, &ctx, codec, connect, rbuf).await
+    else {
+        return;
+    };
+    bump(&ctx.counters.sessions_active);
+    let exit = session.run(&mut stream).await;
+    session.close(&mut stream, exit).await;
+    ctx.router
+        .unregister(session.session_id, &session.info.client_id);
+    ctx.counters.sessions_active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Reads until a complete CONNECT is buffered, choosing the codec from its protocol level.
+async fn read_connect(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    ctx: &SessionCtx,
+    rbuf: &mut BytesMut,
+) -> Option<(Codec, ConnectPacket)> {
+    let max = ctx.cfg.max_packet_size_bytes;
+    let deadline = Instant::now() + ctx.cfg.connect_timeout;
+    loop {
+        match sniff_connect(rbuf, max) {
+            Sniff::Incomplete => {}
+            Sniff::Version(protocol) => {
+                let codec = Codec {
+                    protocol,
+                    max_incoming: max,
+                    max_outgoing: None,
+                };
+                match codec.decode(rbuf) {
+                    Ok(Some(Inbound::Connect(c))) => return Some((codec, c)),
+                    Ok(Some(other)) => {
+                        return malformed(ctx, peer, &format!("expected CONNECT, got {other:?}"))
+                    }
+                    Ok(None) => {}
+                    Err(e) => return malformed(ctx, peer, &e.to_string()),
+                }
+            }
+            Sniff::UnsupportedLevel(level) => {
+                // Answer in the 3.1.1 format every version understands, then close.
+                let codec = Codec {
+                    protocol: ProtocolVersion::V311,
+                    max_incoming: max,
+                    max_outgoing: None,
+                };
+                let mut out = BytesMut::new();
+                let _ = codec.encode(connack(ConnAckCode::UnsupportedVersion), &mut out);
+                let _ = tokio::time::timeout(FINAL_FLUSH, stream.write_all(&out)).await;
+                bump(&ctx.counters.connects_refused_total);
+                tracing::info!(%peer, level, "MQTT CONNECT refused: unsupported protocol level");
+                return None;
+            }
+            Sniff::NotConnect(kind) => {
+                return malformed(
+                    ctx,
+                    peer,
+                    &format!("first packet is not CONNECT (packet type {kind})"),
+                )
+            }
+            Sniff::Malformed => return malformed(ctx, peer, "malformed or oversized CONNECT"),
+        }
+        if rbuf.capacity() - rbuf.len() < 1024 {
+            rbuf.reserve(READ_CHUNK_BYTES);
+        }
+        let read = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return None,
+            read = tokio::time::timeout_at(deadline, stream.read_buf(rbuf)) => read,
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                tracing::debug!(%peer, "MQTT connection sent no CONNECT in time");
+                return None;
+            }
+        }
+    }
+}
+
+fn malformed<T>(ctx: &SessionCtx, peer: SocketAddr, why: &str) -> Option<T> {
+    bump(&ctx.counters.malformed_total);
+    tracing::warn!(%peer, "closing MQTT connection: {why}");
+    None
+}
+
+fn connack(code: ConnAckCode) -> Outbound<'static> {
+    Outbound::ConnAck {
+        session_present: false,
+        code,
+        assigned_client_id: None,
+        receive_maximum: 0,
+        max_packet_size: 0,
+    }
+}
+
+/// Applies the client-id rules and the policy, answers with the CONNACK and registers the
+/// session with the router (taking over an older one with the same client id).
+async fn accept_connect(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    ctx: &Arc<SessionCtx>,
+    mut codec: Codec,
+    c: ConnectPacket,
+    rbuf: BytesMut,
+) -> Option<Session> {
+    let mut out = BytesMut::with_capacity(256);
+    let generated = c.client_id.is_empty();
+    let refusal = if generated && codec.protocol == ProtocolVersion::V311 && !c.clean_session {
+        // 3.1.1 (MQTT-3.1.3-8): an empty client id needs clean session.
+        Err(ConnectRefusal::BadClientId)
+    } else {
+        Ok(())
+    };
+    let client_id: Arc<str> = if generated {
+        Arc::from(format!("sluice-{:016x}", rand::random::<u64>()))
+    } else {
+        Arc::from(c.client_id)
+    };
+    let info = ConnectInfo {
+        client_id: client_id.clone(),
+        client_id_generated: generated,
+        username: c.username.clone(),
+        password: c.password,
+        peer,
+        protocol: codec.protocol,
+        clean_session: c.clean_session,
+    };
+    let decision = refusal.and_then(|()| ctx.cfg.policy.on_connect(&info));
+    let identity = match decision {
+        Ok(identity) => identity,
+        Err(refusal) => {
+            let code = match refusal {
+                ConnectRefusal::BadCredentials => ConnAckCode::BadCredentials,
+                ConnectRefusal::NotAuthorized => ConnAckCode::NotAuthorized,
+                ConnectRefusal::BadClientId => ConnAckCode::BadClientId,
+                ConnectRefusal::ServerUnavailable => ConnAckCode::ServerUnavailable,
+            };
+            let _ = codec.encode(connack(code), &mut out);
+            let _ = tokio::time::timeout(FINAL_FLUSH, stream.write_all(&out)).await;
+            let _ = tokio::time::timeout(FINAL_FLUSH, stream.shutdown()).await;
+            bump(&ctx.counters.connects_refused_total);
+            tracing::info!(%peer, %client_id, ?refusal, "MQTT CONNECT refused");
+            return None;
+        }
+    };
+
+    let (downlink_tx, downlink_rx) = mpsc::channel(ctx.cfg.downlink_queue_len.max(1));
+    let reg = ctx.router.register(client_id.clone(), downlink_tx);
+    if reg.took_over {
+        tracing::info!(%peer, %client_id, "MQTT session taken over by a new connection");
+    }
+    let max_inflight = ctx.cfg.max_inflight.max(1);
+    let announced_max = u32::try_from(ctx.cfg.max_packet_size_bytes.saturating_add(5))
+        .unwrap_or(u32::MAX);
+    let _ = codec.encode(
+        Outbound::ConnAck {
+            session_present: false,
+            code: ConnAckCode::Accepted,
+            assigned_client_id: generated.then_some(&*client_id),
+            receive_maximum: max_inflight,
+            max_packet_size: announced_max,
+        },
+        &mut out,
+    );
+    codec.max_outgoing = c.max_packet_size;
+    let out_window = usize::from(
+        ctx.cfg
+            .downlink_inflight
+            .min(c.receive_maximum.unwrap_or(u16::MAX))
+            .max(1),
+    );
+    let keep_alive = (c.keep_alive_secs > 0)
+        .then(|| Duration::from_millis(u64::from(c.keep_alive_secs) * 1500));
+    tracing::debug!(%peer, %client_id, protocol = ?codec.protocol, "MQTT session connected");
+    Some(Session {
+        ctx: ctx.clone(),
+        codec,
+        info: SessionInfo {
+            client_id,
+            identity,
+            username: c.username,
+            peer,
+            protocol: info.protocol,
+        },
+        session_id: reg.session_id,
+        takeover: reg.takeover,
+        downlink_rx,
+        rbuf,
+        wbuf: out,
+        pending: FuturesOrdered::new(),
+        stalled: None,
+        qos2_ids: HashSet::new(),
+        out_inflight: HashSet::new(),
+        out_window,
+        next_pkid: 0,
+        max_inflight: usize::from(max_inflight),
+        keep_alive,
+        last_read: Instant::now(),
+    })
+}
+
+/// How a publish's ack finished, as the session acts on it.
+enum Resolved {
+    Committed,
+    Rejected(String),
+    /// The pipeline dropped the ack without an outcome (counts as a rejection).
+    Dropped,
+    /// The policy refused the publish (MQTT 5 only; 3.1.1 closes instead).
+    NotAuthorized,
+    /// A resent QoS 2 publish whose exchange is already under way: answer PUBREC again.
+    Duplicate,
+}
+
+/// The ack of one QoS 1/2 publish, in the ordered queue.
+struct AckWait {
+    pkid: u16,
+    qos: u8,
+    rx: Option<oneshot::Receiver<AckOutcome>>,
+    ready: Option<Resolved>,
+}
+
+impl AckWait {
+    fn waiting(pkid: u16, qos: u8, rx: oneshot::Receiver<AckOutcome>) -> AckWait {
+        AckWait {
+            pkid,
+            qos,
+            rx: Some(rx),
+            ready: None,
+        }
+    }
+
+    fn ready(pkid: u16, qos: u8, resolved: Resolved) -> AckWait {
+        AckWait {
+            pkid,
+            qos,
+            rx: None,
+            ready: Some(resolved),
+        }
+    }
+}
+
+impl Future for AckWait {
+    type Output = (u16, u8, Resolved);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let resolved = match this.rx.as_mut() {
+            Some(rx) => match Pin::new(rx).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(AckOutcome::Committed)) => Resolved::Committed,
+                Poll::Ready(Ok(AckOutcome::Rejected(reason))) => Resolved::Rejected(reason),
+                Poll::Ready(Err(_)) => Resolved::Dropped,
+            },
+            None => this.ready.take().unwrap_or(Resolved::Dropped),
+        };
+        Poll::Ready((this.pkid, this.qos, resolved))
+    }
+}
+
+/// Why a session ended; decides the log line, the counter and the MQTT 5 DISCONNECT reason.
+#[derive(Debug)]
+enum Exit {
+    ClientClosed,
+    ClientDisconnect,
+    Io(std::io::Error),
+    WriteTimeout,
+    Malformed(String),
+    Protocol(String),
+    BadTopic(String),
+    NotAuthorized(String),
+    Rejected(String),
+    KeepAlive,
+    TakenOver,
+    Shutdown,
+    SinkClosed,
+}
+
+struct Session {
+    ctx: Arc<SessionCtx>,
+    codec: Codec,
+    info: SessionInfo,
+    session_id: u64,
+    takeover: CancellationToken,
+    downlink_rx: mpsc::Receiver<Downlink>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// Acks of QoS 1/2 publishes handed to the sink, in arrival order.
+    pending: FuturesOrdered<AckWait>,
+    /// A publish waiting for room in the sink (reads pause meanwhile).
+    stalled: Option<(Ingested, Option<AckWait>)>,
+    /// Packet ids of QoS 2 publishes received and not yet released by PUBREL.
+    qos2_ids: HashSet<u16>,
+    /// Packet ids of QoS 1 downlink publishes the device has not acked.
+    out_inflight: HashSet<u16>,
+    out_window: usize,
+    next_pkid: u16,
+    max_inflight: usize,
+    /// 1.5 x the client's keep-alive; `None` when the client disabled it.
+    keep_alive: Option<Duration>,
+    last_read: Instant,
+}
+
+impl Session {
+    async fn run(&mut self, stream: &mut TcpStream) -> Exit {
+        let ctx = self.ctx.clone();
+        let ka_sleep = tokio::time::sleep(self.keep_alive.unwrap_or(Duration::from_secs(3600)));
+        tokio::pin!(ka_sleep);
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            if drain_deadline.is_none() {
+                if let Err(exit) = self.process_input() {
+                    return exit;
+                }
+            } else if self.pending.is_empty() {
+                return Exit::Shutdown;
+            }
+            if let Err(exit) = self.flush(stream).await {
+                return exit;
+            }
+            let can_read = drain_deadline.is_none()
+                && self.stalled.is_none()
+                && self.pending.len() < self.max_inflight;
+            if !can_read {
+                // Paused by us, not silent: the keep-alive only counts the device's silence.
+                self.last_read = Instant::now();
+            }
+            let downlink_ready = drain_deadline.is_none() && self.out_inflight.len() < self.out_window;
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(READ_CHUNK_BYTES);
+            }
+            tokio::select! {
+                biased;
+                _ = self.takeover.cancelled() => return Exit::TakenOver,
+                _ = ctx.shutdown.cancelled(), if drain_deadline.is_none() => {
+                    drain_deadline = Some(Instant::now() + ctx.cfg.shutdown_grace);
+                    // Not handed over yet, so not acked: the device sends it again.
+                    self.stalled = None;
+                }
+                _ = sleep_until_opt(drain_deadline), if drain_deadline.is_some() => {
+                    return Exit::Shutdown;
+                }
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => {
+                    if let Err(exit) = self.on_ack(done) {
+                        return exit;
+                    }
+                    // Batch every ack that is ready into the same write.
+                    while let Some(Some(done)) = self.pending.next().now_or_never() {
+                        if let Err(exit) = self.on_ack(done) {
+                            return exit;
+                        }
+                    }
+                }
+                permit = ctx.sink.reserve(), if self.stalled.is_some() => {
+                    let Ok(permit) = permit else { return Exit::SinkClosed };
+                    if let Some((ingested, wait)) = self.stalled.take() {
+                        permit.send(ingested);
+                        bump(&ctx.counters.publishes_in_total);
+                        if let Some(wait) = wait {
+                            self.pending.push_back(wait);
+                        }
+                    }
+                }
+                read = stream.read_buf(&mut self.rbuf), if can_read => match read {
+                    Ok(0) => return Exit::ClientClosed,
+                    Ok(_) => self.last_read = Instant::now(),
+                    Err(e) => return Exit::Io(e),
+                },
+                Some(downlink) = self.downlink_rx.recv(), if downlink_ready => {
+                    self.send_downlink(downlink);
+                    while self.out_inflight.len() < self.out_window {
+                        let Ok(downlink) = self.downlink_rx.try_recv() else { break };
+                        self.send_downlink(downlink);
+                    }
+                }
+                () = &mut ka_sleep, if self.keep_alive.is_some() => {
+                    let ka = self.keep_alive.unwrap_or_default();
+                    let due = self.last_read + ka;
+                    if due <= Instant::now() {
+                        return Exit::KeepAlive;
+                    }
+                    ka_sleep.as_mut().reset(due);
+                }
+            }
+        }
+    }
+
+    /// Decodes and handles buffered packets while the in-flight bound and the sink allow.
+    fn process_input(&mut self) -> Result<(), Exit> {
+        let mut now = None;
+        while self.stalled.is_none() && self.pending.len() < self.max_inflight {
+            let packet = match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => break,
+                Err(e) => return Err(Exit::Malformed(e.to_string())),
+            };
+            match packet {
+                Inbound::Publish(p) => {
+                    let received_at_ms = *now.get_or_insert_with(now_ms);
+                    self.on_publish(p, received_at_ms)?;
+                }
+                Inbound::PubAck(pkid) => {
+                    self.out_inflight.remove(&pkid);
+                }
+                Inbound::PubRel(pkid) => {
+                    let found = self.qos2_ids.remove(&pkid);
+                    self.encode(Outbound::PubComp { pkid, found });
+                }
+                // sluice never sends QoS 2 downlink, so these answer nothing of ours.
+                Inbound::PubRec(_) | Inbound::PubComp(_) => {}
+                Inbound::Subscribe { pkid, filters } => self.on_subscribe(pkid, filters),
+                Inbound::Unsubscribe { pkid, filters } => {
+                    for filter in &filters {
+                        self.ctx.router.unsubscribe(self.session_id, filter);
+                    }
+                    self.encode(Outbound::UnsubAck {
+                        pkid,
+                        count: filters.len(),
+                    });
+                }
+                Inbound::PingReq => self.encode(Outbound::PingResp),
+                Inbound::Disconnect => return Err(Exit::ClientDisconnect),
+                Inbound::Connect(_) => return Err(Exit::Protocol("second CONNECT".into())),
+                Inbound::Unexpected(kind) => {
+                    return Err(Exit::Protocol(format!("unexpected {kind} from a client")))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_publish(&mut self, p: InPublish, received_at_ms: u64) -> Result<(), Exit> {
+        if let Err(e) = validate_topic(&p.topic) {
+            return Err(Exit::BadTopic(format!("{:?}: {e}", p.topic)));
+        }
+        let ctx = &self.ctx;
+        if !ctx.cfg.policy.may_publish(&self.info, &p.topic) {
+            bump(&ctx.counters.refused_total);
+            if self.codec.protocol == ProtocolVersion::V311 {
+                // 3.1.1 has no negative ack; closing is the visible answer (MQTT-3.3.5).
+                return Err(Exit::NotAuthorized(p.topic));
+            }
+            if p.qos > 0 {
+                self.pending
+                    .push_back(AckWait::ready(p.pkid, p.qos, Resolved::NotAuthorized));
+            }
+            return Ok(());
+        }
+        if p.qos == 2 && !self.qos2_ids.insert(p.pkid) {
+            self.pending
+                .push_back(AckWait::ready(p.pkid, 2, Resolved::Duplicate));
+            return Ok(());
+        }
+        let (ack, wait) = if p.qos == 0 {
+            (Ack::detached(), None)
+        } else {
+            let (ack, rx) = Ack::channel();
+            (ack, Some(AckWait::waiting(p.pkid, p.qos, rx)))
+        };
+        let ingested = Ingested {
+            message: IngestMessage {
+                topic: p.topic,
+                payload: p.payload,
+                qos: p.qos,
+                retain: p.retain,
+                client_id: self.info.client_id.clone(),
+                identity: self.info.identity.clone(),
+                peer: Some(self.info.peer),
+                received_at_ms,
+            },
+            ack,
+        };
+        match ctx.sink.try_send(ingested) {
+            Ok(()) => {
+                bump(&ctx.counters.publishes_in_total);
+                if let Some(wait) = wait {
+                    self.pending.push_back(wait);
+                }
+            }
+            Err(mpsc::error::TrySendError::Full(ingested)) => self.stalled = Some((ingested, wait)),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Exit::SinkClosed),
+        }
+        Ok(())
+    }
+
+    fn on_ack(&mut self, (pkid, qos, resolved): (u16, u8, Resolved)) -> Result<(), Exit> {
+        let counters = &self.ctx.counters;
+        let reason = match resolved {
+            Resolved::Committed => {
+                bump(&counters.acks_total);
+                AckReason::Success
+            }
+            Resolved::Duplicate => AckReason::Success,
+            Resolved::NotAuthorized => {
+                self.qos2_ids.remove(&pkid);
+                AckReason::NotAuthorized
+            }
+            Resolved::Rejected(_) | Resolved::Dropped => {
+                bump(&counters.rejected_total);
+                self.qos2_ids.remove(&pkid);
+                let why = match resolved {
+                    Resolved::Rejected(reason) => reason,
+                    _ => "ack dropped without an outcome".to_owned(),
+                };
+                if self.codec.protocol == ProtocolVersion::V311 {
+                    return Err(Exit::Rejected(why));
+                }
+                tracing::warn!(peer = %self.info.peer, client_id = %self.info.client_id, pkid, reason = %why, "publish not committed, negative ack sent");
+                AckReason::UnspecifiedError
+            }
+        };
+        if qos == 1 {
+            self.encode(Outbound::PubAck { pkid, reason });
+        } else {
+            self.encode(Outbound::PubRec { pkid, reason });
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, pkid: u16, filters: Vec<(String, u8)>) {
+        let ctx = self.ctx.clone();
+        let codes: Vec<SubCode> = filters
+            .into_iter()
+            .map(|(filter, qos)| {
+                if validate_filter(&filter).is_err() {
+                    SubCode::InvalidFilter
+                } else if filter.starts_with(SHARED_PREFIX) {
+                    SubCode::SharedNotSupported
+                } else if !ctx.cfg.policy.may_subscribe(&self.info, &filter) {
+                    bump(&ctx.counters.refused_total);
+                    SubCode::Refused
+                } else {
+                    let granted = qos.min(1);
+                    ctx.router.subscribe(self.session_id, &filter, granted);
+                    SubCode::Granted(granted)
+                }
+            })
+            .collect();
+        self.encode(Outbound::SubAck {
+            pkid,
+            codes: &codes,
+        });
+    }
+
+    fn send_downlink(&mut self, d: Downlink) {
+        let pkid = if d.qos > 0 { self.alloc_pkid() } else { 0 };
+        let encoded = self.codec.encode(
+            Outbound::Publish {
+                topic: &d.topic,
+                payload: d.payload,
+                qos: d.qos,
+                pkid,
+                retain: false,
+            },
+            &mut self.wbuf,
+        );
+        match encoded {
+            Ok(()) if pkid != 0 => {
+                self.out_inflight.insert(pkid);
+            }
+            Ok(()) => {}
+            Err(e) => {
+                bump(&self.ctx.counters.downlink_dropped_total);
+                tracing::debug!(client_id = %self.info.client_id, error = %e, "downlink not sent");
+            }
+        }
+    }
+
+    /// The next packet id not in use by an unacked downlink (never 0).
+    fn alloc_pkid(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            if self.next_pkid != 0 && !self.out_inflight.contains(&self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    fn encode(&mut self, packet: Outbound<'_>) {
+        if let Err(e) = self.codec.encode(packet, &mut self.wbuf) {
+            tracing::debug!(client_id = %self.info.client_id, error = %e, "packet not encoded");
+        }
+    }
+
+    async fn flush(&mut self, stream: &mut TcpStream) -> Result<(), Exit> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.ctx.cfg.write_timeout, stream.write_all(&self.wbuf)).await
+        {
+            Ok(Ok(())) => {
+                self.wbuf.clear();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(Exit::Io(e)),
+            Err(_) => Err(Exit::WriteTimeout),
+        }
+    }
+
+    /// Logs and counts the end, says goodbye to MQTT 5 clients, flushes what is left (acks of
+    /// commits that already happened) and closes the socket.
+    async fn close(&mut self, stream: &mut TcpStream, exit: Exit) {
+        let peer = self.info.peer;
+        let client_id = self.info.client_id.clone();
+        let counters = &self.ctx.counters;
+        let reason = match &exit {
+            Exit::ClientClosed | Exit::ClientDisconnect => {
+                tracing::debug!(%peer, %client_id, "MQTT session closed by the client");
+                None
+            }
+            Exit::Io(e) => {
+                tracing::debug!(%peer, %client_id, error = %e, "MQTT connection error");
+                None
+            }
+            Exit::WriteTimeout => {
+                tracing::warn!(%peer, %client_id, "closing MQTT connection: device does not read");
+                None
+            }
+            Exit::Malformed(why) => {
+                bump(&counters.malformed_total);
+                tracing::warn!(%peer, %client_id, "closing MQTT connection: malformed packet: {why}");
+                None
+            }
+            Exit::Protocol(why) => {
+                bump(&counters.malformed_total);
+                tracing::warn!(%peer, %client_id, "closing MQTT connection: protocol error: {why}");
+                Some(CloseReason::ProtocolError)
+            }
+            Exit::BadTopic(why) => {
+                bump(&counters.malformed_total);
+                tracing::warn!(%peer, %client_id, "closing MQTT connection: invalid topic {why}");
+                Some(CloseReason::TopicNameInvalid)
+            }
+            Exit::NotAuthorized(topic) => {
+                tracing::warn!(%peer, %client_id, %topic, "closing MQTT connection: publish not authorized");
+                Some(CloseReason::NotAuthorized)
+            }
+            Exit::Rejected(why) => {
+                tracing::warn!(%peer, %client_id, reason = %why, "closing MQTT connection: publish not committed, the device will resend");
+                Some(CloseReason::UnspecifiedError)
+            }
+            Exit::KeepAlive => {
+                bump(&counters.keepalive_timeouts_total);
+                tracing::info!(%peer, %client_id, "closing MQTT connection: keep-alive expired");
+                Some(CloseReason::KeepAliveTimeout)
+            }
+            Exit::TakenOver => Some(CloseReason::SessionTakenOver),
+            Exit::Shutdown => Some(CloseReason::ServerShuttingDown),
+            Exit::SinkClosed => {
+                tracing::warn!(%peer, %client_id, "closing MQTT connection: pipeline is gone");
+                Some(CloseReason::ServerShuttingDown)
+            }
+        };
+        if matches!(exit, Exit::Io(_) | Exit::WriteTimeout | Exit::ClientClosed) {
+            return;
+        }
+        if let Some(reason) = reason {
+            self.encode(Outbound::Disconnect(reason));
+        }
+        if !self.wbuf.is_empty() {
+            let _ = tokio::time::timeout(FINAL_FLUSH, stream.write_all(&self.wbuf)).await;
+        }
+        let _ = tokio::time::timeout(FINAL_FLUSH, stream.shutdown()).await;
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

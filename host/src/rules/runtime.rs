@@ -1,0 +1,985 @@
+//! The Wasm sandbox every rule runs in: one wasmtime `Engine` per process, each rule module
+//! compiled and linked once ([`RuleModule`]), and one reusable [`RuleInstance`] per rule per worker.
+//!
+//! Bounds: a CPU deadline per call (epoch interruption, driven by one ticker thread), a memory cap
+//! per instance (a [`wasmtime::ResourceLimiter`]), no WASI — a module sees only the `sluice_v1`
+//! imports of `guest-sdk/ABI.md`. A failure of any kind fails one message for one rule and is
+//! classified into a [`FailureKind`] from typed state (the trap code, flags the host set), never
+//! from error text.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{RngCore, SeedableRng};
+use sluice_guest::abi::{self, imports, Status};
+use wasmtime::{
+    Caller, Config, Engine, ExternType, InstancePre, Linker, Memory, Module, ResourceLimiter,
+    Store, Trap, TypedFunc, ValType,
+};
+
+use super::actions::{Action, Grant};
+use super::time_format;
+
+/// Limits of the sandbox. Defaults are generous for rules and tight for runaways.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Most linear memory one instance may have.
+    pub max_memory_bytes: usize,
+    /// CPU wall-time bound of one call (one message); rounded up to whole epoch ticks.
+    pub call_timeout: Duration,
+    /// How often the epoch advances; the deadline's resolution.
+    pub epoch_tick: Duration,
+}
+
+/// 16 MiB: ample for JSON rules, small enough that 100 rules x 2 workers stay bounded.
+pub const DEFAULT_MAX_MEMORY_BYTES: usize = 16 * 1024 * 1024;
+/// 100 ms: a rule costs microseconds; this only stops runaways without cutting slow honest ones.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(100);
+/// 10 ms ticks: the epoch ticker costs nothing measurable at this rate.
+pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(10);
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            epoch_tick: DEFAULT_EPOCH_TICK,
+        }
+    }
+}
+
+/// Why a module was refused at load.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Not valid WebAssembly (or not compilable).
+    #[error("not a valid WebAssembly module: {0}")]
+    Invalid(String),
+    /// An import outside the ABI.
+    #[error("imports `{module}::{name}`, which sluice does not provide (rules may import only functions of `{}`; see guest-sdk/ABI.md)", abi::IMPORT_MODULE)]
+    ForeignImport {
+        /// Import module.
+        module: String,
+        /// Import name.
+        name: String,
+    },
+    /// An ABI import with the wrong signature.
+    #[error("imports `{}::{name}` with the wrong signature: {detail}", abi::IMPORT_MODULE)]
+    ImportSignature {
+        /// Import name.
+        name: String,
+        /// What wasmtime said.
+        detail: String,
+    },
+    /// A required export is missing.
+    #[error("does not export `{0}` (required by ABI v1; see guest-sdk/ABI.md)")]
+    MissingExport(&'static str),
+    /// A required export has the wrong type.
+    #[error("exports `{name}` with the wrong type: expected {expected}")]
+    ExportSignature {
+        /// Export name.
+        name: &'static str,
+        /// The type ABI v1 requires.
+        expected: &'static str,
+    },
+    /// `sluice_abi_version` returned another version.
+    #[error("speaks ABI version {0}, but this sluice runs version {ver} modules", ver = abi::ABI_VERSION)]
+    AbiVersion(i32),
+    /// Instantiation or `sluice_init` failed.
+    #[error("failed to start: {0}")]
+    Start(String),
+}
+
+/// Why one message failed for one rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// A trap: unreachable, integer overflow, bad memory access inside the guest, ...
+    Trap,
+    /// The CPU bound of the call was reached.
+    Timeout,
+    /// The memory cap was reached.
+    OutOfMemory,
+    /// The guest's stack overflowed.
+    StackOverflow,
+    /// An import was given a pointer range outside the guest's memory.
+    BadPointer,
+    /// A decision broke the rules: unknown action, outside the grant, too many, too large.
+    MalformedDecision,
+    /// `sluice_on_message` returned a value that is not a status.
+    BadStatus,
+    /// The rule itself failed the message (`fail`).
+    RuleError,
+}
+
+impl FailureKind {
+    /// Every kind, for counters and tables.
+    pub const ALL: [FailureKind; 8] = [
+        FailureKind::Trap,
+        FailureKind::Timeout,
+        FailureKind::OutOfMemory,
+        FailureKind::StackOverflow,
+        FailureKind::BadPointer,
+        FailureKind::MalformedDecision,
+        FailureKind::BadStatus,
+        FailureKind::RuleError,
+    ];
+
+    /// The label used in counters, logs and the error action (bounded cardinality).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Trap => "trap",
+            FailureKind::Timeout => "timeout",
+            FailureKind::OutOfMemory => "out_of_memory",
+            FailureKind::StackOverflow => "stack_overflow",
+            FailureKind::BadPointer => "bad_pointer",
+            FailureKind::MalformedDecision => "malformed_decision",
+            FailureKind::BadStatus => "bad_status",
+            FailureKind::RuleError => "rule_error",
+        }
+    }
+}
+
+/// One failed message for one rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", kind.as_str())]
+pub struct RuleFailure {
+    /// The classification.
+    pub kind: FailureKind,
+    /// A human-readable reason.
+    pub message: String,
+}
+
+/// Where a decision goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A sluice topic.
+    Forward(String),
+    /// An MQTT topic.
+    Republish {
+        /// The MQTT topic.
+        topic: String,
+        /// 0 or 1.
+        qos: u8,
+    },
+    /// `emit_output` from a rule that has no actions (`sluice rule eval` without `--action`).
+    Output,
+}
+
+/// One decision of a rule for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Where the payload goes.
+    pub target: Target,
+    /// The bytes to deliver.
+    pub payload: Vec<u8>,
+}
+
+/// What a rule made of a message that did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The decisions to carry out (none: the rule did not fire).
+    Emitted(Vec<Decision>),
+    /// The rule dropped the message on purpose.
+    Dropped,
+}
+
+/// The message as a rule sees it. Borrowed: the host copies only what a call needs.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleInput<'a> {
+    /// The MQTT topic.
+    pub topic: &'a str,
+    /// The payload passed to the rule (the platform view on thing-model topics).
+    pub payload: &'a [u8],
+    /// The payload as published.
+    pub raw_payload: &'a [u8],
+    /// The message id.
+    pub message_id: &'a str,
+    /// The device's product key.
+    pub product_key: &'a str,
+    /// The device's name.
+    pub device_name: &'a str,
+    /// Ingest time, ms since the epoch.
+    pub timestamp_ms: i64,
+    /// The device's tags (`attribute()`, `device_tag`).
+    pub tags: Option<&'a Arc<dyn TagSource>>,
+}
+
+/// Device tags, looked up per call (the device registry implements it).
+pub trait TagSource: Send + Sync + std::fmt::Debug {
+    /// The value of `key` for the device, if any.
+    fn tag(&self, product_key: &str, device_name: &str, key: &str) -> Option<String>;
+}
+
+/// Where `now_ms` and randomness come from: the system, or fixed values for `rule eval` and tests.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// A fixed clock in ms; `None` = the system clock.
+    pub fixed_now_ms: Option<i64>,
+    /// A seed for `random_fill`; `None` = from the OS.
+    pub seed: Option<u64>,
+    /// The rule's timezone offset from UTC, in seconds (for `format_time`).
+    pub utc_offset_seconds: i32,
+}
+
+/// How a rule is bound: its actions, grant and FROM filter — checked on every decision.
+#[derive(Debug, Clone, Default)]
+pub struct Binding {
+    /// The rule's actions, in order (`emit_action` indexes them).
+    pub actions: Vec<Action>,
+    /// What the rule may write to.
+    pub grant: Grant,
+    /// The rule's FROM filter (a republish may never target it).
+    pub from_filter: String,
+}
+
+/// The per-process Wasm engine: compiles modules and bounds every call.
+pub struct RuleRuntime {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    config: SandboxConfig,
+    _ticker: Arc<EpochTicker>,
+}
+
+impl std::fmt::Debug for RuleRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleRuntime").field("config", &self.config).finish()
+    }
+}
+
+/// Advances the engine's epoch every tick until dropped.
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl RuleRuntime {
+    /// Creates the engine, the ABI linker and the epoch ticker thread.
+    pub fn new(config: SandboxConfig) -> Result<RuleRuntime, wasmtime::Error> {
+        let mut wasm_config = Config::new();
+        wasm_config.epoch_interruption(true);
+        wasm_config.max_wasm_stack(512 * 1024);
+        let engine = Engine::new(&wasm_config)?;
+        let mut linker = Linker::new(&engine);
+        define_imports(&mut linker)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = stop.clone();
+            let tick = config.epoch_tick;
+            std::thread::Builder::new()
+                .name("sluice-epoch".into())
+                .spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(wasmtime::Error::from)?;
+        }
+        Ok(RuleRuntime {
+            engine,
+            linker: Arc::new(linker),
+            config,
+            _ticker: Arc::new(EpochTicker { stop }),
+        })
+    }
+
+    /// The sandbox limits in force.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Compiles and checks a module against ABI v1: imports, exports, version, and a trial
+    /// instantiation (so a module that cannot start is refused now, not at its first message).
+    pub fn load(&self, wasm: &[u8]) -> Result<RuleModule, LoadError> {
+        let module =
+            Module::new(&self.engine, wasm).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        for import in module.imports() {
+            if import.module() != abi::IMPORT_MODULE || !imports::ALL.contains(&import.name()) {
+                return Err(LoadError::ForeignImport {
+                    module: import.module().to_string(),
+                    name: import.name().to_string(),
+                });
+            }
+        }
+        check_export(&module, abi::EXPORT_MEMORY, None)?;
+        check_export(&module, abi::EXPORT_ABI_VERSION, Some((&[], "() -> i32")))?;
+        check_export(
+            &module,
+            abi::EXPORT_ALLOC,
+            Some((&[ValType::I32], "(i32) -> i32")),
+        )?;
+        check_export(
+            &module,
+            abi::EXPORT_ON_MESSAGE,
+            Some((&[ValType::I32, ValType::I32], "(i32, i32) -> i32")),
+        )?;
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| LoadError::ImportSignature {
+                name: module
+                    .imports()
+                    .map(|i| i.name().to_string())
+                    .find(|n| format!("{e:#}").contains(n.as_str()))
+                    .unwrap_or_default(),
+                detail: format!("{e:#}"),
+            })?;
+        let loaded = RuleModule {
+            pre,
+            module_bytes: wasm.len(),
+        };
+        // A trial instance proves the version, the memory cap and `sluice_init`.
+        self.instantiate(&loaded, Binding::default(), Environment::default())?;
+        Ok(loaded)
+    }
+
+    /// A fresh instance of `module` for one worker, bound to a rule's actions and grant.
+    pub fn instantiate(
+        &self,
+        module: &RuleModule,
+        binding: Binding,
+        env: Environment,
+    ) -> Result<RuleInstance, LoadError> {
+        let rng = match env.seed {
+            Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
+            None => rand::rngs::StdRng::from_os_rng(),
+        };
+        let state = HostState {
+            limits: MemoryCap {
+                max_bytes: self.config.max_memory_bytes,
+                exceeded: false,
+            },
+            binding,
+            env,
+            rng,
+            memory: None,
+            call: CallState::default(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.deadline_ticks());
+        let instance = module.pre.instantiate(&mut store).map_err(|e| {
+            if store.data().limits.exceeded {
+                LoadError::Start(format!(
+                    "its initial memory exceeds the sandbox cap of {} bytes",
+                    self.config.max_memory_bytes
+                ))
+            } else {
+                LoadError::Start(format!("{e:#}"))
+            }
+        })?;
+        let memory = instance
+            .get_memory(&mut store, abi::EXPORT_MEMORY)
+            .ok_or(LoadError::MissingExport(abi::EXPORT_MEMORY))?;
+        store.data_mut().memory = Some(memory);
+        let version: TypedFunc<(), i32> = instance
+            .get_typed_func(&mut store, abi::EXPORT_ABI_VERSION)
+            .map_err(|_| LoadError::MissingExport(abi::EXPORT_ABI_VERSION))?;
+        store.set_epoch_deadline(self.deadline_ticks());
+        let v = version
+            .call(&mut store, ())
+            .map_err(|e| LoadError::Start(format!("sluice_abi_version trapped: {e:#}")))?;
+        if v != abi::ABI_VERSION {
+            return Err(LoadError::AbiVersion(v));
+        }
+        if let Ok(init) = instance.get_typed_func::<(), i32>(&mut store, abi::EXPORT_INIT) {
+            store.set_epoch_deadline(self.deadline_ticks());
+            let status = init
+                .call(&mut store, ())
+                .map_err(|e| LoadError::Start(format!("sluice_init trapped: {e:#}")))?;
+            if status != 0 {
+                return Err(LoadError::Start(format!(
+                    "sluice_init returned {status} (expected 0)"
+                )));
+            }
+        }
+        let alloc = instance
+            .get_typed_func(&mut store, abi::EXPORT_ALLOC)
+            .map_err(|_| LoadError::MissingExport(abi::EXPORT_ALLOC))?;
+        let on_message = instance
+            .get_typed_func(&mut store, abi::EXPORT_ON_MESSAGE)
+            .map_err(|_| LoadError::MissingExport(abi::EXPORT_ON_MESSAGE))?;
+        Ok(RuleInstance {
+            store,
+            memory,
+            alloc,
+            on_message,
+            input_ptr: 0,
+            input_cap: 0,
+            deadline_ticks: self.deadline_ticks(),
+            poisoned: false,
+        })
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        let tick = self.config.epoch_tick.as_micros().max(1);
+        (self.config.call_timeout.as_micros().div_ceil(tick) as u64).max(1) + 1
+    }
+}
+
+fn check_export(
+    module: &Module,
+    name: &'static str,
+    func: Option<(&[ValType], &'static str)>,
+) -> Result<(), LoadError> {
+    let ty = module.get_export(name).ok_or(LoadError::MissingExport(name))?;
+    match (func, ty) {
+        (None, ExternType::Memory(_)) => Ok(()),
+        (None, _) => Err(LoadError::ExportSignature {
+            name,
+            expected: "a memory",
+        }),
+        (Some((params, expected)), ExternType::Func(f)) => {
+            let params_ok = f.params().len() == params.len()
+                && f.params().zip(params).all(|(a, b)| a.matches(b));
+            let results: Vec<ValType> = f.results().collect();
+            let results_ok = results.len() == 1 && results[0].matches(&ValType::I32);
+            if params_ok && results_ok {
+                Ok(())
+            } else {
+                Err(LoadError::ExportSignature { name, expected })
+            }
+        }
+        (Some((_, expected)), _) => Err(LoadError::ExportSignature { name, expected }),
+    }
+}
+
+/// A compiled, linked module: instantiating it is cheap.
+#[derive(Clone)]
+pub struct RuleModule {
+    pre: InstancePre<HostState>,
+    module_bytes: usize,
+}
+
+impl RuleModule {
+    /// Size of the module as uploaded.
+    pub fn size_bytes(&self) -> usize {
+        self.module_bytes
+    }
+}
+
+impl std::fmt::Debug for RuleModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleModule")
+            .field("size_bytes", &self.module_bytes)
+            .finish()
+    }
+}
+
+/// One live instance of a rule, reused for every message a worker hands it.
+pub struct RuleInstance {
+    store: Store<HostState>,
+    memory: Memory,
+    alloc: TypedFunc<i32, i32>,
+    on_message: TypedFunc<(i32, i32), i32>,
+    input_ptr: u32,
+    input_cap: u32,
+    deadline_ticks: u64,
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for RuleInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleInstance")
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+impl RuleInstance {
+    /// Runs the rule on one message.
+    pub fn call(&mut self, input: &RuleInput<'_>) -> Result<Outcome, RuleFailure> {
+        let len = u32::try_from(input.payload.len()).map_err(|_| RuleFailure {
+            kind: FailureKind::Trap,
+            message: "payload larger than 4 GiB".into(),
+        })?;
+        self.store.data_mut().call.begin(input);
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let result = self.call_inner(input.payload, len);
+        let state = self.store.data_mut();
+        let call = std::mem::take(&mut state.call);
+        let exceeded = std::mem::replace(&mut state.limits.exceeded, false);
+        match result {
+            Err(err) => {
+                // A trapped instance may hold broken state; the caller replaces it.
+                self.poisoned = true;
+                Err(classify(err, &call, exceeded))
+            }
+            Ok(status) => {
+                if let Some(violation) = call.violation {
+                    return Err(RuleFailure {
+                        kind: FailureKind::MalformedDecision,
+                        message: violation,
+                    });
+                }
+                match Status::from_code(status) {
+                    Some(Status::Ok) => Ok(Outcome::Emitted(call.decisions)),
+                    Some(Status::Drop) => Ok(Outcome::Dropped),
+                    Some(Status::Failed) => Err(RuleFailure {
+                        kind: FailureKind::RuleError,
+                        message: call
+                            .failure
+                            .unwrap_or_else(|| "the rule failed the message".into()),
+                    }),
+                    _ => Err(RuleFailure {
+                        kind: FailureKind::BadStatus,
+                        message: format!(
+                            "sluice_on_message returned {status}; expected OK (0), DROP (1) or FAILED (-1)"
+                        ),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// True after a trap: the instance should be replaced before the next message.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    fn call_inner(&mut self, payload: &[u8], len: u32) -> wasmtime::Result<i32> {
+        if len > self.input_cap || self.input_ptr == 0 {
+            let want = len.max(1024).next_power_of_two();
+            let ptr = self.alloc.call(&mut self.store, want as i32)? as u32;
+            if ptr == 0 {
+                return Err(wasmtime::Error::msg(format!(
+                    "sluice_alloc could not allocate {want} bytes"
+                )));
+            }
+            self.input_ptr = ptr;
+            self.input_cap = want;
+        }
+        let start = self.input_ptr as usize;
+        let Some(dst) = self
+            .memory
+            .data_mut(&mut self.store)
+            .get_mut(start..start + payload.len())
+        else {
+            self.store.data_mut().call.bad_pointer = true;
+            return Err(wasmtime::Error::msg(
+                "sluice_alloc returned a buffer outside memory",
+            ));
+        };
+        dst.copy_from_slice(payload);
+        self.on_message
+            .call(&mut self.store, (self.input_ptr as i32, len as i32))
+    }
+}
+
+fn classify(err: wasmtime::Error, call: &CallState, memory_exceeded: bool) -> RuleFailure {
+    let message = format!("{err:#}");
+    let kind = if call.bad_pointer {
+        FailureKind::BadPointer
+    } else if memory_exceeded {
+        FailureKind::OutOfMemory
+    } else {
+        match err.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) | Some(Trap::OutOfFuel) => FailureKind::Timeout,
+            Some(Trap::StackOverflow) => FailureKind::StackOverflow,
+            _ => FailureKind::Trap,
+        }
+    };
+    let message = match kind {
+        FailureKind::Timeout => "the call exceeded its CPU bound".to_string(),
+        FailureKind::OutOfMemory => "the instance reached its memory cap".to_string(),
+        FailureKind::StackOverflow => "the guest's stack overflowed".to_string(),
+        _ => message,
+    };
+    RuleFailure { kind, message }
+}
+
+/// Caps one instance's linear memory and remembers when a rule hit the cap.
+struct MemoryCap {
+    max_bytes: usize,
+    exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.exceeded = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// What the imports see: the binding, the environment and the current call.
+struct HostState {
+    limits: MemoryCap,
+    binding: Binding,
+    env: Environment,
+    rng: rand::rngs::StdRng,
+    memory: Option<Memory>,
+    call: CallState,
+}
+
+/// The message of the current call and what the rule did with it. Reused between calls.
+#[derive(Default)]
+struct CallState {
+    topic: String,
+    message_id: String,
+    product_key: String,
+    device_name: String,
+    raw_payload: Vec<u8>,
+    timestamp_ms: i64,
+    tags: Option<Arc<dyn TagSource>>,
+    decisions: Vec<Decision>,
+    failure: Option<String>,
+    violation: Option<String>,
+    bad_pointer: bool,
+}
+
+impl CallState {
+    fn begin(&mut self, input: &RuleInput<'_>) {
+        self.topic.clear();
+        self.topic.push_str(input.topic);
+        self.message_id.clear();
+        self.message_id.push_str(input.message_id);
+        self.product_key.clear();
+        self.product_key.push_str(input.product_key);
+        self.device_name.clear();
+        self.device_name.push_str(input.device_name);
+        self.raw_payload.clear();
+        self.raw_payload.extend_from_slice(input.raw_payload);
+        self.timestamp_ms = input.timestamp_ms;
+        self.tags = input.tags.cloned();
+        self.decisions.clear();
+        self.failure = None;
+        self.violation = None;
+        self.bad_pointer = false;
+    }
+
+    fn tag(&self, key: &str) -> Option<String> {
+        self.tags.as_ref()?.tag(&self.product_key, &self.device_name, key)
+    }
+}
+
+type Host<'a> = Caller<'a, HostState>;
+
+/// Copies guest bytes `ptr..ptr+len`, or marks the call as a bad pointer.
+fn read_guest(caller: &mut Host<'_>, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8>> {
+    let memory = caller.data().memory.expect("memory is set at instantiation");
+    let range = guest_range(ptr, len);
+    match range.and_then(|r| memory.data(&*caller).get(r)) {
+        Some(bytes) => Ok(bytes.to_vec()),
+        None => bad_pointer(caller, ptr, len),
+    }
+}
+
+fn read_guest_str(caller: &mut Host<'_>, ptr: i32, len: i32) -> wasmtime::Result<Option<String>> {
+    Ok(String::from_utf8(read_guest(caller, ptr, len)?).ok())
+}
+
+/// Copies `value` out to the guest's `(buf, cap)` and returns its full length.
+fn copy_out(caller: &mut Host<'_>, value: &[u8], ptr: i32, cap: i32) -> wasmtime::Result<i32> {
+    let memory = caller.data().memory.expect("memory is set at instantiation");
+    let n = value.len().min(cap.max(0) as usize);
+    match guest_range(ptr, n as i32).and_then(|r| memory.data_mut(&mut *caller).get_mut(r)) {
+        Some(dst) => {
+            dst.copy_from_slice(&value[..n]);
+            Ok(value.len() as i32)
+        }
+        None => bad_pointer(caller, ptr, cap),
+    }
+}
+
+fn guest_range(ptr: i32, len: i32) -> Option<std::ops::Range<usize>> {
+    if ptr < 0 || len < 0 {
+        return None;
+    }
+    let start = ptr as usize;
+    Some(start..start.checked_add(len as usize)?)
+}
+
+fn bad_pointer<T>(caller: &mut Host<'_>, ptr: i32, len: i32) -> wasmtime::Result<T> {
+    caller.data_mut().call.bad_pointer = true;
+    Err(wasmtime::Error::msg(format!(
+        "pointer range {ptr}+{len} is outside the guest's memory"
+    )))
+}
+
+/// Records a decision after the limits every decision obeys.
+fn push_decision(caller: &mut Host<'_>, decision: Decision) -> i32 {
+    let call = &mut caller.data_mut().call;
+    if decision.payload.len() > abi::MAX_DECISION_PAYLOAD_BYTES {
+        return violate(
+            call,
+            Status::TooLarge,
+            format!(
+                "a decision payload of {} bytes exceeds the limit of {} bytes",
+                decision.payload.len(),
+                abi::MAX_DECISION_PAYLOAD_BYTES
+            ),
+        );
+    }
+    if call.decisions.len() >= abi::MAX_DECISIONS_PER_MESSAGE {
+        return violate(
+            call,
+            Status::TooManyDecisions,
+            format!(
+                "more than {} decisions for one message",
+                abi::MAX_DECISIONS_PER_MESSAGE
+            ),
+        );
+    }
+    call.decisions.push(decision);
+    Status::Ok.code()
+}
+
+fn violate(call: &mut CallState, status: Status, why: String) -> i32 {
+    call.violation.get_or_insert(why);
+    status.code()
+}
+
+fn emit_to_action(caller: &mut Host<'_>, action: Action, payload: Vec<u8>) -> i32 {
+    let target = match action {
+        Action::Forward { topic } => Target::Forward(topic),
+        Action::Republish { topic, qos } => Target::Republish { topic, qos },
+    };
+    push_decision(caller, Decision { target, payload })
+}
+
+fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    let m = abi::IMPORT_MODULE;
+    linker.func_wrap(m, imports::MSG_TOPIC, |mut c: Host<'_>, p: i32, cap: i32| {
+        let v = std::mem::take(&mut c.data_mut().call.topic);
+        let r = copy_out(&mut c, v.as_bytes(), p, cap);
+        c.data_mut().call.topic = v;
+        r
+    })?;
+    linker.func_wrap(m, imports::MSG_ID, |mut c: Host<'_>, p: i32, cap: i32| {
+        let v = std::mem::take(&mut c.data_mut().call.message_id);
+        let r = copy_out(&mut c, v.as_bytes(), p, cap);
+        c.data_mut().call.message_id = v;
+        r
+    })?;
+    linker.func_wrap(
+        m,
+        imports::MSG_PRODUCT_KEY,
+        |mut c: Host<'_>, p: i32, cap: i32| {
+            let v = std::mem::take(&mut c.data_mut().call.product_key);
+            let r = copy_out(&mut c, v.as_bytes(), p, cap);
+            c.data_mut().call.product_key = v;
+            r
+        },
+    )?;
+    linker.func_wrap(
+        m,
+        imports::MSG_DEVICE_NAME,
+        |mut c: Host<'_>, p: i32, cap: i32| {
+            let v = std::mem::take(&mut c.data_mut().call.device_name);
+            let r = copy_out(&mut c, v.as_bytes(), p, cap);
+            c.data_mut().call.device_name = v;
+            r
+        },
+    )?;
+    linker.func_wrap(m, imports::MSG_TIMESTAMP_MS, |c: Host<'_>| {
+        c.data().call.timestamp_ms
+    })?;
+    linker.func_wrap(
+        m,
+        imports::MSG_RAW_PAYLOAD,
+        |mut c: Host<'_>, p: i32, cap: i32| {
+            let v = std::mem::take(&mut c.data_mut().call.raw_payload);
+            let r = copy_out(&mut c, &v, p, cap);
+            c.data_mut().call.raw_payload = v;
+            r
+        },
+    )?;
+    linker.func_wrap(m, imports::NOW_MS, |c: Host<'_>| {
+        c.data()
+            .env
+            .fixed_now_ms
+            .unwrap_or_else(|| crate::ids::now_ms() as i64)
+    })?;
+    linker.func_wrap(
+        m,
+        imports::FORMAT_TIME,
+        |mut c: Host<'_>, ms: i64, utc: i32, pp: i32, pl: i32, bp: i32, bc: i32| {
+            let Some(pattern) = read_guest_str(&mut c, pp, pl)? else {
+                return Ok(Status::BadArgument.code());
+            };
+            let offset = if utc == 1 {
+                0
+            } else {
+                c.data().env.utc_offset_seconds
+            };
+            match time_format::format(ms, offset, &pattern) {
+                Ok(text) => copy_out(&mut c, text.as_bytes(), bp, bc),
+                Err(_) => Ok(Status::BadArgument.code()),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        m,
+        imports::RANDOM_FILL,
+        |mut c: Host<'_>, p: i32, len: i32| {
+            let mut bytes = vec![0u8; len.max(0) as usize];
+            c.data_mut().rng.fill_bytes(&mut bytes);
+            copy_out(&mut c, &bytes, p, len)?;
+            Ok(Status::Ok.code())
+        },
+    )?;
+    linker.func_wrap(
+        m,
+        imports::DEVICE_TAG,
+        |mut c: Host<'_>, kp: i32, kl: i32, bp: i32, bc: i32| {
+            let Some(key) = read_guest_str(&mut c, kp, kl)? else {
+                return Ok(Status::BadArgument.code());
+            };
+            match c.data().call.tag(&key) {
+                Some(v) => copy_out(&mut c, v.as_bytes(), bp, bc),
+                None => Ok(Status::NotFound.code()),
+            }
+        },
+    )?;
+    linker.func_wrap(m, imports::ACTION_COUNT, |c: Host<'_>| {
+        c.data().binding.actions.len() as i32
+    })?;
+    linker.func_wrap(
+        m,
+        imports::EMIT_OUTPUT,
+        |mut c: Host<'_>, pp: i32, pl: i32| {
+            let payload = read_guest(&mut c, pp, pl)?;
+            let actions = c.data().binding.actions.clone();
+            if actions.is_empty() {
+                return Ok(push_decision(
+                    &mut c,
+                    Decision {
+                        target: Target::Output,
+                        payload,
+                    },
+                ));
+            }
+            for action in actions {
+                let status = emit_to_action(&mut c, action, payload.clone());
+                if status != Status::Ok.code() {
+                    return Ok(status);
+                }
+            }
+            Ok(Status::Ok.code())
+        },
+    )?;
+    linker.func_wrap(
+        m,
+        imports::EMIT_ACTION,
+        |mut c: Host<'_>, index: i32, pp: i32, pl: i32| {
+            let payload = read_guest(&mut c, pp, pl)?;
+            let action = usize::try_from(index)
+                .ok()
+                .and_then(|i| c.data().binding.actions.get(i).cloned());
+            match action {
+                Some(action) => Ok(emit_to_action(&mut c, action, payload)),
+                None => {
+                    let n = c.data().binding.actions.len();
+                    Ok(violate(
+                        &mut c.data_mut().call,
+                        Status::NoSuchAction,
+                        format!("emit_action({index}) but the rule has {n} action(s)"),
+                    ))
+                }
+            }
+        },
+    )?;
+    linker.func_wrap(
+        m,
+        imports::EMIT_FORWARD,
+        |mut c: Host<'_>, tp: i32, tl: i32, pp: i32, pl: i32| {
+            let Some(topic) = read_guest_str(&mut c, tp, tl)? else {
+                return Ok(violate(
+                    &mut c.data_mut().call,
+                    Status::BadArgument,
+                    "emit_forward with a topic name that is not UTF-8".into(),
+                ));
+            };
+            let payload = read_guest(&mut c, pp, pl)?;
+            if let Err(why) = c.data().binding.grant.check_forward(&topic) {
+                return Ok(violate(&mut c.data_mut().call, Status::NotGranted, why));
+            }
+            Ok(push_decision(
+                &mut c,
+                Decision {
+                    target: Target::Forward(topic),
+                    payload,
+                },
+            ))
+        },
+    )?;
+    linker.func_wrap(
+        m,
+        imports::EMIT_REPUBLISH,
+        |mut c: Host<'_>, tp: i32, tl: i32, pp: i32, pl: i32, qos: i32| {
+            let Some(topic) = read_guest_str(&mut c, tp, tl)? else {
+                return Ok(violate(
+                    &mut c.data_mut().call,
+                    Status::BadArgument,
+                    "emit_republish with a topic that is not UTF-8".into(),
+                ));
+            };
+            let payload = read_guest(&mut c, pp, pl)?;
+            if !(0..=1).contains(&qos) {
+                return Ok(violate(
+                    &mut c.data_mut().call,
+                    Status::BadArgument,
+                    format!("emit_republish with qos {qos}; expected 0 or 1"),
+                ));
+            }
+            let binding = &c.data().binding;
+            if let Err(why) = binding.grant.check_republish(&topic, &binding.from_filter) {
+                return Ok(violate(&mut c.data_mut().call, Status::NotGranted, why));
+            }
+            Ok(push_decision(
+                &mut c,
+                Decision {
+                    target: Target::Republish {
+                        topic,
+                        qos: qos as u8,
+                    },
+                    payload,
+                },
+            ))
+        },
+    )?;
+    linker.func_wrap(m, imports::FAIL, |mut c: Host<'_>, p: i32, l: i32| {
+        let text = read_guest(&mut c, p, l)?;
+        c.data_mut().call.failure = Some(String::from_utf8_lossy(&text).into_owned());
+        Ok(Status::Ok.code())
+    })?;
+    linker.func_wrap(
+        m,
+        imports::LOG,
+        |mut c: Host<'_>, level: i32, p: i32, l: i32| {
+            let text = read_guest(&mut c, p, l)?;
+            let text = String::from_utf8_lossy(&text);
+            let topic = &c.data().call.topic;
+            match level {
+                0 => tracing::error!(target: "sluice::rule", %topic, "{text}"),
+                1 => tracing::warn!(target: "sluice::rule", %topic, "{text}"),
+                2 => tracing::info!(target: "sluice::rule", %topic, "{text}"),
+                _ => tracing::debug!(target: "sluice::rule", %topic, "{text}"),
+            }
+            Ok(Status::Ok.code())
+        },
+    )?;
+    Ok(())
+}
