@@ -116,7 +116,9 @@ mod tests {
         assert_eq!(a.time_ms(), 1_700_000_000_123);
         let text = a.to_string();
         assert_eq!(text.len(), 32);
-        assert!(text.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(text
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_eq!(MessageId::parse(&text), Some(a));
         assert_eq!(MessageId::parse("xyz"), None);
     }
@@ -125,7 +127,8 @@ mod tests {
     fn two_nodes_never_collide_even_with_equal_counters() {
         let a = IdGenerator::new(1);
         let b = IdGenerator::new(2);
-        b.counter.store(a.counter.load(Ordering::Relaxed), Ordering::Relaxed);
+        b.counter
+            .store(a.counter.load(Ordering::Relaxed), Ordering::Relaxed);
         assert_ne!(a.next_at(5), b.next_at(5));
     }
 }

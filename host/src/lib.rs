@@ -11,7 +11,14 @@
 //! - [`serve`]: wires everything for `sluice serve`; [`config`]: `sluice.toml` and flags.
 //! - [`ids`], [`names`], [`topic`]: message ids, object names and MQTT topic rules.
 
+pub mod api;
+pub mod cli;
+pub mod config;
 pub mod ids;
+pub mod ingest;
 pub mod names;
+pub mod pipeline;
 pub mod rules;
+pub mod serve;
+pub mod store;
 pub mod topic;

@@ -1,1 +1,34 @@
-fn main() {}
+//! The `sluice` binary: parse the command line, set up logging, run. Everything else lives in
+//! the library (`sluice::cli`, `sluice::serve`).
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = sluice::cli::Cli::parse();
+    let serving = matches!(cli.command, sluice::cli::Command::Serve(_));
+    let default_level = if serving { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sluice::cli::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -14,7 +14,10 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return Err(format!("name `{name}` must start with a letter or digit"));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+    {
         return Err(format!(
             "name `{name}` contains `{c}`; use letters, digits and `-` only"
         ));

@@ -26,6 +26,10 @@ pub enum IngestError {
         /// Why it was refused.
         reason: String,
     },
+    /// The external broker mode needs a client id that is stable across restarts (so the
+    /// broker keeps the session and resends what was not acked).
+    #[error("the external MQTT broker mode needs a stable, non-empty client id")]
+    MissingClientId,
     /// A topic or filter broke MQTT's rules.
     #[error("invalid topic {topic:?}: {source}")]
     Topic {
@@ -33,7 +37,7 @@ pub enum IngestError {
         topic: String,
         /// Which rule it broke.
         #[source]
-        source: crate::ingest::topic::TopicError,
+        source: crate::topic::TopicError,
     },
     /// The external broker client is gone (its task stopped).
     #[error("the MQTT broker connection is closed")]

@@ -12,10 +12,15 @@
 //! Both hand each message to an [`IngestSink`] as an [`Ingested`] and wait for its [`Ack`]: ingest
 //! knows neither rules nor store, it only hands a message over and awaits its ack.
 //!
-//! Layout: `topic` (filters and matcher, shared with other stages), `codec` (MQTT 3.1.1 / 5
-//! packets behind one type), `router` (downlink delivery to subscribed sessions), `session`
-//! (one connection's state machine), `listener` (accept loop), `external` (broker client),
-//! `counters`, `error`.
+//! Layout (one job per file):
+//! * `crate::topic` (outside this folder) — topic/filter validation and the matcher, shared by every stage;
+//! * `codec` (`codec/v4.rs`, `codec/v5.rs`) — MQTT 3.1.1 / 5 packets behind one vocabulary;
+//! * `listener` — bind and accept; `connect` — CONNECT, policy, CONNACK;
+//!   `session` — one connection's loop; `acks` — the ordered acks it waits for;
+//! * `router` — downlink delivery to subscribed sessions, client-id takeover;
+//! * `external` — the broker client; `backoff` — its reconnect schedule;
+//! * `counters`, `error`; tests beside the code (`listener_tests.rs`, `external_tests.rs` use
+//!   real sockets, the latter a real Mosquitto).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,15 +29,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+mod acks;
+mod backoff;
 mod codec;
+mod connect;
 mod counters;
 mod error;
 pub mod external;
 pub mod listener;
 pub mod router;
 mod session;
-pub mod topic;
 
+#[cfg(test)]
+mod external_tests;
+#[cfg(test)]
+mod listener_tests;
+
+pub use backoff::Backoff;
 pub use counters::{IngestCounters, IngestCountersSnapshot};
 pub use error::IngestError;
 pub use external::{ExternalBroker, ExternalConfig, ExternalHandle};
@@ -260,7 +273,10 @@ mod tests {
 
         let (ack, rx) = Ack::channel();
         drop(ack);
-        assert!(rx.await.is_err(), "a dropped ack must not read as committed");
+        assert!(
+            rx.await.is_err(),
+            "a dropped ack must not read as committed"
+        );
 
         let ack = Ack::detached();
         assert!(!ack.is_awaited());

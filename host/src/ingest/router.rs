@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::counters::{bump, IngestCounters};
-use super::topic::topic_matches;
+use crate::topic::topic_matches;
 
 /// A message on its way to one session.
 #[derive(Debug, Clone)]
@@ -30,11 +30,15 @@ pub(crate) struct Downlink {
     pub qos: u8,
 }
 
+/// A session's subscriptions: (filter, granted QoS).
+type Filters = Vec<(String, u8)>;
+
 struct SessionEntry {
     client_id: Arc<str>,
     tx: mpsc::Sender<Downlink>,
-    /// (filter, granted QoS)
-    filters: Vec<(String, u8)>,
+    filters: Filters,
+    /// Keep the subscriptions after the connection closes (clean session off).
+    persistent: bool,
 }
 
 struct ClientSlot {
@@ -45,6 +49,8 @@ struct ClientSlot {
 struct RouterInner {
     sessions: RwLock<HashMap<u64, SessionEntry>>,
     clients: Mutex<HashMap<Arc<str>, ClientSlot>>,
+    /// Subscriptions of disconnected persistent sessions, by client id.
+    saved: Mutex<HashMap<Arc<str>, Filters>>,
     next_id: AtomicU64,
     counters: Arc<IngestCounters>,
 }
@@ -71,6 +77,9 @@ pub(crate) struct Registration {
     pub takeover: CancellationToken,
     /// True when an older session with the same client id was told to close.
     pub took_over: bool,
+    /// True when the session continues an earlier one (CONNACK "session present"): its
+    /// subscriptions were restored, and the device must resend its unacked publishes.
+    pub session_present: bool,
 }
 
 impl SessionRouter {
@@ -80,6 +89,7 @@ impl SessionRouter {
             inner: Arc::new(RouterInner {
                 sessions: RwLock::new(HashMap::new()),
                 clients: Mutex::new(HashMap::new()),
+                saved: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 counters,
             }),
@@ -136,76 +146,102 @@ impl SessionRouter {
             .len()
     }
 
-    /// Adds a session; an older session with the same client id is told (through its takeover
-    /// token) to close, as MQTT requires.
-    pub(crate) fn register(&self, client_id: Arc<str>, tx: mpsc::Sender<Downlink>) -> Registration {
+    /// Adds a session. An older session with the same client id is told (through its takeover
+    /// token) to close, as MQTT requires. With `persistent` (clean session off) the session
+    /// continues the previous one of that client id: its subscriptions carry over. Without it,
+    /// any saved state of that client id is discarded.
+    ///
+    /// Lock order everywhere: `clients`, then `sessions`, then `saved`.
+    pub(crate) fn register(
+        &self,
+        client_id: Arc<str>,
+        tx: mpsc::Sender<Downlink>,
+        persistent: bool,
+    ) -> Registration {
         let session_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let takeover = CancellationToken::new();
-        let previous = {
-            let mut clients = self
-                .inner
-                .clients
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            clients.insert(
-                client_id.clone(),
-                ClientSlot {
-                    session_id,
-                    takeover: takeover.clone(),
-                },
-            )
-        };
-        let took_over = if let Some(old) = previous {
-            old.takeover.cancel();
-            // The old session stops receiving downlink now, not when its task gets to run.
-            self.inner
-                .sessions
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&old.session_id);
-            true
-        } else {
-            false
-        };
-        self.inner
+        let mut clients = self
+            .inner
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let previous = clients.insert(
+            client_id.clone(),
+            ClientSlot {
+                session_id,
+                takeover: takeover.clone(),
+            },
+        );
+        let mut sessions = self
+            .inner
             .sessions
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                session_id,
-                SessionEntry {
-                    client_id,
-                    tx,
-                    filters: Vec::new(),
-                },
-            );
+            .unwrap_or_else(PoisonError::into_inner);
+        let took_over = previous.is_some();
+        let carried = match previous {
+            Some(old) => {
+                old.takeover.cancel();
+                // The old session stops receiving downlink now, not when its task gets to run.
+                sessions
+                    .remove(&old.session_id)
+                    .filter(|e| e.persistent)
+                    .map(|e| e.filters)
+            }
+            None => self
+                .inner
+                .saved
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&client_id),
+        };
+        let (filters, session_present) = match carried {
+            Some(filters) if persistent => (filters, true),
+            _ => (Vec::new(), false),
+        };
+        sessions.insert(
+            session_id,
+            SessionEntry {
+                client_id,
+                tx,
+                filters,
+                persistent,
+            },
+        );
         Registration {
             session_id,
             takeover,
             took_over,
+            session_present,
         }
     }
 
-    /// Removes a closed session (and its client id, unless a newer session owns it now).
+    /// Removes a closed session; a persistent one leaves its subscriptions for its next
+    /// connection (unless a newer session already took them over).
     pub(crate) fn unregister(&self, session_id: u64, client_id: &Arc<str>) {
-        {
-            let mut clients = self
-                .inner
-                .clients
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if clients
-                .get(client_id)
-                .is_some_and(|slot| slot.session_id == session_id)
-            {
-                clients.remove(client_id);
-            }
+        let mut clients = self
+            .inner
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let owner = clients
+            .get(client_id)
+            .is_some_and(|slot| slot.session_id == session_id);
+        if owner {
+            clients.remove(client_id);
         }
-        self.inner
+        let entry = self
+            .inner
             .sessions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&session_id);
+        if let Some(entry) = entry.filter(|e| owner && e.persistent) {
+            self.inner
+                .saved
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(entry.client_id, entry.filters);
+        }
     }
 
     /// Adds or replaces (same filter: new QoS) a subscription of a session.
@@ -254,17 +290,23 @@ mod tests {
         let (r, counters) = router();
         let (tx1, mut rx1) = mpsc::channel(8);
         let (tx2, mut rx2) = mpsc::channel(8);
-        let s1 = r.register("a".into(), tx1);
-        let s2 = r.register("b".into(), tx2);
+        let s1 = r.register("a".into(), tx1, false);
+        let s2 = r.register("b".into(), tx2, false);
         r.subscribe(s1.session_id, "/pk/+/user/#", 1);
         r.subscribe(s1.session_id, "#", 0);
         r.subscribe(s2.session_id, "other", 1);
 
-        assert_eq!(r.publish("/pk/dev/user/get", Bytes::from_static(b"x"), 2), 1);
+        assert_eq!(
+            r.publish("/pk/dev/user/get", Bytes::from_static(b"x"), 2),
+            1
+        );
         let got = rx1.recv().await.unwrap();
         assert_eq!(&*got.topic, "/pk/dev/user/get");
         assert_eq!(got.qos, 1, "max of the matching grants, QoS 2 capped at 1");
-        assert!(rx1.try_recv().is_err(), "delivered once despite two matching filters");
+        assert!(
+            rx1.try_recv().is_err(),
+            "delivered once despite two matching filters"
+        );
         assert!(rx2.try_recv().is_err());
 
         assert_eq!(r.publish("nobody/listens", Bytes::new(), 1), 1, "'#' of s1");
@@ -279,8 +321,8 @@ mod tests {
         let (r, counters) = router();
         let (slow_tx, _slow_rx) = mpsc::channel(1);
         let (fast_tx, mut fast_rx) = mpsc::channel(16);
-        let slow = r.register("slow".into(), slow_tx);
-        let fast = r.register("fast".into(), fast_tx);
+        let slow = r.register("slow".into(), slow_tx, false);
+        let fast = r.register("fast".into(), fast_tx, false);
         r.subscribe(slow.session_id, "t", 1);
         r.subscribe(fast.session_id, "t", 1);
         for _ in 0..10 {
@@ -300,9 +342,9 @@ mod tests {
         let (tx1, _rx1) = mpsc::channel(1);
         let (tx2, _rx2) = mpsc::channel(1);
         let client: Arc<str> = "dev-1".into();
-        let first = r.register(client.clone(), tx1);
+        let first = r.register(client.clone(), tx1, false);
         assert!(!first.took_over);
-        let second = r.register(client.clone(), tx2);
+        let second = r.register(client.clone(), tx2, false);
         assert!(second.took_over);
         assert!(first.takeover.is_cancelled());
         assert!(!second.takeover.is_cancelled());
@@ -312,5 +354,38 @@ mod tests {
         assert_eq!(r.session_count(), 1);
         r.unregister(second.session_id, &client);
         assert_eq!(r.session_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn persistent_sessions_keep_subscriptions_across_reconnects() {
+        let (r, _) = router();
+        let client: Arc<str> = "dev-p".into();
+        let (tx, _rx) = mpsc::channel(4);
+        let first = r.register(client.clone(), tx, true);
+        assert!(!first.session_present);
+        r.subscribe(first.session_id, "down/#", 1);
+        r.unregister(first.session_id, &client);
+
+        let (tx, mut rx) = mpsc::channel(4);
+        let second = r.register(client.clone(), tx, true);
+        assert!(second.session_present, "subscriptions were restored");
+        assert_eq!(r.publish("down/x", Bytes::from_static(b"1"), 1), 1);
+        assert_eq!(&*rx.recv().await.unwrap().topic, "down/x");
+
+        // Takeover of a live persistent session carries the subscriptions too.
+        let (tx, _rx3) = mpsc::channel(4);
+        let third = r.register(client.clone(), tx, true);
+        assert!(third.session_present && third.took_over);
+        assert_eq!(r.publish("down/y", Bytes::new(), 0), 1);
+        r.unregister(third.session_id, &client);
+
+        // A clean session discards the saved state.
+        let (tx, _rx4) = mpsc::channel(4);
+        let clean = r.register(client.clone(), tx, false);
+        assert!(!clean.session_present);
+        assert_eq!(r.publish("down/z", Bytes::new(), 0), 0);
+        r.unregister(clean.session_id, &client);
+        let (tx, _rx5) = mpsc::channel(4);
+        assert!(!r.register(client, tx, true).session_present);
     }
 }

@@ -8,12 +8,9 @@
 //! per-connection in-flight bound): that is the back-pressure that reaches the device.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -21,22 +18,18 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{
-    sniff_connect, AckReason, CloseReason, Codec, ConnAckCode, ConnectPacket, InPublish, Inbound,
-    Outbound, Sniff, SubCode,
-};
+use super::acks::{AckWait, Resolved};
+use super::codec::{AckReason, CloseReason, Codec, InPublish, Inbound, Outbound, SubCode};
+use super::connect::{accept_connect, read_connect, Connected};
 use super::counters::{bump, IngestCounters};
 use super::listener::ListenerConfig;
 use super::router::{Downlink, SessionRouter};
-use super::topic::{validate_filter, validate_topic, SHARED_PREFIX};
-use super::{
-    now_ms, Ack, AckOutcome, ConnectInfo, ConnectRefusal, IngestMessage, IngestSink, Ingested,
-    ProtocolVersion, SessionInfo,
-};
+use super::{now_ms, Ack, IngestMessage, IngestSink, Ingested, ProtocolVersion, SessionInfo};
+use crate::topic::{validate_filter, validate_topic, SHARED_PREFIX};
 
 /// What every session of one listener shares.
 pub(crate) struct SessionCtx {
@@ -48,9 +41,9 @@ pub(crate) struct SessionCtx {
 }
 
 /// Free space kept in the read buffer before each read.
-const READ_CHUNK_BYTES: usize = 16 * 1024;
+pub(super) const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// How long the last words (final acks, a DISCONNECT) may take to write before closing.
-const FINAL_FLUSH: Duration = Duration::from_secs(1);
+pub(super) const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
 /// Serves one accepted connection to the end; never panics on what the device sends.
 pub(crate) async fn run_connection(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<SessionCtx>) {
@@ -58,264 +51,16 @@ pub(crate) async fn run_connection(mut stream: TcpStream, peer: SocketAddr, ctx:
     let Some((codec, connect)) = read_connect(&mut stream, peer, &ctx, &mut rbuf).await else {
         return;
     };
-    let Some(mut session) = accept_connect(&mut stream, peer, &ctx, codec, connect, rbuf).await
-    else {
+    let Some(connected) = accept_connect(&mut stream, peer, &ctx, codec, connect).await else {
         return;
     };
+    let mut session = Session::new(ctx.clone(), connected, rbuf);
     bump(&ctx.counters.sessions_active);
     let exit = session.run(&mut stream).await;
     session.close(&mut stream, exit).await;
     ctx.router
         .unregister(session.session_id, &session.info.client_id);
     ctx.counters.sessions_active.fetch_sub(1, Ordering::Relaxed);
-}
-
-/// Reads until a complete CONNECT is buffered, choosing the codec from its protocol level.
-async fn read_connect(
-    stream: &mut TcpStream,
-    peer: SocketAddr,
-    ctx: &SessionCtx,
-    rbuf: &mut BytesMut,
-) -> Option<(Codec, ConnectPacket)> {
-    let max = ctx.cfg.max_packet_size_bytes;
-    let deadline = Instant::now() + ctx.cfg.connect_timeout;
-    loop {
-        match sniff_connect(rbuf, max) {
-            Sniff::Incomplete => {}
-            Sniff::Version(protocol) => {
-                let codec = Codec {
-                    protocol,
-                    max_incoming: max,
-                    max_outgoing: None,
-                };
-                match codec.decode(rbuf) {
-                    Ok(Some(Inbound::Connect(c))) => return Some((codec, c)),
-                    Ok(Some(other)) => {
-                        return malformed(ctx, peer, &format!("expected CONNECT, got {other:?}"))
-                    }
-                    Ok(None) => {}
-                    Err(e) => return malformed(ctx, peer, &e.to_string()),
-                }
-            }
-            Sniff::UnsupportedLevel(level) => {
-                // Answer in the 3.1.1 format every version understands, then close.
-                let codec = Codec {
-                    protocol: ProtocolVersion::V311,
-                    max_incoming: max,
-                    max_outgoing: None,
-                };
-                let mut out = BytesMut::new();
-                let _ = codec.encode(connack(ConnAckCode::UnsupportedVersion), &mut out);
-                let _ = tokio::time::timeout(FINAL_FLUSH, stream.write_all(&out)).await;
-                bump(&ctx.counters.connects_refused_total);
-                tracing::info!(%peer, level, "MQTT CONNECT refused: unsupported protocol level");
-                return None;
-            }
-            Sniff::NotConnect(kind) => {
-                return malformed(
-                    ctx,
-                    peer,
-                    &format!("first packet is not CONNECT (packet type {kind})"),
-                )
-            }
-            Sniff::Malformed => return malformed(ctx, peer, "malformed or oversized CONNECT"),
-        }
-        if rbuf.capacity() - rbuf.len() < 1024 {
-            rbuf.reserve(READ_CHUNK_BYTES);
-        }
-        let read = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return None,
-            read = tokio::time::timeout_at(deadline, stream.read_buf(rbuf)) => read,
-        };
-        match read {
-            Ok(Ok(0)) | Ok(Err(_)) => return None,
-            Ok(Ok(_)) => {}
-            Err(_) => {
-                tracing::debug!(%peer, "MQTT connection sent no CONNECT in time");
-                return None;
-            }
-        }
-    }
-}
-
-fn malformed<T>(ctx: &SessionCtx, peer: SocketAddr, why: &str) -> Option<T> {
-    bump(&ctx.counters.malformed_total);
-    tracing::warn!(%peer, "closing MQTT connection: {why}");
-    None
-}
-
-fn connack(code: ConnAckCode) -> Outbound<'static> {
-    Outbound::ConnAck {
-        session_present: false,
-        code,
-        assigned_client_id: None,
-        receive_maximum: 0,
-        max_packet_size: 0,
-    }
-}
-
-/// Applies the client-id rules and the policy, answers with the CONNACK and registers the
-/// session with the router (taking over an older one with the same client id).
-async fn accept_connect(
-    stream: &mut TcpStream,
-    peer: SocketAddr,
-    ctx: &Arc<SessionCtx>,
-    mut codec: Codec,
-    c: ConnectPacket,
-    rbuf: BytesMut,
-) -> Option<Session> {
-    let mut out = BytesMut::with_capacity(256);
-    let generated = c.client_id.is_empty();
-    let refusal = if generated && codec.protocol == ProtocolVersion::V311 && !c.clean_session {
-        // 3.1.1 (MQTT-3.1.3-8): an empty client id needs clean session.
-        Err(ConnectRefusal::BadClientId)
-    } else {
-        Ok(())
-    };
-    let client_id: Arc<str> = if generated {
-        Arc::from(format!("sluice-{:016x}", rand::random::<u64>()))
-    } else {
-        Arc::from(c.client_id)
-    };
-    let info = ConnectInfo {
-        client_id: client_id.clone(),
-        client_id_generated: generated,
-        username: c.username.clone(),
-        password: c.password,
-        peer,
-        protocol: codec.protocol,
-        clean_session: c.clean_session,
-    };
-    let decision = refusal.and_then(|()| ctx.cfg.policy.on_connect(&info));
-    let identity = match decision {
-        Ok(identity) => identity,
-        Err(refusal) => {
-            let code = match refusal {
-                ConnectRefusal::BadCredentials => ConnAckCode::BadCredentials,
-                ConnectRefusal::NotAuthorized => ConnAckCode::NotAuthorized,
-                ConnectRefusal::BadClientId => ConnAckCode::BadClientId,
-                ConnectRefusal::ServerUnavailable => ConnAckCode::ServerUnavailable,
-            };
-            let _ = codec.encode(connack(code), &mut out);
-            let _ = tokio::time::timeout(FINAL_FLUSH, stream.write_all(&out)).await;
-            let _ = tokio::time::timeout(FINAL_FLUSH, stream.shutdown()).await;
-            bump(&ctx.counters.connects_refused_total);
-            tracing::info!(%peer, %client_id, ?refusal, "MQTT CONNECT refused");
-            return None;
-        }
-    };
-
-    let (downlink_tx, downlink_rx) = mpsc::channel(ctx.cfg.downlink_queue_len.max(1));
-    let reg = ctx.router.register(client_id.clone(), downlink_tx);
-    if reg.took_over {
-        tracing::info!(%peer, %client_id, "MQTT session taken over by a new connection");
-    }
-    let max_inflight = ctx.cfg.max_inflight.max(1);
-    let announced_max = u32::try_from(ctx.cfg.max_packet_size_bytes.saturating_add(5))
-        .unwrap_or(u32::MAX);
-    let _ = codec.encode(
-        Outbound::ConnAck {
-            session_present: false,
-            code: ConnAckCode::Accepted,
-            assigned_client_id: generated.then_some(&*client_id),
-            receive_maximum: max_inflight,
-            max_packet_size: announced_max,
-        },
-        &mut out,
-    );
-    codec.max_outgoing = c.max_packet_size;
-    let out_window = usize::from(
-        ctx.cfg
-            .downlink_inflight
-            .min(c.receive_maximum.unwrap_or(u16::MAX))
-            .max(1),
-    );
-    let keep_alive = (c.keep_alive_secs > 0)
-        .then(|| Duration::from_millis(u64::from(c.keep_alive_secs) * 1500));
-    tracing::debug!(%peer, %client_id, protocol = ?codec.protocol, "MQTT session connected");
-    Some(Session {
-        ctx: ctx.clone(),
-        codec,
-        info: SessionInfo {
-            client_id,
-            identity,
-            username: c.username,
-            peer,
-            protocol: info.protocol,
-        },
-        session_id: reg.session_id,
-        takeover: reg.takeover,
-        downlink_rx,
-        rbuf,
-        wbuf: out,
-        pending: FuturesOrdered::new(),
-        stalled: None,
-        qos2_ids: HashSet::new(),
-        out_inflight: HashSet::new(),
-        out_window,
-        next_pkid: 0,
-        max_inflight: usize::from(max_inflight),
-        keep_alive,
-        last_read: Instant::now(),
-    })
-}
-
-/// How a publish's ack finished, as the session acts on it.
-enum Resolved {
-    Committed,
-    Rejected(String),
-    /// The pipeline dropped the ack without an outcome (counts as a rejection).
-    Dropped,
-    /// The policy refused the publish (MQTT 5 only; 3.1.1 closes instead).
-    NotAuthorized,
-    /// A resent QoS 2 publish whose exchange is already under way: answer PUBREC again.
-    Duplicate,
-}
-
-/// The ack of one QoS 1/2 publish, in the ordered queue.
-struct AckWait {
-    pkid: u16,
-    qos: u8,
-    rx: Option<oneshot::Receiver<AckOutcome>>,
-    ready: Option<Resolved>,
-}
-
-impl AckWait {
-    fn waiting(pkid: u16, qos: u8, rx: oneshot::Receiver<AckOutcome>) -> AckWait {
-        AckWait {
-            pkid,
-            qos,
-            rx: Some(rx),
-            ready: None,
-        }
-    }
-
-    fn ready(pkid: u16, qos: u8, resolved: Resolved) -> AckWait {
-        AckWait {
-            pkid,
-            qos,
-            rx: None,
-            ready: Some(resolved),
-        }
-    }
-}
-
-impl Future for AckWait {
-    type Output = (u16, u8, Resolved);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        let resolved = match this.rx.as_mut() {
-            Some(rx) => match Pin::new(rx).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(AckOutcome::Committed)) => Resolved::Committed,
-                Poll::Ready(Ok(AckOutcome::Rejected(reason))) => Resolved::Rejected(reason),
-                Poll::Ready(Err(_)) => Resolved::Dropped,
-            },
-            None => this.ready.take().unwrap_or(Resolved::Dropped),
-        };
-        Poll::Ready((this.pkid, this.qos, resolved))
-    }
 }
 
 /// Why a session ended; decides the log line, the counter and the MQTT 5 DISCONNECT reason.
@@ -362,6 +107,28 @@ struct Session {
 }
 
 impl Session {
+    fn new(ctx: Arc<SessionCtx>, c: Connected, rbuf: BytesMut) -> Session {
+        Session {
+            ctx,
+            codec: c.codec,
+            info: c.info,
+            session_id: c.registration.session_id,
+            takeover: c.registration.takeover,
+            downlink_rx: c.downlink_rx,
+            rbuf,
+            wbuf: c.wbuf,
+            pending: FuturesOrdered::new(),
+            stalled: None,
+            qos2_ids: HashSet::new(),
+            out_inflight: HashSet::new(),
+            out_window: c.out_window,
+            next_pkid: 0,
+            max_inflight: c.max_inflight,
+            keep_alive: c.keep_alive,
+            last_read: Instant::now(),
+        }
+    }
+
     async fn run(&mut self, stream: &mut TcpStream) -> Exit {
         let ctx = self.ctx.clone();
         let ka_sleep = tokio::time::sleep(self.keep_alive.unwrap_or(Duration::from_secs(3600)));
@@ -385,7 +152,8 @@ impl Session {
                 // Paused by us, not silent: the keep-alive only counts the device's silence.
                 self.last_read = Instant::now();
             }
-            let downlink_ready = drain_deadline.is_none() && self.out_inflight.len() < self.out_window;
+            let downlink_ready =
+                drain_deadline.is_none() && self.out_inflight.len() < self.out_window;
             if self.rbuf.capacity() - self.rbuf.len() < 1024 {
                 self.rbuf.reserve(READ_CHUNK_BYTES);
             }
@@ -467,7 +235,9 @@ impl Session {
                     self.encode(Outbound::PubComp { pkid, found });
                 }
                 // sluice never sends QoS 2 downlink, so these answer nothing of ours.
-                Inbound::PubRec(_) | Inbound::PubComp(_) => {}
+                Inbound::PubRec(pkid) | Inbound::PubComp(pkid) => {
+                    tracing::debug!(client_id = %self.info.client_id, pkid, "ignoring PUBREC/PUBCOMP");
+                }
                 Inbound::Subscribe { pkid, filters } => self.on_subscribe(pkid, filters),
                 Inbound::Unsubscribe { pkid, filters } => {
                     for filter in &filters {
@@ -646,8 +416,7 @@ impl Session {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        match tokio::time::timeout(self.ctx.cfg.write_timeout, stream.write_all(&self.wbuf)).await
-        {
+        match tokio::time::timeout(self.ctx.cfg.write_timeout, stream.write_all(&self.wbuf)).await {
             Ok(Ok(())) => {
                 self.wbuf.clear();
                 Ok(())

@@ -44,9 +44,8 @@ impl Action {
         })?;
         match kind {
             "forward" => {
-                crate::names::validate_name(target).map_err(|e| {
-                    ActionParseError(format!("action `{spec}`: topic {e}"))
-                })?;
+                crate::names::validate_name(target)
+                    .map_err(|e| ActionParseError(format!("action `{spec}`: topic {e}")))?;
                 Ok(Action::Forward {
                     topic: target.to_string(),
                 })
@@ -114,9 +113,8 @@ impl Grant {
         for item in list.split(',').filter(|s| !s.is_empty()) {
             match kind {
                 "forward" => {
-                    crate::names::validate_name(item).map_err(|e| {
-                        ActionParseError(format!("grant `{spec}`: topic {e}"))
-                    })?;
+                    crate::names::validate_name(item)
+                        .map_err(|e| ActionParseError(format!("grant `{spec}`: topic {e}")))?;
                     self.forward.push(item.to_string());
                 }
                 "republish" => {
@@ -154,12 +152,16 @@ impl Grant {
                 "republish to `{mqtt_topic}`: device status topics are reserved for sluice"
             ));
         }
-        if !from_filter.is_empty() && topic::matches(from_filter, mqtt_topic) {
+        if !from_filter.is_empty() && topic::topic_matches(from_filter, mqtt_topic) {
             return Err(format!(
                 "republish to `{mqtt_topic}` would loop: it matches the rule's own FROM filter `{from_filter}`"
             ));
         }
-        if self.republish.iter().any(|f| topic::matches(f, mqtt_topic)) {
+        if self
+            .republish
+            .iter()
+            .any(|f| topic::topic_matches(f, mqtt_topic))
+        {
             Ok(())
         } else {
             Err(format!(
@@ -199,13 +201,23 @@ mod tests {
 
     #[test]
     fn actions_parse_and_print_back() {
-        for spec in ["forward:alerts", "republish:/pk/dev/user/get", "republish-qos1:/a/b"] {
+        for spec in [
+            "forward:alerts",
+            "republish:/pk/dev/user/get",
+            "republish-qos1:/a/b",
+        ] {
             assert_eq!(Action::parse(spec).unwrap().spec(), spec);
         }
         assert!(Action::parse("alerts").unwrap_err().0.contains("no kind"));
-        assert!(Action::parse("mail:x").unwrap_err().0.contains("unknown kind"));
+        assert!(Action::parse("mail:x")
+            .unwrap_err()
+            .0
+            .contains("unknown kind"));
         assert!(Action::parse("forward:bad name").is_err());
-        assert!(Action::parse("republish:/a/+/b").is_err(), "wildcards are not topics");
+        assert!(
+            Action::parse("republish:/a/+/b").is_err(),
+            "wildcards are not topics"
+        );
     }
 
     #[test]
@@ -233,7 +245,9 @@ mod tests {
             .check_republish("/as/mqtt/status/pk/dev", "/pk/+/user/update")
             .unwrap_err();
         assert!(err.contains("reserved"), "{err}");
-        assert!(grant.check_republish("/pk/dev/user/get", "/pk/+/user/update").is_ok());
+        assert!(grant
+            .check_republish("/pk/dev/user/get", "/pk/+/user/update")
+            .is_ok());
     }
 
     #[test]

@@ -1,7 +1,17 @@
 //! The running rule set. Rules are compiled once into [`RuleModule`]s and swapped in as immutable
 //! snapshots; each pipeline worker holds a [`RuleWorker`] with its own live instances, so Wasm
-//! calls never share a store across threads. A snapshot swap is how `update` works: messages
-//! already handed to a worker finish on the version it held, later ones see the new version.
+//! calls never share a store across threads.
+//!
+//! A snapshot swap is how `update` works without losing or repeating a message: the new version
+//! replaces the old one in a single new snapshot (never a moment with both or neither), and a
+//! worker takes a new snapshot only between two messages. So a message already handed to a
+//! worker finishes on the version it started with, every later message on that worker sees the
+//! new one, and since the pipeline sends all of one device's messages to one worker, per-device
+//! order holds across the swap.
+//!
+//! Counters are per rule and shared by every worker: plain relaxed atomics, including a
+//! log-bucketed latency histogram ([`LatencyHistogram`]), so recording costs a few uncontended
+//! atomic adds and reading never stops a worker.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +84,9 @@ pub struct RuleCounters {
     pub failed: [AtomicU64; FailureKind::ALL.len()],
     /// Time spent inside the sandbox, in nanoseconds.
     pub busy_ns: AtomicU64,
+    /// How long one message took in this rule (instantiation after an update or a trap
+    /// included): what a slow rule costs every message behind it on the same worker.
+    pub latency: LatencyHistogram,
 }
 
 /// A point-in-time copy of [`RuleCounters`] for JSON and tables.
@@ -89,6 +102,8 @@ pub struct CounterSnapshot {
     pub failed: std::collections::BTreeMap<&'static str, u64>,
     /// Time spent inside the sandbox, in microseconds.
     pub busy_us: u64,
+    /// Per-message latency in this rule.
+    pub latency_ns: LatencySnapshot,
 }
 
 impl RuleCounters {
@@ -107,7 +122,13 @@ impl RuleCounters {
             dropped: self.dropped.load(Ordering::Relaxed),
             failed,
             busy_us: self.busy_ns.load(Ordering::Relaxed) / 1000,
+            latency_ns: self.latency.snapshot(),
         }
+    }
+
+    /// Total failures of every kind.
+    pub fn failed_total(&self) -> u64 {
+        self.failed.iter().map(|n| n.load(Ordering::Relaxed)).sum()
     }
 
     fn record_failure(&self, kind: FailureKind) {
@@ -119,10 +140,128 @@ impl RuleCounters {
     }
 }
 
+/// Sub-buckets per power of two: 4 keeps every quantile within 25 % of the true value.
+const SUB_BUCKET_BITS: u32 = 2;
+const SUB_BUCKETS: usize = 1 << SUB_BUCKET_BITS;
+/// Enough buckets for any `u64` of nanoseconds.
+const LATENCY_BUCKETS: usize = (64 - SUB_BUCKET_BITS as usize + 1) * SUB_BUCKETS;
+
+/// A lock-free latency histogram: log-linear buckets (4 per power of two) of relaxed atomic
+/// counters. Recording is two atomic adds and a `fetch_max`, so every worker records into the
+/// same histogram without a lock; a quantile is read by walking 252 counters, which is only
+/// done by `rule show`.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS],
+    max_ns: AtomicU64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            max_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Latency quantiles in nanoseconds (bucket upper bounds, capped at the largest sample).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct LatencySnapshot {
+    /// How many samples the quantiles are over.
+    pub samples: u64,
+    /// Half of the messages took at most this long.
+    pub p50: u64,
+    /// 99 % of the messages took at most this long.
+    pub p99: u64,
+    /// The slowest message.
+    pub max: u64,
+}
+
+impl LatencyHistogram {
+    /// Records one sample.
+    pub fn record(&self, ns: u64) {
+        self.buckets[bucket_of(ns)].fetch_add(1, Ordering::Relaxed);
+        self.max_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    /// Records one sample from a [`std::time::Duration`].
+    pub fn record_duration(&self, d: std::time::Duration) {
+        self.record(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// The quantile `q` (0..=1) in nanoseconds, or 0 with no samples.
+    pub fn quantile(&self, q: f64) -> u64 {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        quantile_of(&counts, q).min(self.max_ns.load(Ordering::Relaxed))
+    }
+
+    /// p50, p99, max and the sample count, read once.
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let max = self.max_ns.load(Ordering::Relaxed);
+        LatencySnapshot {
+            samples: counts.iter().sum(),
+            p50: quantile_of(&counts, 0.50).min(max),
+            p99: quantile_of(&counts, 0.99).min(max),
+            max,
+        }
+    }
+}
+
+/// The bucket of `ns`: exact below 4, then 4 buckets per power of two.
+fn bucket_of(ns: u64) -> usize {
+    if ns < SUB_BUCKETS as u64 {
+        return ns as usize;
+    }
+    let exp = 63 - ns.leading_zeros(); // >= SUB_BUCKET_BITS
+    let sub = (ns >> (exp - SUB_BUCKET_BITS)) as usize & (SUB_BUCKETS - 1);
+    (exp - SUB_BUCKET_BITS + 1) as usize * SUB_BUCKETS + sub
+}
+
+/// The largest value that falls in bucket `i`.
+fn bucket_upper(i: usize) -> u64 {
+    if i < SUB_BUCKETS {
+        return i as u64;
+    }
+    let exp = (i / SUB_BUCKETS) as u32 + SUB_BUCKET_BITS - 1;
+    let sub = (i % SUB_BUCKETS) as u64;
+    let width = 1u64 << (exp - SUB_BUCKET_BITS);
+    let lower = (SUB_BUCKETS as u64 + sub) << (exp - SUB_BUCKET_BITS);
+    lower.saturating_add(width - 1)
+}
+
+fn quantile_of(counts: &[u64], q: f64) -> u64 {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return 0;
+    }
+    let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+    let mut seen = 0;
+    for (i, n) in counts.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return bucket_upper(i);
+        }
+    }
+    bucket_upper(counts.len() - 1)
+}
+
 /// A rule compiled and ready to instantiate.
 #[derive(Debug)]
 struct LoadedRule {
     name: Arc<str>,
+    /// Unique per install: a worker's instance belongs to exactly one install, so a rule deleted
+    /// and created again under the same name and version never runs on a stale instance.
+    load_id: u64,
     version: u64,
     from_filter: String,
     data_type: DataType,
@@ -145,6 +284,7 @@ pub struct RuleEngine {
     runtime: Arc<RuleRuntime>,
     current: RwLock<Arc<RuleSet>>,
     generation: AtomicU64,
+    next_load_id: AtomicU64,
     counters: Mutex<HashMap<String, Arc<RuleCounters>>>,
     tags: Option<Arc<dyn TagSource>>,
 }
@@ -161,11 +301,12 @@ impl std::fmt::Debug for RuleEngine {
 pub fn module_bytes(spec: &RuleSpec) -> Result<std::borrow::Cow<'_, [u8]>, RuleError> {
     match &spec.source {
         RuleSource::Wasm { module } => Ok(std::borrow::Cow::Borrowed(module)),
-        RuleSource::Sql { .. } => Err(RuleError::Sql {
-            name: spec.name.clone(),
-            message: "SQL rules need the SQL compiler, which this build does not include yet"
-                .into(),
-        }),
+        RuleSource::Sql { sql } => super::compile_sql(sql, spec.data_type)
+            .map(|c| std::borrow::Cow::Owned(c.wasm))
+            .map_err(|message| RuleError::Sql {
+                name: spec.name.clone(),
+                message,
+            }),
     }
 }
 
@@ -176,6 +317,7 @@ impl RuleEngine {
             runtime,
             current: RwLock::new(Arc::new(RuleSet::default())),
             generation: AtomicU64::new(0),
+            next_load_id: AtomicU64::new(1),
             counters: Mutex::new(HashMap::new()),
             tags,
         }
@@ -210,21 +352,32 @@ impl RuleEngine {
             .check_actions(spec.actions.iter(), &spec.from_filter)
             .map_err(|e| invalid("grant", e))?;
         let bytes = module_bytes(spec)?;
-        self.runtime
-            .load(&bytes)
-            .map_err(|source| RuleError::Load {
-                name: spec.name.clone(),
-                source,
-            })
+        self.runtime.load(&bytes).map_err(|source| RuleError::Load {
+            name: spec.name.clone(),
+            source,
+        })
     }
 
-    /// Installs `spec` (replacing any rule of the same name) and publishes a new snapshot.
-    /// A stopped rule is validated but runs on nothing.
+    /// Validates and installs `spec` (replacing any rule of the same name) and publishes a new
+    /// snapshot. A stopped rule is validated but runs on nothing.
     pub fn install(&self, spec: &RuleSpec) -> Result<(), RuleError> {
         let module = self.validate(spec)?;
+        self.install_module(spec, module);
+        Ok(())
+    }
+
+    /// Installs `spec` with the module [`RuleEngine::validate`] returned for it, so a lifecycle
+    /// change compiles the module once. Running: the rule replaces its previous version in one
+    /// snapshot swap (see the module docs); stopped: it leaves the running set.
+    pub fn install_module(&self, spec: &RuleSpec, module: RuleModule) {
+        if spec.state != RuleState::Running {
+            self.replace(&spec.name, None);
+            return;
+        }
         let counters = self.counters_for(&spec.name);
         let loaded = Arc::new(LoadedRule {
             name: spec.name.as_str().into(),
+            load_id: self.next_load_id.fetch_add(1, Ordering::Relaxed),
             version: spec.version,
             from_filter: spec.from_filter.clone(),
             data_type: spec.data_type,
@@ -241,13 +394,31 @@ impl RuleEngine {
             },
             counters,
         });
-        self.replace(&spec.name, (spec.state == RuleState::Running).then_some(loaded));
-        Ok(())
+        self.replace(&spec.name, Some(loaded));
     }
 
-    /// Removes a rule from the running set (stop or delete).
+    /// Takes a rule out of the running set (stop); its counters stay.
+    pub fn stop(&self, name: &str) {
+        self.replace(name, None);
+    }
+
+    /// Removes a rule from the running set and forgets its counters (delete), so a rule created
+    /// later under the same name starts from zero.
     pub fn remove(&self, name: &str) {
         self.replace(name, None);
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
+    /// The version of `name` in the running set, if it is running.
+    pub fn running_version(&self, name: &str) -> Option<u64> {
+        self.snapshot()
+            .rules
+            .iter()
+            .find(|r| &*r.name == name)
+            .map(|r| r.version)
     }
 
     fn replace(&self, name: &str, rule: Option<Arc<LoadedRule>>) {
@@ -337,6 +508,7 @@ pub struct Evaluation {
 pub struct RuleWorker {
     engine: Arc<RuleEngine>,
     set: Arc<RuleSet>,
+    /// One instance per running rule, tagged with the install it belongs to.
     instances: HashMap<Arc<str>, (u64, RuleInstance)>,
 }
 
@@ -350,7 +522,9 @@ impl std::fmt::Debug for RuleWorker {
 }
 
 impl RuleWorker {
-    /// Takes the newest snapshot if it changed; keeps instances of unchanged rules.
+    /// Takes the newest snapshot if it changed; keeps instances of unchanged rules and drops
+    /// those of replaced, stopped or deleted ones. Called only between messages, which is what
+    /// makes an update atomic per message.
     pub fn refresh(&mut self) {
         if self.engine.generation.load(Ordering::SeqCst) == self.set.generation {
             return;
@@ -360,10 +534,15 @@ impl RuleWorker {
             .set
             .rules
             .iter()
-            .map(|r| (r.name.clone(), r.version))
+            .map(|r| (r.name.clone(), r.load_id))
             .collect();
         self.instances
-            .retain(|name, (version, _)| live.contains(&(name.clone(), *version)));
+            .retain(|name, (load_id, _)| live.contains(&(name.clone(), *load_id)));
+    }
+
+    /// How many rules this worker's current snapshot runs.
+    pub fn running_rules(&self) -> usize {
+        self.set.rules.len()
     }
 
     /// Runs every running rule whose FROM filter matches the message.
@@ -374,7 +553,7 @@ impl RuleWorker {
         let mut out = Vec::new();
         let mut json_view: Option<Option<Vec<u8>>> = None;
         for rule in set.rules.iter() {
-            if !crate::topic::matches(&rule.from_filter, msg.topic) {
+            if !crate::topic::topic_matches(&rule.from_filter, msg.topic) {
                 continue;
             }
             let payload: &[u8] = match rule.data_type {
@@ -402,8 +581,11 @@ impl RuleWorker {
                 timestamp_ms: msg.timestamp_ms,
                 tags: tags.as_ref(),
             };
+            let started = Instant::now();
             let result = self.call(rule, &input);
+            let elapsed = started.elapsed();
             let counters = &rule.counters;
+            counters.latency.record_duration(elapsed);
             counters.messages_in.fetch_add(1, Ordering::Relaxed);
             match &result {
                 Ok(Outcome::Dropped) => {
@@ -428,35 +610,393 @@ impl RuleWorker {
         out
     }
 
-    fn call(
-        &mut self,
-        rule: &LoadedRule,
-        input: &RuleInput<'_>,
-    ) -> Result<Outcome, RuleFailure> {
-        let runtime = self.engine.runtime.clone();
+    fn call(&mut self, rule: &LoadedRule, input: &RuleInput<'_>) -> Result<Outcome, RuleFailure> {
         let stale = match self.instances.get(&rule.name) {
-            Some((version, instance)) => *version != rule.version || instance.is_poisoned(),
+            Some((load_id, instance)) => *load_id != rule.load_id || instance.is_poisoned(),
             None => true,
         };
         if stale {
-            let instance = runtime
+            let instance = self
+                .engine
+                .runtime
                 .instantiate(&rule.module, rule.binding.clone(), rule.env.clone())
                 .map_err(|e| RuleFailure {
                     kind: FailureKind::Trap,
                     message: format!("could not instantiate the module: {e}"),
                 })?;
             self.instances
-                .insert(rule.name.clone(), (rule.version, instance));
+                .insert(rule.name.clone(), (rule.load_id, instance));
         }
-        let (_, instance) = self
-            .instances
-            .get_mut(&rule.name)
-            .expect("inserted above");
+        let Some((_, instance)) = self.instances.get_mut(&rule.name) else {
+            return Err(RuleFailure {
+                kind: FailureKind::Trap,
+                message: "the rule's instance vanished".into(),
+            });
+        };
         let started = Instant::now();
         let result = instance.call(input);
-        rule.counters
-            .busy_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        rule.counters.busy_ns.fetch_add(
+            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::actions::{Action, Grant};
+    use crate::rules::runtime::{SandboxConfig, Target};
+
+    fn engine(tags: Option<Arc<dyn TagSource>>) -> Arc<RuleEngine> {
+        let runtime = RuleRuntime::new(SandboxConfig::default()).expect("runtime");
+        Arc::new(RuleEngine::new(Arc::new(runtime), tags))
+    }
+
+    fn wasm(path: &str) -> Vec<u8> {
+        std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn spec(name: &str, module: Vec<u8>, actions: &[&str], data_type: DataType) -> RuleSpec {
+        let actions: Vec<Action> = actions.iter().map(|a| Action::parse(a).unwrap()).collect();
+        RuleSpec {
+            name: name.into(),
+            source: RuleSource::Wasm { module },
+            from_filter: "/pk/+/user/update".into(),
+            data_type,
+            grant: Grant::from_actions(&actions),
+            actions,
+            error_action: None,
+            state: RuleState::Running,
+            version: 1,
+            utc_offset_seconds: 0,
+        }
+    }
+
+    fn msg<'a>(device: &'a str, topic: &'a str, payload: &'a [u8]) -> MessageContext<'a> {
+        MessageContext {
+            topic,
+            payload,
+            message_id: "0123456789abcdef0123456789abcdef",
+            product_key: "pk",
+            device_name: device,
+            timestamp_ms: 1_700_000_000_000,
+        }
+    }
+
+    fn forwards(evals: &[Evaluation]) -> Vec<(String, serde_json::Value)> {
+        let mut out = Vec::new();
+        for e in evals {
+            if let Ok(Outcome::Emitted(decisions)) = &e.result {
+                for d in decisions {
+                    if let Target::Forward(t) = &d.target {
+                        let body = serde_json::from_slice(&d.payload)
+                            .unwrap_or_else(|_| serde_json::Value::String(hex::encode(&d.payload)));
+                        out.push((t.clone(), body));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn histogram_buckets_are_contiguous_and_quantiles_within_a_quarter() {
+        let mut last = None;
+        for ns in (0..100_000u64).chain([u64::MAX / 3, u64::MAX]) {
+            let b = bucket_of(ns);
+            assert!(ns <= bucket_upper(b), "{ns} above its bucket's bound");
+            if let Some((prev_ns, prev_b)) = last {
+                if ns == prev_ns + 1 {
+                    assert!(b == prev_b || b == prev_b + 1, "buckets skip at {ns}");
+                }
+            }
+            last = Some((ns, b));
+        }
+        let h = LatencyHistogram::default();
+        for ns in 1..=10_000u64 {
+            h.record(ns * 1000);
+        }
+        let s = h.snapshot();
+        assert_eq!(s.samples, 10_000);
+        assert_eq!(s.max, 10_000_000);
+        let within = |got: u64, want: f64| (got as f64) >= want && (got as f64) <= want * 1.25;
+        assert!(within(s.p50, 5_000_000.0), "p50 {}", s.p50);
+        assert!(within(s.p99, 9_900_000.0), "p99 {}", s.p99);
+        assert_eq!(
+            LatencyHistogram::default().snapshot(),
+            LatencySnapshot::default()
+        );
+    }
+
+    #[test]
+    fn an_update_swaps_versions_between_messages_and_counters_carry_over() {
+        let engine = engine(None);
+        let mut worker = engine.worker();
+        engine
+            .install(&spec(
+                "stamp",
+                wasm(env!("SLUICE_STAMP_WASM")),
+                &["forward:out"],
+                DataType::Json,
+            ))
+            .unwrap();
+        let topic = "/pk/d1/user/update";
+        let out = forwards(&worker.evaluate(&msg("d1", topic, br#"{"seq":1}"#)));
+        assert_eq!(
+            out,
+            [(
+                "out".to_string(),
+                serde_json::json!({"device":"d1","seq":1,"version":1})
+            )]
+        );
+
+        let mut v2 = spec(
+            "stamp",
+            wasm(env!("SLUICE_STAMP_V2_WASM")),
+            &["forward:out"],
+            DataType::Json,
+        );
+        v2.version = 2;
+        let module = engine.validate(&v2).unwrap();
+        engine.install_module(&v2, module);
+        let out = forwards(&worker.evaluate(&msg("d1", topic, br#"{"seq":2}"#)));
+        assert_eq!(
+            out[0].1["version"], 2,
+            "the next message runs on the new version"
+        );
+        let counters = engine.counters_for("stamp").snapshot();
+        assert_eq!(
+            counters.messages_in, 2,
+            "counters are kept across an update: {counters:?}"
+        );
+        assert_eq!(counters.latency_ns.samples, 2);
+        assert!(counters.latency_ns.p50 > 0 && counters.latency_ns.p99 >= counters.latency_ns.p50);
+        assert_eq!(engine.running_version("stamp"), Some(2));
+
+        // Delete and create again under the same name and version: the new module runs, not a
+        // cached instance of the old one, and counters start from zero.
+        engine.remove("stamp");
+        assert!(worker
+            .evaluate(&msg("d1", topic, br#"{"seq":3}"#))
+            .is_empty());
+        let mut again = spec(
+            "stamp",
+            wasm(env!("SLUICE_STAMP_WASM")),
+            &["forward:out"],
+            DataType::Json,
+        );
+        again.version = 2;
+        engine.install(&again).unwrap();
+        let out = forwards(&worker.evaluate(&msg("d1", topic, br#"{"seq":4}"#)));
+        assert_eq!(out[0].1["version"], 1);
+        assert_eq!(engine.counters_for("stamp").snapshot().messages_in, 1);
+    }
+
+    #[test]
+    fn an_update_under_concurrent_load_runs_each_message_once_and_never_goes_back() {
+        // Two workers evaluate 2,000 messages each while another thread swaps v1 for v2 midway:
+        // every message is evaluated exactly once, and each worker's (hence each device's)
+        // outputs read 1,1,...,1,2,...,2 — in order, and never back to the old version.
+        let engine = engine(None);
+        let v1 = spec(
+            "stamp",
+            wasm(env!("SLUICE_STAMP_WASM")),
+            &["forward:out"],
+            DataType::Json,
+        );
+        let mut v2 = spec(
+            "stamp",
+            wasm(env!("SLUICE_STAMP_V2_WASM")),
+            &["forward:out"],
+            DataType::Json,
+        );
+        v2.version = 2;
+        engine.install(&v1).unwrap();
+        let v2_module = engine.validate(&v2).unwrap();
+        let done = Arc::new(AtomicU64::new(0));
+        let updater = {
+            let engine = engine.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                while done.load(Ordering::Relaxed) < 1000 {
+                    std::thread::yield_now();
+                }
+                engine.install_module(&v2, v2_module);
+            })
+        };
+        let workers: Vec<_> = (0..2)
+            .map(|w| {
+                let engine = engine.clone();
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    let mut worker = engine.worker();
+                    let device = format!("d{w}");
+                    let topic = format!("/pk/{device}/user/update");
+                    let mut versions = Vec::new();
+                    for seq in 0..2000u64 {
+                        let payload = format!("{{\"seq\":{seq}}}");
+                        let evals = worker.evaluate(&msg(&device, &topic, payload.as_bytes()));
+                        let out = forwards(&evals);
+                        assert_eq!(out.len(), 1, "exactly one version handles message {seq}");
+                        assert_eq!(out[0].1["seq"], seq);
+                        versions.push(out[0].1["version"].as_u64().unwrap());
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    versions
+                })
+            })
+            .collect();
+        for (w, handle) in workers.into_iter().enumerate() {
+            let versions = handle.join().unwrap();
+            let switch = versions
+                .iter()
+                .position(|v| *v == 2)
+                .unwrap_or(versions.len());
+            assert!(
+                versions[..switch].iter().all(|v| *v == 1),
+                "worker {w} ran v2 before v1"
+            );
+            assert!(
+                versions[switch..].iter().all(|v| *v == 2),
+                "worker {w} went back to v1"
+            );
+            println!(
+                "worker {w}: {switch} messages on v1, {} on v2",
+                versions.len() - switch
+            );
+        }
+        updater.join().unwrap();
+        assert_eq!(engine.counters_for("stamp").snapshot().messages_in, 4000);
+    }
+
+    #[derive(Debug)]
+    struct Tags;
+
+    impl TagSource for Tags {
+        fn tag(&self, _pk: &str, device: &str, key: &str) -> Option<String> {
+            match (device, key) {
+                ("fdev", "temperature_unit") => Some("F".into()),
+                ("fdev", "site") => Some("plant-7".into()),
+                ("m1", "device_type") => Some("meter".into()),
+                _ => None,
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_rules_run_in_the_sandbox_as_they_do_natively() {
+        let engine = engine(Some(Arc::new(Tags)));
+        let router_grant: Vec<String> = ["thermostats", "meters", "cameras", "alarms", "unrouted"]
+            .map(String::from)
+            .to_vec();
+        let mut router = spec(
+            "router",
+            wasm(env!("SLUICE_DEVICE_ROUTER_WASM")),
+            &[],
+            DataType::Json,
+        );
+        router.from_filter = "/pk/+/router".into();
+        router.grant = Grant {
+            forward: router_grant,
+            republish: Vec::new(),
+        };
+        let mut convert = spec(
+            "convert",
+            wasm(env!("SLUICE_UNIT_CONVERT_WASM")),
+            &["forward:celsius"],
+            DataType::Json,
+        );
+        convert.from_filter = "/pk/+/convert".into();
+        let mut frames = spec(
+            "frames",
+            wasm(env!("SLUICE_FRAME_DECODER_WASM")),
+            &["forward:decoded"],
+            DataType::Binary,
+        );
+        frames.from_filter = "/pk/+/frame".into();
+        let mut overheat = spec(
+            "overheat",
+            wasm(env!("SLUICE_OVERHEAT_WASM")),
+            &["forward:alerts"],
+            DataType::Json,
+        );
+        overheat.from_filter = "/pk/+/user/update".into();
+        for s in [&router, &convert, &frames, &overheat] {
+            engine.install(s).unwrap();
+        }
+        let mut worker = engine.worker();
+
+        let out = forwards(&worker.evaluate(&msg("m1", "/pk/m1/router", br#"{"alarm":true}"#)));
+        let topics: Vec<&str> = out.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(topics, ["meters", "alarms"]);
+
+        let out =
+            forwards(&worker.evaluate(&msg("fdev", "/pk/fdev/convert", br#"{"temperature":212}"#)));
+        assert_eq!(out[0].0, "celsius");
+        assert_eq!(out[0].1["temperature_c"], 100.0);
+        assert_eq!(out[0].1["site"], "plant-7");
+
+        let frame = [
+            b'S', b'L', 1, 1, 7, 0, 0, 0, 0x2a, 0x09, 0x10, 0x27, 0xe4, 0x0c, 0,
+        ];
+        let mut frame = frame;
+        frame[14] = frame[..14].iter().fold(0, |a, b| a ^ b);
+        let out = forwards(&worker.evaluate(&msg("s1", "/pk/s1/frame", &frame)));
+        assert_eq!(
+            out[0].1,
+            serde_json::json!({"device":"s1","seq":7,"temperature":23.46,"humidity":100.0,"battery_v":3.3,"low_battery":true,"tamper":false})
+        );
+        let evals = worker.evaluate(&msg("s1", "/pk/s1/frame", b"short"));
+        let failure = evals[0].result.as_ref().unwrap_err();
+        assert_eq!(failure.kind, FailureKind::RuleError);
+        assert!(failure.message.contains("5 bytes"), "{failure}");
+
+        let out = forwards(&worker.evaluate(&msg(
+            "d9",
+            "/pk/d9/user/update",
+            br#"{"temperature":40,"location":"x"}"#,
+        )));
+        assert_eq!(
+            out,
+            [(
+                "alerts".to_string(),
+                serde_json::json!({"t":40.0,"device":"d9","location":"x"})
+            )]
+        );
+    }
+
+    #[test]
+    fn a_stopped_rule_runs_on_nothing_and_a_started_one_does() {
+        let engine = engine(None);
+        let mut worker = engine.worker();
+        let mut s = spec(
+            "overheat",
+            wasm(env!("SLUICE_OVERHEAT_WASM")),
+            &["forward:alerts"],
+            DataType::Json,
+        );
+        s.state = RuleState::Stopped;
+        engine.install(&s).unwrap();
+        let hot = br#"{"temperature":45}"#;
+        assert!(worker
+            .evaluate(&msg("d", "/pk/d/user/update", hot))
+            .is_empty());
+        s.state = RuleState::Running;
+        engine.install(&s).unwrap();
+        assert_eq!(
+            worker.evaluate(&msg("d", "/pk/d/user/update", hot)).len(),
+            1
+        );
+        engine.stop("overheat");
+        assert!(worker
+            .evaluate(&msg("d", "/pk/d/user/update", hot))
+            .is_empty());
+        assert_eq!(
+            engine.counters_for("overheat").snapshot().messages_in,
+            1,
+            "stop keeps counters"
+        );
     }
 }

@@ -6,11 +6,15 @@
 //! - [`actions`]: actions and grants, checked on every decision.
 //! - [`runtime`]: the wasmtime sandbox and the ABI v1 host functions.
 //! - [`engine`]: the running rule set, per-worker instances and per-rule counters.
+//! - [`registry`] and [`catalog`]: the lifecycle (create, start, stop, update, delete) and
+//!   where definitions are kept.
 //! - [`view`]: the thing-model platform view rules see.
 //! - [`time_format`]: Java-style date patterns for `format_time`.
 
 pub mod actions;
+pub mod catalog;
 pub mod engine;
+pub mod registry;
 pub mod runtime;
 pub mod spec;
 pub mod time_format;
@@ -25,3 +29,27 @@ pub use runtime::{
     Decision, FailureKind, Outcome, RuleFailure, RuleInput, RuleRuntime, SandboxConfig, Target,
 };
 pub use spec::{DataType, RuleSource, RuleSpec, RuleState};
+
+/// A SQL rule compiled to a standalone Wasm module.
+#[derive(Debug, Clone)]
+pub struct CompiledSql {
+    /// The module (ABI v1).
+    pub wasm: Vec<u8>,
+    /// The FROM filter.
+    pub from_filter: String,
+}
+
+/// Compiles rule SQL to Wasm; the error carries line and column.
+pub fn compile_sql(_sql: &str, _data_type: DataType) -> Result<CompiledSql, String> {
+    Err("SQL rules need the SQL compiler, which this build does not include yet".into())
+}
+
+/// The FROM filter of a SQL rule.
+pub fn sql_from_filter(name: &str, sql: &str, data_type: DataType) -> Result<String, RuleError> {
+    compile_sql(sql, data_type)
+        .map(|c| c.from_filter)
+        .map_err(|message| RuleError::Sql {
+            name: name.to_string(),
+            message,
+        })
+}

@@ -63,7 +63,10 @@ pub enum LoadError {
         name: String,
     },
     /// An ABI import with the wrong signature.
-    #[error("imports `{}::{name}` with the wrong signature: {detail}", abi::IMPORT_MODULE)]
+    #[error(
+        "imports `{}::{name}` with the wrong signature: {detail}",
+        abi::IMPORT_MODULE
+    )]
     ImportSignature {
         /// Import name.
         name: String,
@@ -241,7 +244,9 @@ pub struct RuleRuntime {
 
 impl std::fmt::Debug for RuleRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RuleRuntime").field("config", &self.config).finish()
+        f.debug_struct("RuleRuntime")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -427,7 +432,9 @@ fn check_export(
     name: &'static str,
     func: Option<(&[ValType], &'static str)>,
 ) -> Result<(), LoadError> {
-    let ty = module.get_export(name).ok_or(LoadError::MissingExport(name))?;
+    let ty = module
+        .get_export(name)
+        .ok_or(LoadError::MissingExport(name))?;
     match (func, ty) {
         (None, ExternType::Memory(_)) => Ok(()),
         (None, _) => Err(LoadError::ExportSignature {
@@ -670,7 +677,9 @@ impl CallState {
     }
 
     fn tag(&self, key: &str) -> Option<String> {
-        self.tags.as_ref()?.tag(&self.product_key, &self.device_name, key)
+        self.tags
+            .as_ref()?
+            .tag(&self.product_key, &self.device_name, key)
     }
 }
 
@@ -678,7 +687,10 @@ type Host<'a> = Caller<'a, HostState>;
 
 /// Copies guest bytes `ptr..ptr+len`, or marks the call as a bad pointer.
 fn read_guest(caller: &mut Host<'_>, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8>> {
-    let memory = caller.data().memory.expect("memory is set at instantiation");
+    let memory = caller
+        .data()
+        .memory
+        .expect("memory is set at instantiation");
     let range = guest_range(ptr, len);
     match range.and_then(|r| memory.data(&*caller).get(r)) {
         Some(bytes) => Ok(bytes.to_vec()),
@@ -692,7 +704,10 @@ fn read_guest_str(caller: &mut Host<'_>, ptr: i32, len: i32) -> wasmtime::Result
 
 /// Copies `value` out to the guest's `(buf, cap)` and returns its full length.
 fn copy_out(caller: &mut Host<'_>, value: &[u8], ptr: i32, cap: i32) -> wasmtime::Result<i32> {
-    let memory = caller.data().memory.expect("memory is set at instantiation");
+    let memory = caller
+        .data()
+        .memory
+        .expect("memory is set at instantiation");
     let n = value.len().min(cap.max(0) as usize);
     match guest_range(ptr, n as i32).and_then(|r| memory.data_mut(&mut *caller).get_mut(r)) {
         Some(dst) => {
@@ -761,12 +776,16 @@ fn emit_to_action(caller: &mut Host<'_>, action: Action, payload: Vec<u8>) -> i3
 
 fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     let m = abi::IMPORT_MODULE;
-    linker.func_wrap(m, imports::MSG_TOPIC, |mut c: Host<'_>, p: i32, cap: i32| {
-        let v = std::mem::take(&mut c.data_mut().call.topic);
-        let r = copy_out(&mut c, v.as_bytes(), p, cap);
-        c.data_mut().call.topic = v;
-        r
-    })?;
+    linker.func_wrap(
+        m,
+        imports::MSG_TOPIC,
+        |mut c: Host<'_>, p: i32, cap: i32| {
+            let v = std::mem::take(&mut c.data_mut().call.topic);
+            let r = copy_out(&mut c, v.as_bytes(), p, cap);
+            c.data_mut().call.topic = v;
+            r
+        },
+    )?;
     linker.func_wrap(m, imports::MSG_ID, |mut c: Host<'_>, p: i32, cap: i32| {
         let v = std::mem::take(&mut c.data_mut().call.message_id);
         let r = copy_out(&mut c, v.as_bytes(), p, cap);

@@ -16,7 +16,10 @@ fn runtime() -> RuleRuntime {
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = format!("{}/src/rules/fixtures/{name}.wat", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/src/rules/fixtures/{name}.wat",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -129,13 +132,20 @@ fn bad_modules_are_refused_at_load_with_the_reason() {
     let e = err("foreign_import");
     assert!(e.contains("wasi_snapshot_preview1::fd_write"), "{e}");
     assert!(err("wrong_version").contains("ABI version 2"));
-    assert!(rt.load(b"not wasm").unwrap_err().to_string().contains("not a valid WebAssembly module"));
+    assert!(rt
+        .load(b"not wasm")
+        .unwrap_err()
+        .to_string()
+        .contains("not a valid WebAssembly module"));
     let too_big = "(module (memory (export \"memory\") 200) (func (export \"sluice_abi_version\") (result i32) i32.const 1) (func (export \"sluice_alloc\") (param i32) (result i32) i32.const 0) (func (export \"sluice_on_message\") (param i32 i32) (result i32) i32.const 0))";
     let e = rt.load(too_big.as_bytes()).unwrap_err().to_string();
     assert!(e.contains("memory"), "{e}");
     let wrong_sig = "(module (import \"sluice_v1\" \"emit_output\" (func (param i64)))  (memory (export \"memory\") 1) (func (export \"sluice_abi_version\") (result i32) i32.const 1) (func (export \"sluice_alloc\") (param i32) (result i32) i32.const 0) (func (export \"sluice_on_message\") (param i32 i32) (result i32) i32.const 0))";
     let e = rt.load(wrong_sig.as_bytes()).unwrap_err().to_string();
-    assert!(e.contains("emit_output") && e.contains("wrong signature"), "{e}");
+    assert!(
+        e.contains("emit_output") && e.contains("wrong signature"),
+        "{e}"
+    );
 }
 
 #[test]

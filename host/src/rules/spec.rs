@@ -120,3 +120,145 @@ mod base64_bytes {
             .map_err(serde::de::Error::custom)
     }
 }
+
+/// A rule as people write it — the API body, the `[[rule]]` table, the CLI flags — before it
+/// is checked and turned into a [`RuleSpec`]. One conversion for all three, so they agree.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDefinition {
+    /// Rule SQL.
+    pub sql: Option<String>,
+    /// A Wasm module, base64 in JSON.
+    #[serde(default, with = "opt_base64_bytes", rename = "module_base64")]
+    pub module: Option<Vec<u8>>,
+    /// FROM filter of a Wasm rule.
+    pub from: Option<String>,
+    /// `json` or `binary`.
+    pub data_type: Option<String>,
+    /// Actions in CLI spelling.
+    #[serde(default)]
+    pub actions: Vec<String>,
+    /// Error action in CLI spelling.
+    pub error_action: Option<String>,
+    /// Grants in CLI spelling; `None` = the actions.
+    pub grant: Option<Vec<String>>,
+    /// `UTC` or `+08:00`.
+    pub timezone: Option<String>,
+}
+
+impl RuleDefinition {
+    /// Checks the definition's fields and builds the stored form (state: stopped, version 0).
+    /// The module itself is checked later, by the engine.
+    pub fn into_spec(self, name: &str) -> Result<RuleSpec, super::engine::RuleError> {
+        let invalid = |field: &'static str, message: String| super::engine::RuleError::Invalid {
+            name: name.to_string(),
+            field,
+            message,
+        };
+        let data_type = match self.data_type.as_deref() {
+            None | Some("json") => DataType::Json,
+            Some("binary") => DataType::Binary,
+            Some(other) => {
+                return Err(invalid(
+                    "data_type",
+                    format!("data type `{other}`: use json or binary"),
+                ))
+            }
+        };
+        let (source, from_filter) = match (self.sql, self.module) {
+            (Some(sql), None) => {
+                let from = super::sql_from_filter(name, &sql, data_type)?;
+                if let Some(given) = self.from.filter(|f| *f != from) {
+                    return Err(invalid(
+                        "from",
+                        format!("a SQL rule takes its filter from FROM (`{from}`), not `{given}`"),
+                    ));
+                }
+                (RuleSource::Sql { sql }, from)
+            }
+            (None, Some(module)) => {
+                let from = self.from.ok_or_else(|| {
+                    invalid(
+                        "from",
+                        "a Wasm rule needs the topic filter it listens on (--from \"/pk/+/user/update\")"
+                            .into(),
+                    )
+                })?;
+                (RuleSource::Wasm { module }, from)
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "sql",
+                    "give either SQL or a Wasm module, not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "sql",
+                    "missing: give the rule's SQL or a Wasm module".into(),
+                ))
+            }
+        };
+        let actions = self
+            .actions
+            .iter()
+            .map(|a| Action::parse(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("actions", e.0))?;
+        let error_action = self
+            .error_action
+            .as_deref()
+            .map(Action::parse)
+            .transpose()
+            .map_err(|e| invalid("error_action", e.0))?;
+        let mut grant = match &self.grant {
+            None => Grant::from_actions(&actions),
+            Some(specs) => {
+                let mut grant = Grant::default();
+                for spec in specs {
+                    grant.add_spec(spec).map_err(|e| invalid("grant", e.0))?;
+                }
+                grant
+            }
+        };
+        // The error action is sluice's own reporting path: it is always allowed.
+        if let Some(Action::Forward { topic }) = &error_action {
+            if !grant.forward.contains(topic) {
+                grant.forward.push(topic.clone());
+            }
+        }
+        let utc_offset_seconds = match &self.timezone {
+            None => 0,
+            Some(tz) => {
+                super::time_format::parse_offset(tz).map_err(|e| invalid("timezone", e.0))?
+            }
+        };
+        Ok(RuleSpec {
+            name: name.to_string(),
+            source,
+            from_filter,
+            data_type,
+            actions,
+            error_action,
+            grant,
+            state: RuleState::Stopped,
+            version: 0,
+            utc_offset_seconds,
+        })
+    }
+}
+
+mod opt_base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| {
+            base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .map_err(serde::de::Error::custom)
+        })
+        .transpose()
+    }
+}

@@ -31,9 +31,7 @@ pub fn format(epoch_ms: i64, offset_seconds: i32, pattern: &str) -> Result<Strin
             }
             loop {
                 match chars.get(i) {
-                    None => {
-                        return Err(PatternError(format!("unterminated quote in `{pattern}`")))
-                    }
+                    None => return Err(PatternError(format!("unterminated quote in `{pattern}`"))),
                     Some('\'') if chars.get(i + 1) == Some(&'\'') => {
                         out.push('\'');
                         i += 2;
@@ -96,7 +94,11 @@ pub fn parse_offset(tz: &str) -> Result<i32, PatternError> {
     if tz.eq_ignore_ascii_case("utc") || tz == "Z" || tz.eq_ignore_ascii_case("gmt") {
         return Ok(0);
     }
-    let bad = || PatternError(format!("timezone `{tz}`: write UTC or an offset like +08:00"));
+    let bad = || {
+        PatternError(format!(
+            "timezone `{tz}`: write UTC or an offset like +08:00"
+        ))
+    };
     let (sign, rest) = match tz.as_bytes().first() {
         Some(b'+') => (1, &tz[1..]),
         Some(b'-') => (-1, &tz[1..]),
@@ -127,8 +129,14 @@ mod tests {
             format(T, 0, "yyyy-MM-dd'T'HH:mm:ss'Z'").unwrap(),
             "2018-04-23T01:58:42Z"
         );
-        assert_eq!(format(T, 0, "yyyy-MM-dd HH:mm:ss.SSS").unwrap(), "2018-04-23 01:58:42.123");
-        assert_eq!(format(T, 8 * 3600, "yyyy/M/d H:mm").unwrap(), "2018/4/23 9:58");
+        assert_eq!(
+            format(T, 0, "yyyy-MM-dd HH:mm:ss.SSS").unwrap(),
+            "2018-04-23 01:58:42.123"
+        );
+        assert_eq!(
+            format(T, 8 * 3600, "yyyy/M/d H:mm").unwrap(),
+            "2018/4/23 9:58"
+        );
         assert_eq!(format(T, 0, "yy MMM EEE a hh").unwrap(), "18 Apr Mon AM 01");
         assert_eq!(format(T, 8 * 3600, "X").unwrap(), "+08:00");
         assert_eq!(format(T, 0, "'it''s' HH").unwrap(), "it's 01");

@@ -122,8 +122,22 @@ mod tests {
     #[test]
     fn other_topics_and_non_objects_pass_through() {
         assert!(platform_view("/pk/dn/user/update", b"{}", "pk", "dn", 1).is_none());
-        assert!(platform_view("/sys/pk/dn/thing/event/property/post", b"[1]", "pk", "dn", 1).is_none());
-        assert!(platform_view("/sys/pk/dn/thing/event/property/post", b"nope", "pk", "dn", 1).is_none());
+        assert!(platform_view(
+            "/sys/pk/dn/thing/event/property/post",
+            b"[1]",
+            "pk",
+            "dn",
+            1
+        )
+        .is_none());
+        assert!(platform_view(
+            "/sys/pk/dn/thing/event/property/post",
+            b"nope",
+            "pk",
+            "dn",
+            1
+        )
+        .is_none());
         assert_eq!(thing_topic("/sys/pk/dn/thing/service/x"), None);
     }
 }

@@ -1,1 +1,640 @@
-//! placeholder
+//! The durable store: topics, subscriptions and queues on SQLite, with the semantics of
+//! `shared/spec/message-service.md` (visibility timeout, receipt handles, long polling, delay,
+//! priority, retention, dead letters).
+//!
+//! # Shape
+//! [`Store`] is a cheap `Clone` handle. Every change goes to **one writer thread** that owns the
+//! write connection: it takes the first waiting request, drains up to `max_batch_requests` more
+//! that are already queued, runs them in **one transaction** (each inside its own SAVEPOINT, so a
+//! failed request is rolled back alone and never poisons the others), commits, and only then
+//! answers each request (group commit: one fsync for many acknowledgements). Catalog reads
+//! (topics, subscriptions) and backups use separate read connections (WAL readers never block
+//! the writer), off the async runtime with `spawn_blocking`. Receive is a write (a claim).
+//! `peek` and `get_queue`/`list_queues` also go to the writer, because the delivery order and
+//! the visible / in-flight / delayed counts live in its in-memory index: there they cost a few
+//! rowid lookups, on a read connection they would be full-table scans with a sort.
+//!
+//! # Schema (v1) and the claim path
+//! - `topics`, `queues` (attributes as JSON, durable `expired_total` / `dead_lettered_total`
+//!   counters), `subscriptions` (spec as JSON), `bodies(id, refs, body)`.
+//! - **One table per queue**, `q_<queue id>`, keyed by `seq INTEGER PRIMARY KEY` (the rowid),
+//!   with the delivery state first (`next_visible_ms, receipt_gen, dequeue_count,
+//!   first_dequeue_ms, priority, enqueue_ms`) and the message after it (`message_id, body_md5,
+//!   tag, attributes, origin, body_ref, body`). No secondary index: inserts, claims and deletes
+//!   touch rows by rowid only, and the rowid order is the enqueue order, which the retention
+//!   sweep walks from the front.
+//! - A body is stored once: inline in the queue row when the message reaches one queue (a send,
+//!   or a topic with one matching subscription — the common case, one row per message), else in
+//!   `bodies` with a reference count that each queue row holds. Push deliveries (later) will hold
+//!   references the same way from their own per-subscription table.
+//! - The writer keeps, per queue, an **in-memory index**: the visible messages as a
+//!   `BTreeSet<u64>` of `priority << 58 | seq` (so the first element is the next to deliver:
+//!   priority 1 first, then oldest), and two `BTreeSet<(next_visible_ms, key)>` for in-flight and
+//!   delayed messages, promoted to visible when their time comes. About 8–16 bytes plus B-tree
+//!   overhead per queued message; bodies are never held. It is rebuilt from disk at open by one
+//!   scan of each queue table's leading columns. A claim pops the first keys and runs one
+//!   `UPDATE .. WHERE seq = ? RETURNING ..` each — no sort, no index on a changing column (that
+//!   design measured ~3 k msg/s against ~90 k for rowid claims).
+//! - Every in-memory change records an undo entry, so a request rolled back to its savepoint, or
+//!   a batch whose COMMIT fails (disk full), leaves memory equal to disk.
+//!
+//! # Receipt handles
+//! `base64url(seq ‖ gen)`: 22 characters of `[A-Za-z0-9_-]`. `gen` is a fresh random non-zero
+//! 64-bit value per receive or visibility change, stored in the row, so a handle can neither be
+//! forged nor guessed into another message; only the row's current `gen` with an unexpired lease
+//! is accepted. Recently deleted `(seq, gen)` pairs are remembered (bounded, in memory until the
+//! lease would have ended) so a second delete with the same handle also succeeds.
+//!
+//! # Long polling
+//! Each queue has a `tokio::sync::Notify`. After a commit that made a message visible in a queue
+//! (or brought its earliest next-visible time forward) the writer wakes that queue's waiters; a
+//! waiter also sleeps only until the queue's earliest next-visible time (a delay or visibility
+//! timeout ending) or its own deadline, whichever is first. The database is never polled.
+//!
+//! # Time
+//! Every time decision reads the [`Clock`] of [`StoreOptions`]; [`SystemClock`] is anchored on
+//! the wall clock at start and advances monotonically, so a wall-clock step while running does
+//! not expire or stretch leases.
+//!
+//! # Limits and failures
+//! A full disk (or `StoreOptions::max_db_bytes`, a soft cap on new messages that leaves headroom
+//! for receives and deletes so consumers can drain) fails requests with
+//! [`StoreError::StorageFull`]; nothing acknowledged is touched and the store recovers by
+//! itself once space is free. Deleting a queue also deletes the subscriptions that deliver to
+//! it. Measured on the 2-core dev machine (release, 250-byte bodies, FULL): ~190 k msg/s for
+//! `publish_batch` of 64, ~160 k msg/s for single publishes from 256 tasks, receive 16 +
+//! delete 16 ~50 k msg/s with 4 consumers and ~78 k with 16 (NORMAL: ~78 k / ~105 k).
+//!
+//! # Ownership
+//! One process owns a data directory (`sluice.lock` is held with an exclusive file lock): the
+//! in-memory index requires a single writer.
+
+mod clock;
+mod error;
+mod index;
+mod read;
+mod receipt;
+mod schema;
+mod types;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::StoreError;
+pub use types::{
+    validate_name, DeadLetterOrigin, Endpoint, Message, PublishRequest, Published, QueueAttributes,
+    QueueInfo, SendRequest, Sent, StoreOptions, SubscriptionInfo, SubscriptionSpec, Synchronous,
+    TopicInfo, VisibilityChanged, DEFAULT_PRIORITY, MAX_BATCH, MAX_MESSAGE_SIZE_CAP,
+    MAX_PUBLISH_UNIT, MAX_WAIT_SECONDS,
+};
+
+use types::check_range;
+use writer::{Op, OpKind, Reply};
+
+/// Result of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Wakers of long polls, one per queue name; shared by the handles and the writer.
+pub(crate) type Notifiers = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
+
+/// A handle on the durable store. Cheap to clone; all clones share one writer thread.
+///
+/// Every method that changes something answers only after its transaction committed.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tx: Option<mpsc::Sender<Op>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: read::ReadPool,
+    notifiers: Notifiers,
+    commits: watch::Receiver<u64>,
+    clock: Arc<dyn Clock>,
+    db_path: PathBuf,
+    size_cap: u32,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel makes the writer finish its batch and exit; joining it releases the
+        // data directory lock before the last handle is gone, so a reopen right after works.
+        self.tx.take();
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir`: the directory 0700, `sluice.db` 0600,
+    /// WAL, the chosen `synchronous`, `PRAGMA quick_check`, migrations to the current schema,
+    /// then starts the writer thread with the in-memory index rebuilt from disk.
+    ///
+    /// Synchronous: call it before serving. Fails with a clear error naming the path when the
+    /// directory is unwritable, another process owns it, or the file is damaged.
+    pub fn open(data_dir: &Path, opts: StoreOptions) -> Result<Store> {
+        let paths = types::StorePaths::new(data_dir);
+        let opened = schema::open(&paths, &opts)?;
+        let notifiers: Notifiers = Arc::default();
+        let (commit_tx, commit_rx) = watch::channel(0u64);
+        let (tx, thread) = writer::spawn(opened, &paths, &opts, notifiers.clone(), commit_tx)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                tx: Some(tx),
+                thread: Mutex::new(Some(thread)),
+                readers: read::ReadPool::new(paths.db.clone(), opts.busy_timeout),
+                notifiers,
+                commits: commit_rx,
+                clock: opts.clock.clone(),
+                db_path: paths.db,
+                size_cap: opts.message_size_cap.clamp(1024, MAX_MESSAGE_SIZE_CAP),
+            }),
+        })
+    }
+
+    /// Finishes the requests already queued, checkpoints the WAL and stops the writer thread.
+    /// Later calls on any clone fail with [`StoreError::Closed`]. Dropping the last handle without
+    /// calling it is safe too (nothing acknowledged is lost either way).
+    pub async fn close(&self) -> Result<()> {
+        match self.call(OpKind::Shutdown).await {
+            Ok(_) | Err(StoreError::Closed) => {}
+            Err(e) => return Err(e),
+        }
+        let handle = self.inner.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(handle) = handle {
+            tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))?
+                .map_err(|_| StoreError::Internal("writer thread panicked".into()))?;
+        }
+        Ok(())
+    }
+
+    /// A counter bumped after every commit, for delivery workers that must wake when new work
+    /// is durable (they read what they need from the store after a change).
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.inner.commits.clone()
+    }
+
+    /// The clock the store decides time with (the API shows ages relative to it).
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> &Path {
+        &self.inner.db_path
+    }
+
+    // ----- topics -----
+
+    /// Creates a topic; `Ok(false)` when it already exists.
+    pub async fn create_topic(&self, name: &str) -> Result<bool> {
+        validate_name("topic_name", name)?;
+        self.call(OpKind::CreateTopic(name.to_owned()))
+            .await?
+            .bool()
+    }
+
+    /// Deletes a topic and its subscriptions (messages already in queues stay there);
+    /// `Ok(false)` when it did not exist.
+    pub async fn delete_topic(&self, name: &str) -> Result<bool> {
+        self.call(OpKind::DeleteTopic(name.to_owned()))
+            .await?
+            .bool()
+    }
+
+    /// One topic.
+    pub async fn get_topic(&self, name: &str) -> Result<TopicInfo> {
+        let name = name.to_owned();
+        self.inner
+            .readers
+            .run(move |c| read::get_topic(c, &name))
+            .await
+    }
+
+    /// All topics, by name.
+    pub async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        self.inner.readers.run(read::list_topics).await
+    }
+
+    // ----- subscriptions -----
+
+    /// Subscribes `name` to `topic`; `Ok(false)` when the same subscription exists,
+    /// [`StoreError::SubscriptionAlreadyExist`] when one of that name differs. The endpoint
+    /// queue must exist.
+    pub async fn create_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+        spec: SubscriptionSpec,
+    ) -> Result<bool> {
+        validate_name("subscription_name", name)?;
+        if let Some(tag) = &spec.filter_tag {
+            types::validate_tag_and_attributes(Some(tag), &Default::default()).map_err(|_| {
+                StoreError::invalid("filter_tag", "a filter tag has 1 to 16 characters")
+            })?;
+        }
+        self.call(OpKind::CreateSubscription {
+            topic: topic.to_owned(),
+            name: name.to_owned(),
+            spec,
+        })
+        .await?
+        .bool()
+    }
+
+    /// Removes a subscription; `Ok(false)` when it did not exist (the topic must exist).
+    pub async fn delete_subscription(&self, topic: &str, name: &str) -> Result<bool> {
+        self.call(OpKind::DeleteSubscription {
+            topic: topic.to_owned(),
+            name: name.to_owned(),
+        })
+        .await?
+        .bool()
+    }
+
+    /// One subscription.
+    pub async fn get_subscription(&self, topic: &str, name: &str) -> Result<SubscriptionInfo> {
+        let (topic, name) = (topic.to_owned(), name.to_owned());
+        self.inner
+            .readers
+            .run(move |c| read::get_subscription(c, &topic, &name))
+            .await
+    }
+
+    /// The subscriptions of a topic, by name.
+    pub async fn list_subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionInfo>> {
+        let topic = topic.to_owned();
+        self.inner
+            .readers
+            .run(move |c| read::list_subscriptions(c, &topic))
+            .await
+    }
+
+    // ----- queues -----
+
+    /// Creates a queue; `Ok(false)` when one with the same attributes exists,
+    /// [`StoreError::QueueAlreadyExist`] when its attributes differ. A dead-letter queue must
+    /// exist and differ from the queue.
+    pub async fn create_queue(&self, name: &str, attributes: QueueAttributes) -> Result<bool> {
+        validate_name("queue_name", name)?;
+        attributes.validate(self.size_cap())?;
+        self.call(OpKind::CreateQueue(name.to_owned(), attributes))
+            .await?
+            .bool()
+    }
+
+    /// Replaces a queue's attributes (validated first; nothing changes on error). New values
+    /// apply to later operations; leases already given keep their time.
+    pub async fn set_queue_attributes(
+        &self,
+        name: &str,
+        attributes: QueueAttributes,
+    ) -> Result<()> {
+        attributes.validate(self.size_cap())?;
+        self.call(OpKind::SetQueueAttributes(name.to_owned(), attributes))
+            .await?
+            .unit()
+    }
+
+    /// Deletes a queue with its messages (in flight or not) and the subscriptions that point at
+    /// it; `Ok(false)` when it did not exist. Long polls on it end with `QueueNotExist`.
+    pub async fn delete_queue(&self, name: &str) -> Result<bool> {
+        self.call(OpKind::DeleteQueue(name.to_owned()))
+            .await?
+            .bool()
+    }
+
+    /// One queue with its counts.
+    pub async fn get_queue(&self, name: &str) -> Result<QueueInfo> {
+        match self.call(OpKind::GetQueue(name.to_owned())).await? {
+            Reply::Queues(mut q) if q.len() == 1 => Ok(q.remove(0)),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// All queues with their counts, by name.
+    pub async fn list_queues(&self) -> Result<Vec<QueueInfo>> {
+        match self.call(OpKind::ListQueues).await? {
+            Reply::Queues(q) => Ok(q),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    // ----- publish -----
+
+    /// Publishes one message to a topic, fanned out to every matching queue subscription in the
+    /// same commit.
+    pub async fn publish(&self, topic: &str, request: PublishRequest) -> Result<Published> {
+        let mut out = self
+            .publish_batch(vec![(topic.to_owned(), request)])
+            .await?;
+        out.pop()
+            .ok_or_else(|| StoreError::Internal("empty publish reply".into()))
+    }
+
+    /// Publishes several messages (to one or several topics) as **one atomic unit**: all are
+    /// committed together or none is (an unknown topic or an invalid message fails the whole
+    /// unit and writes nothing). Results are in request order.
+    pub async fn publish_batch(
+        &self,
+        items: Vec<(String, PublishRequest)>,
+    ) -> Result<Vec<Published>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.check_publish_unit(&items)?;
+        match self.call(OpKind::Publish(items)).await? {
+            Reply::Published(p) => Ok(p),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// [`Store::publish_batch`] for a plain thread that must keep order: the unit is queued to
+    /// the writer before this returns (blocking while the writer's queue is full — that is the
+    /// back-pressure), and the returned future resolves after its commit. Units submitted one
+    /// after another commit in that order, while many of them share one commit.
+    ///
+    /// Must not be called from an async task (it blocks).
+    pub fn submit_publish_batch(
+        &self,
+        items: Vec<(String, PublishRequest)>,
+    ) -> impl std::future::Future<Output = Result<Vec<Published>>> + Send + 'static {
+        let queued = if items.is_empty() {
+            Ok(None)
+        } else {
+            self.check_publish_unit(&items).and_then(|()| {
+                let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
+                let (reply, rx) = oneshot::channel();
+                tx.blocking_send(Op {
+                    kind: OpKind::Publish(items),
+                    reply,
+                })
+                .map_err(|_| StoreError::Closed)?;
+                Ok(Some(rx))
+            })
+        };
+        async move {
+            let Some(rx) = queued? else {
+                return Ok(Vec::new());
+            };
+            match rx.await.map_err(|_| StoreError::Closed)?? {
+                Reply::Published(p) => Ok(p),
+                other => Err(other.unexpected()),
+            }
+        }
+    }
+
+    fn check_publish_unit(&self, items: &[(String, PublishRequest)]) -> Result<()> {
+        if items.len() > MAX_PUBLISH_UNIT {
+            return Err(StoreError::invalid(
+                "messages",
+                format!("a publish unit has at most {MAX_PUBLISH_UNIT} messages"),
+            ));
+        }
+        let cap = self.size_cap();
+        for (_, req) in items {
+            if req.body.len() > cap as usize {
+                return Err(StoreError::MessageTooLarge {
+                    size: req.body.len(),
+                    limit: cap,
+                });
+            }
+            types::validate_tag_and_attributes(req.tag.as_deref(), &req.attributes)?;
+        }
+        Ok(())
+    }
+
+    // ----- queue operations -----
+
+    /// Sends one message to a queue.
+    pub async fn send(&self, queue: &str, request: SendRequest) -> Result<Sent> {
+        let mut out = self.send_batch(queue, vec![request]).await?;
+        out.pop()
+            .ok_or_else(|| StoreError::Internal("empty send reply".into()))
+    }
+
+    /// Sends up to 16 messages to a queue in one commit. Every message is checked first; one
+    /// invalid message (too large, bad priority or delay, ...) refuses the whole batch and
+    /// nothing is stored.
+    pub async fn send_batch(&self, queue: &str, requests: Vec<SendRequest>) -> Result<Vec<Sent>> {
+        check_batch("messages", requests.len())?;
+        for req in &requests {
+            if let Some(d) = req.delay_seconds {
+                check_range("delay_seconds", d.into(), 0, 604_800)?;
+            }
+            if let Some(p) = req.priority {
+                check_range("priority", p.into(), 1, 16)?;
+            }
+            types::validate_tag_and_attributes(req.tag.as_deref(), &req.attributes)?;
+        }
+        match self.call(OpKind::Send(queue.to_owned(), requests)).await? {
+            Reply::Sent(s) => Ok(s),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// Receives up to `max` (1–16) visible messages, each with a new receipt handle, invisible
+    /// for the queue's visibility timeout. `wait` (0–30 s; `None` = the queue's
+    /// `polling_wait_seconds`) long-polls: it returns as soon as a message is visible, or an
+    /// empty list when the wait ends (not an error).
+    ///
+    /// Cancel-safe: if the caller goes away after the claim committed but before the answer
+    /// reached it, the writer releases the messages again (visible, dequeue count restored).
+    pub async fn receive(
+        &self,
+        queue: &str,
+        max: usize,
+        wait: Option<Duration>,
+    ) -> Result<Vec<Message>> {
+        check_batch("max", max)?;
+        if let Some(w) = wait {
+            if w > Duration::from_secs(MAX_WAIT_SECONDS) {
+                return Err(StoreError::invalid(
+                    "wait_seconds",
+                    format!("wait_seconds must be between 0 and {MAX_WAIT_SECONDS}"),
+                ));
+            }
+        }
+        let notify = self.notifier(queue);
+        let started = tokio::time::Instant::now();
+        let mut deadline = wait.map(|w| started + w);
+        loop {
+            // Registered before the claim, so a commit between the claim and the wait still
+            // wakes us (Notify::notify_waiters reaches every `Notified` created before it).
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let reply = match self.call(OpKind::Receive(queue.to_owned(), max)).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    self.forget_notifier(queue, &notify);
+                    return Err(e);
+                }
+            };
+            let (messages, wait_default_s, next_visible_ms) = match reply {
+                Reply::Received {
+                    messages,
+                    polling_wait_seconds,
+                    next_visible_ms,
+                } => (messages, polling_wait_seconds, next_visible_ms),
+                other => return Err(other.unexpected()),
+            };
+            if !messages.is_empty() {
+                return Ok(messages);
+            }
+            let end = *deadline
+                .get_or_insert_with(|| started + Duration::from_secs(wait_default_s.into()));
+            let now = tokio::time::Instant::now();
+            if now >= end {
+                return Ok(messages);
+            }
+            let mut wake_at = end;
+            if let Some(t) = next_visible_ms {
+                let in_ms = t.saturating_sub(self.inner.clock.now_ms());
+                wake_at = wake_at.min(now + Duration::from_millis(in_ms));
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    /// Reads up to `max` (1–16) visible messages in delivery order without changing anything
+    /// (no handle, no dequeue count).
+    pub async fn peek(&self, queue: &str, max: usize) -> Result<Vec<Message>> {
+        check_batch("max", max)?;
+        match self.call(OpKind::Peek(queue.to_owned(), max)).await? {
+            Reply::Messages(m) => Ok(m),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// Deletes a message by its current receipt handle. A second delete with the same handle
+    /// succeeds too; an earlier or expired handle is refused with
+    /// [`StoreError::ReceiptHandleStale`] and changes nothing; a malformed one with
+    /// [`StoreError::ReceiptHandleError`].
+    pub async fn delete(&self, queue: &str, receipt_handle: &str) -> Result<()> {
+        let mut out = self
+            .delete_batch(queue, vec![receipt_handle.to_owned()])
+            .await?;
+        out.pop()
+            .unwrap_or_else(|| Err(StoreError::Internal("empty delete reply".into())))
+    }
+
+    /// Deletes up to 16 messages in one commit: one result per handle, in order (a bad handle
+    /// fails only itself).
+    pub async fn delete_batch(
+        &self,
+        queue: &str,
+        receipt_handles: Vec<String>,
+    ) -> Result<Vec<Result<()>>> {
+        check_batch("receipt_handles", receipt_handles.len())?;
+        match self
+            .call(OpKind::Delete(queue.to_owned(), receipt_handles))
+            .await?
+        {
+            Reply::Deleted(d) => Ok(d),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// Makes an in-flight message visible again `visibility_timeout` seconds (1–43200) from now,
+    /// returning a new handle; the old one stops working.
+    pub async fn change_visibility(
+        &self,
+        queue: &str,
+        receipt_handle: &str,
+        visibility_timeout: u32,
+    ) -> Result<VisibilityChanged> {
+        check_range("visibility_timeout", visibility_timeout.into(), 1, 43_200)?;
+        match self
+            .call(OpKind::ChangeVisibility(
+                queue.to_owned(),
+                receipt_handle.to_owned(),
+                visibility_timeout,
+            ))
+            .await?
+        {
+            Reply::Visibility(v) => Ok(v),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    // ----- maintenance -----
+
+    /// Copies the live store to `dest` with SQLite's online backup API (consistent snapshot,
+    /// writers keep going). The file is written 0600 beside `dest` and renamed into place.
+    pub async fn backup(&self, dest: &Path) -> Result<()> {
+        let dest = dest.to_path_buf();
+        self.inner
+            .readers
+            .run(move |c| read::backup(c, &dest))
+            .await
+    }
+
+    // ----- internals -----
+
+    fn size_cap(&self) -> u32 {
+        self.inner.size_cap
+    }
+
+    fn notifier(&self, queue: &str) -> Arc<Notify> {
+        let mut map = self
+            .inner
+            .notifiers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.entry(queue.to_owned()).or_default().clone()
+    }
+
+    /// Drops the waker entry of a queue nobody waits on (after `QueueNotExist`), so polling
+    /// made-up queue names cannot grow the map.
+    fn forget_notifier(&self, queue: &str, notify: &Arc<Notify>) {
+        let mut map = self
+            .inner
+            .notifiers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(entry) = map.get(queue) {
+            // Ours and the map's are the only references: no other waiter.
+            if Arc::ptr_eq(entry, notify) && Arc::strong_count(notify) == 2 {
+                map.remove(queue);
+            }
+        }
+    }
+
+    async fn call(&self, kind: OpKind) -> Result<Reply> {
+        let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Op { kind, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn check_batch(field: &'static str, n: usize) -> Result<()> {
+    if n == 0 || n > MAX_BATCH {
+        return Err(StoreError::invalid(
+            field,
+            format!("{n} is out of range: a batch has 1 to {MAX_BATCH} entries"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! The API's error shape: `{"error":{"code","message","field"}}` with an HTTP status. Codes
+//! follow MNS names where MNS has one; every error names the field at fault when there is one.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::rules::registry::RegistryError;
+use crate::store::StoreError;
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Machine-readable code.
+    pub code: &'static str,
+    /// What went wrong and how to fix it.
+    pub message: String,
+    /// The request field at fault.
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    /// A 400 naming a field.
+    pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "InvalidArgument",
+            message: message.into(),
+            field: Some(field.to_string()),
+        }
+    }
+
+    /// A 400 for a body that is not the JSON expected.
+    pub fn malformed(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "MalformedJson",
+            message: message.into(),
+            field: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body =
+            json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!("store error: {e}");
+        }
+        ApiError {
+            status,
+            code: e.code(),
+            message: e.to_string(),
+            field: e.field().map(str::to_string),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> ApiError {
+        let (status, code, field) = match &e {
+            RegistryError::NotFound(_) => (StatusCode::NOT_FOUND, "RuleNotExist", None),
+            RegistryError::Exists(_) => (StatusCode::CONFLICT, "RuleAlreadyExist", None),
+            RegistryError::Rule(r) => (StatusCode::BAD_REQUEST, "InvalidRule", r.field()),
+            RegistryError::Catalog(_) => {
+                tracing::error!("rule catalog error: {e}");
+                (StatusCode::INTERNAL_SERVER_ERROR, "InternalError", None)
+            }
+        };
+        ApiError {
+            status,
+            code,
+            message: e.to_string(),
+            field: field.map(str::to_string),
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! A JSON body extractor whose errors use the API's error shape (axum's own answers in plain
+//! text), so a malformed request always gets `{"error":{...}}` with what and where.
+
+use axum::extract::{FromRequest, Request};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// A JSON request body of type `T`; an empty body reads as `{}`.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError {
+                status: e.status(),
+                code: if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    "RequestTooLarge"
+                } else {
+                    "InvalidRequest"
+                },
+                message: e.body_text(),
+                field: None,
+            })?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::malformed(format!("request body: {e}")))
+    }
+}

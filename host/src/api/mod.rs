@@ -1,0 +1,91 @@
+//! The HTTP API: JSON under `/v1/` (queues, topics, subscriptions, rules), `/healthz`.
+//! Handlers are thin: they parse, call the store or the rule registry, and shape the answer.
+
+mod body;
+pub mod error;
+mod json;
+mod queues;
+mod rules;
+mod topics;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::rules::registry::RuleRegistry;
+use crate::store::Store;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Topics, subscriptions, queues.
+    pub store: Store,
+    /// Rule lifecycle.
+    pub rules: Arc<RuleRegistry>,
+}
+
+/// 2 MiB: the largest message (1 MiB) as base64 JSON fits; anything larger is cut off early.
+pub const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
+/// 32 MiB for rule uploads: Wasm modules built with std and serde are a few hundred KiB.
+pub const MAX_RULE_UPLOAD_BYTES: usize = 32 * 1024 * 1024;
+
+/// The API router.
+pub fn router(state: AppState) -> Router {
+    let rules = Router::new()
+        .route("/v1/rules", get(rules::list))
+        .route(
+            "/v1/rules/{name}",
+            get(rules::show)
+                .post(rules::create)
+                .put(rules::update)
+                .delete(rules::delete),
+        )
+        .route("/v1/rules/{name}/start", post(rules::start))
+        .route("/v1/rules/{name}/stop", post(rules::stop))
+        .layer(DefaultBodyLimit::max(MAX_RULE_UPLOAD_BYTES));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/v1/queues", get(queues::list))
+        .route(
+            "/v1/queues/{queue}",
+            get(queues::show).put(queues::create).delete(queues::remove),
+        )
+        .route(
+            "/v1/queues/{queue}/messages",
+            get(queues::receive).post(queues::send),
+        )
+        .route(
+            "/v1/queues/{queue}/messages/{receipt_handle}",
+            axum::routing::delete(queues::delete_message),
+        )
+        .route("/v1/topics", get(topics::list))
+        .route(
+            "/v1/topics/{topic}",
+            get(topics::show).put(topics::create).delete(topics::remove),
+        )
+        .route("/v1/topics/{topic}/messages", post(topics::publish))
+        .route(
+            "/v1/topics/{topic}/subscriptions",
+            get(topics::subscriptions),
+        )
+        .route(
+            "/v1/topics/{topic}/subscriptions/{name}",
+            get(topics::subscription)
+                .put(topics::subscribe)
+                .delete(topics::unsubscribe),
+        )
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .merge(rules)
+        .fallback(|| async {
+            error::ApiError {
+                status: axum::http::StatusCode::NOT_FOUND,
+                code: "NotFound",
+                message: "no such endpoint; the API lives under /v1/ (see README)".into(),
+                field: None,
+            }
+        })
+        .with_state(state)
+}

@@ -1,0 +1,174 @@
+//! The CLI's HTTP client for sluice's `/v1/` API: one place that turns an error body
+//! (`{"error":{"code","message","field"}}`) or a refused connection into one clear line.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Default server URL, where `sluice serve` listens by default.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+/// Why a request failed, phrased for the person at the terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answered.
+    #[error("cannot reach sluice at {server}: {detail}\nhint: is `sluice serve` running? Use --server URL or SLUICE_SERVER to point elsewhere.")]
+    Unreachable {
+        /// The server URL.
+        server: String,
+        /// The transport error.
+        detail: String,
+    },
+    /// The server answered with an error body.
+    #[error("{code}: {message}{}", field.as_ref().map(|f| format!(" (field `{f}`)")).unwrap_or_default())]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Machine-readable code (MNS names where MNS has one).
+        code: String,
+        /// What went wrong.
+        message: String,
+        /// The offending field.
+        field: Option<String>,
+    },
+    /// The server answered something that is not sluice's API.
+    #[error("unexpected answer from {url}: {detail}")]
+    Protocol {
+        /// The URL.
+        url: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+    field: Option<String>,
+}
+
+/// A thin client bound to one server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    server: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for `server` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(server: &str) -> Client {
+        Client {
+            server: server.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(60))
+                .build()
+                .expect("a TLS-capable HTTP client builds"),
+        }
+    }
+
+    /// The server URL.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// `GET path` and decode JSON.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    /// `POST path` with a JSON body and decode JSON.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
+    /// `PUT path` with a JSON body and decode JSON.
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(self.http.put(self.url(path)).json(body)).await
+    }
+
+    /// `DELETE path` and decode JSON.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(self.http.delete(self.url(path))).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server)
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            server: self.server.clone(),
+            detail: error_chain(&e),
+        })?;
+        let status = response.status();
+        let url = response.url().to_string();
+        let bytes = response.bytes().await.map_err(|e| ClientError::Protocol {
+            url: url.clone(),
+            detail: e.to_string(),
+        })?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: body.error.code,
+                    message: body.error.message,
+                    field: body.error.field,
+                },
+                Err(_) => ClientError::Protocol {
+                    url,
+                    detail: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
+                },
+            });
+        }
+        let bytes = if bytes.is_empty() {
+            &b"null"[..]
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Protocol {
+            url,
+            detail: format!("invalid JSON: {e}"),
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Percent-encodes one path segment (receipt handles and names are URL-safe already; this
+/// guards against anything a user types).
+pub fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,59 @@
+//! The `sluice` command line: `sluice NOUN VERB`. Server commands talk to the `/v1/` API
+//! (`--server`, default `http://127.0.0.1:8080`, env `SLUICE_SERVER`); `serve` runs the daemon.
+//! Tables for people by default, `--json` for scripts.
+
+pub mod client;
+pub mod eval;
+pub mod output;
+pub mod queue;
+pub mod rule;
+pub mod serve;
+pub mod topic;
+
+use clap::{Parser, Subcommand};
+
+/// sluice: an IoT rules engine and message service in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The sluice server to talk to.
+    #[arg(long, global = true, env = "SLUICE_SERVER", default_value = client::DEFAULT_SERVER)]
+    pub server: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The nouns.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run sluice: MQTT listener, rules, store and HTTP API.
+    Serve(serve::ServeArgs),
+    /// Queues: create, send, receive, delete, ...
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
+    /// Topics: create, publish, ...
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Subscriptions of topics.
+    #[command(subcommand)]
+    Sub(topic::SubCommand),
+    /// Rules: create, start, stop, ...
+    #[command(subcommand)]
+    Rule(rule::RuleCommand),
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = client::Client::new(&cli.server);
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Queue(cmd) => queue::run(cmd, &client, cli.json).await,
+        Command::Topic(cmd) => topic::run_topic(cmd, &client, cli.json).await,
+        Command::Sub(cmd) => topic::run_sub(cmd, &client, cli.json).await,
+        Command::Rule(cmd) => rule::run(cmd, &client, cli.json).await,
+    }
+}

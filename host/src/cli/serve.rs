@@ -1,0 +1,88 @@
+//! `sluice serve`: flags, then hand over to [`crate::serve`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::config::{FlagOverrides, ServeConfig, SyncLevel};
+
+/// Flags of `sluice serve`; each overrides the same key of the config file.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A sluice.toml with settings and the topics, queues, subscriptions and rules to create.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where the store lives [default: ./sluice-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP API address [default: 127.0.0.1:8080].
+    #[arg(long)]
+    pub http_listen: Option<SocketAddr>,
+    /// sluice's own MQTT listener address [default: 127.0.0.1:1883].
+    #[arg(long)]
+    pub mqtt_listen: Option<SocketAddr>,
+    /// Use an existing broker instead of the own listener: mqtt://HOST:PORT.
+    #[arg(long)]
+    pub mqtt_url: Option<String>,
+    /// Client id toward the external broker: stable across restarts, distinct per process
+    /// [default: derived from the data directory].
+    #[arg(long)]
+    pub mqtt_client_id: Option<String>,
+    /// Store durability: full (survives power loss) or normal (survives a process crash).
+    #[arg(long, value_parser = parse_sync)]
+    pub synchronous: Option<SyncLevel>,
+    /// Node id stamped into message ids; distinct per process sharing a store.
+    #[arg(long)]
+    pub node_id: Option<u16>,
+}
+
+fn parse_sync(s: &str) -> Result<SyncLevel, String> {
+    match s {
+        "full" => Ok(SyncLevel::Full),
+        "normal" => Ok(SyncLevel::Normal),
+        other => Err(format!("`{other}`: use full or normal")),
+    }
+}
+
+/// Loads the configuration and runs the daemon until Ctrl-C or SIGTERM.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = ServeConfig::load(
+        args.config.as_deref(),
+        FlagOverrides {
+            data_dir: args.data_dir,
+            http_listen: args.http_listen,
+            mqtt_listen: args.mqtt_listen,
+            mqtt_url: args.mqtt_url,
+            mqtt_client_id: args.mqtt_client_id,
+            synchronous: args.synchronous,
+            node_id: args.node_id,
+        },
+    )?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: stopping intake, finishing in-flight messages");
+        signal.cancel();
+    });
+    crate::serve::run(config, shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

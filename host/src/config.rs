@@ -1,0 +1,387 @@
+//! `sluice serve` settings: built-in defaults, then `sluice.toml` (`--config`), then flags.
+//! Keys are snake_case with units in their names; unknown keys are errors, so a typo never
+//! silently falls back to a default. The `[[topic]]`, `[[queue]]`, `[[subscription]]` and
+//! `[[rule]]` tables are created at start when absent, and never overwritten or deleted.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where `serve` keeps its data by default: beside where it is started, easy to find and delete.
+pub const DEFAULT_DATA_DIR: &str = "./sluice-data";
+/// The HTTP API: loopback only by default, nothing is exposed until the operator says so.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+/// MQTT's registered port, loopback only by default.
+pub const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1883";
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for sluice.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What and where (line and column, from the TOML parser).
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("config `{key}`: {message}")]
+    Invalid {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Store durability: FULL survives power loss, NORMAL survives a process crash only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncLevel {
+    /// `PRAGMA synchronous=FULL` (default: nothing acknowledged is lost on power loss).
+    #[default]
+    Full,
+    /// `PRAGMA synchronous=NORMAL`.
+    Normal,
+}
+
+/// The file format of `sluice.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// HTTP API address.
+    pub http_listen: Option<SocketAddr>,
+    /// Embedded MQTT listener address.
+    pub mqtt_listen: Option<SocketAddr>,
+    /// External broker (`mqtt://host:port`); replaces the embedded listener.
+    pub mqtt_url: Option<String>,
+    /// Client id toward the external broker.
+    pub mqtt_client_id: Option<String>,
+    /// Store durability.
+    pub synchronous: Option<SyncLevel>,
+    /// Rule worker threads (default: one per core).
+    pub rule_workers: Option<usize>,
+    /// CPU bound of one rule call.
+    pub rule_call_timeout_ms: Option<u64>,
+    /// Memory cap of one rule instance.
+    pub rule_max_memory_bytes: Option<usize>,
+    /// Node id stamped into message ids (distinct per process sharing a store).
+    pub node_id: Option<u16>,
+    /// Topics to create at start.
+    #[serde(default)]
+    pub topic: Vec<TopicConfig>,
+    /// Queues to create at start.
+    #[serde(default)]
+    pub queue: Vec<QueueConfig>,
+    /// Subscriptions to create at start.
+    #[serde(default)]
+    pub subscription: Vec<SubscriptionConfig>,
+    /// Rules to create (running) at start.
+    #[serde(default)]
+    pub rule: Vec<RuleConfig>,
+}
+
+/// `[[topic]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Topic name.
+    pub name: String,
+}
+
+/// `[[queue]]`: attributes spelled as in the message-service spec.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Queue name.
+    pub name: String,
+    /// Seconds before a new message becomes visible.
+    pub delay_seconds: Option<u32>,
+    /// Largest body, in bytes.
+    pub maximum_message_size: Option<u32>,
+    /// Seconds a message is kept.
+    pub message_retention_period: Option<u32>,
+    /// Seconds a received message stays invisible.
+    pub visibility_timeout: Option<u32>,
+    /// Default long-poll wait, in seconds.
+    pub polling_wait_seconds: Option<u32>,
+    /// Dead-letter queue name.
+    pub dead_letter_queue: Option<String>,
+    /// Receives before a message moves to the dead-letter queue.
+    pub max_receive_count: Option<u32>,
+}
+
+/// `[[subscription]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    /// The topic subscribed to.
+    pub topic: String,
+    /// Subscription name.
+    pub name: String,
+    /// The queue endpoint.
+    pub queue: String,
+    /// Only messages with this tag.
+    pub filter_tag: Option<String>,
+}
+
+/// `[[rule]]`: exactly one of `sql`, `sql_file`, `wasm_file`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Rule name.
+    pub name: String,
+    /// Inline SQL.
+    pub sql: Option<String>,
+    /// SQL file (relative to the config file).
+    pub sql_file: Option<PathBuf>,
+    /// Wasm module file (relative to the config file).
+    pub wasm_file: Option<PathBuf>,
+    /// The topic filter of a Wasm rule (SQL rules take it from FROM).
+    pub from: Option<String>,
+    /// `json` (default) or `binary`.
+    pub data_type: Option<String>,
+    /// Actions: `forward:TOPIC`, `republish:MQTT_TOPIC`.
+    #[serde(default)]
+    pub actions: Vec<String>,
+    /// The error action.
+    pub error_action: Option<String>,
+    /// Grants; omitted = the actions.
+    pub grant: Option<Vec<String>>,
+    /// Rule timezone: `UTC` or `+08:00`.
+    pub timezone: Option<String>,
+}
+
+/// Settings given on the command line; each one overrides the file.
+#[derive(Debug, Clone, Default)]
+pub struct FlagOverrides {
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--http-listen`
+    pub http_listen: Option<SocketAddr>,
+    /// `--mqtt-listen`
+    pub mqtt_listen: Option<SocketAddr>,
+    /// `--mqtt-url`
+    pub mqtt_url: Option<String>,
+    /// `--mqtt-client-id`
+    pub mqtt_client_id: Option<String>,
+    /// `--synchronous`
+    pub synchronous: Option<SyncLevel>,
+    /// `--node-id`
+    pub node_id: Option<u16>,
+}
+
+/// Where devices' messages come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttMode {
+    /// sluice's own listener.
+    Listen(SocketAddr),
+    /// A client of an external broker.
+    External {
+        /// `mqtt://host:port`.
+        url: String,
+        /// Stable client id.
+        client_id: String,
+    },
+}
+
+/// The resolved settings of one `serve` process.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// HTTP API address.
+    pub http_listen: SocketAddr,
+    /// MQTT ingest.
+    pub mqtt: MqttMode,
+    /// Store durability.
+    pub synchronous: SyncLevel,
+    /// Rule worker threads.
+    pub rule_workers: usize,
+    /// CPU bound of one rule call.
+    pub rule_call_timeout_ms: u64,
+    /// Memory cap of one rule instance.
+    pub rule_max_memory_bytes: usize,
+    /// Node id for message ids.
+    pub node_id: u16,
+    /// The file's tables, with relative paths resolved.
+    pub objects: FileConfig,
+    /// Directory of the config file (for relative paths).
+    pub config_dir: PathBuf,
+}
+
+impl ServeConfig {
+    /// Reads `path` (if any), applies `flags`, fills defaults and checks values.
+    pub fn load(path: Option<&Path>, flags: FlagOverrides) -> Result<ServeConfig, ConfigError> {
+        let (file, config_dir) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                let file = parse(&text).map_err(|message| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message,
+                })?;
+                let dir = path
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from("."));
+                (file, dir)
+            }
+            None => (FileConfig::default(), PathBuf::from(".")),
+        };
+        let data_dir = flags
+            .data_dir
+            .or(file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let http_listen = flags
+            .http_listen
+            .or(file.http_listen)
+            .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.parse().expect("valid default"));
+        let mqtt_url = flags.mqtt_url.or(file.mqtt_url.clone());
+        let mqtt = match mqtt_url {
+            Some(url) => {
+                crate::ingest::external::parse_mqtt_url(&url).map_err(|e| {
+                    ConfigError::Invalid {
+                        key: "mqtt_url".into(),
+                        message: e.to_string(),
+                    }
+                })?;
+                let client_id = flags
+                    .mqtt_client_id
+                    .or(file.mqtt_client_id.clone())
+                    .unwrap_or_else(|| default_client_id(&data_dir));
+                MqttMode::External { url, client_id }
+            }
+            None => MqttMode::Listen(
+                flags
+                    .mqtt_listen
+                    .or(file.mqtt_listen)
+                    .unwrap_or_else(|| DEFAULT_MQTT_LISTEN.parse().expect("valid default")),
+            ),
+        };
+        let rule_workers = file.rule_workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        });
+        if rule_workers == 0 || rule_workers > 256 {
+            return Err(ConfigError::Invalid {
+                key: "rule_workers".into(),
+                message: format!("{rule_workers} is out of range 1..=256"),
+            });
+        }
+        Ok(ServeConfig {
+            http_listen,
+            mqtt,
+            synchronous: flags.synchronous.or(file.synchronous).unwrap_or_default(),
+            rule_workers,
+            rule_call_timeout_ms: file.rule_call_timeout_ms.unwrap_or(100).max(1),
+            rule_max_memory_bytes: file
+                .rule_max_memory_bytes
+                .unwrap_or(crate::rules::runtime::DEFAULT_MAX_MEMORY_BYTES),
+            node_id: flags
+                .node_id
+                .or(file.node_id)
+                .unwrap_or_else(|| default_node_id(&data_dir)),
+            data_dir,
+            objects: file,
+            config_dir,
+        })
+    }
+}
+
+/// Parses `sluice.toml` text; the error carries the TOML parser's line and column.
+pub fn parse(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+}
+
+/// A client id stable across restarts of the same data directory, distinct between directories.
+pub fn default_client_id(data_dir: &Path) -> String {
+    format!("sluice-{:08x}", path_hash(data_dir) as u32)
+}
+
+fn default_node_id(data_dir: &Path) -> u16 {
+    (path_hash(data_dir) >> 32) as u16
+}
+
+fn path_hash(data_dir: &Path) -> u64 {
+    let abs = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    // FNV-1a: stable across Rust versions, unlike DefaultHasher.
+    abs.to_string_lossy()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../sluice.example.toml");
+        let file = parse(text).unwrap();
+        assert!(!file.queue.is_empty() && !file.rule.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors_with_a_location() {
+        let err = parse("data_dri = \"x\"\n").unwrap_err();
+        assert!(err.contains("data_dri") && err.contains("line 1"), "{err}");
+        let err = parse("http_listen = \"nope\"").unwrap_err();
+        assert!(
+            err.contains("http_listen") || err.contains("invalid"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file_and_urls_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/from/file\"\nhttp_listen = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        let cfg = ServeConfig::load(
+            Some(&path),
+            FlagOverrides {
+                data_dir: Some("/from/flag".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(cfg.http_listen.port(), 9000);
+        let bad = FlagOverrides {
+            mqtt_url: Some("http://x".into()),
+            ..Default::default()
+        };
+        let err = ServeConfig::load(None, bad).unwrap_err().to_string();
+        assert!(err.contains("mqtt_url"), "{err}");
+        assert_eq!(
+            default_client_id(Path::new("/a")),
+            default_client_id(Path::new("/a"))
+        );
+        assert_ne!(
+            default_client_id(Path::new("/a")),
+            default_client_id(Path::new("/b"))
+        );
+    }
+}

@@ -1,0 +1,478 @@
+//! Joins ingest -> rules -> store and sends acks back after the commit.
+//!
+//! ```text
+//! ingest --(bounded)--> dispatcher --(bounded, by device)--> rule worker threads
+//!     --> CommitSink::submit (enqueued in order, group-committed by the store's writer)
+//!     --(bounded)--> acker task: awaits each commit, then resolves the device's ack
+//! ```
+//!
+//! A worker is a plain thread (Wasm calls never run on the async reactors) with its own rule
+//! instances. Messages of one device always go to the same worker, and a worker submits its
+//! outputs in arrival order, so per-device order is kept from MQTT to the queue. Every queue
+//! between stages is bounded: when the disk is slow, workers block on submit, the dispatcher
+//! blocks, ingest stops reading, and the device (or broker) buffers.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use crate::ids::IdGenerator;
+use crate::ingest::{Ack, Ingested};
+use crate::rules::{
+    Action, Evaluation, MessageContext, Outcome, RuleCounters, RuleEngine, RuleFailure, Target,
+};
+
+/// One output of one device message: a publish to a sluice topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// The sluice topic.
+    pub topic: String,
+    /// The body.
+    pub body: Bytes,
+    /// Where it came from: source topic, device, rule, message id, ingest time.
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Why a unit of outputs was not committed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommitError {
+    /// A forward named a topic that does not exist (deleted after the rule was created).
+    #[error("topic `{0}` does not exist")]
+    TopicMissing(String),
+    /// The store refused an output for good (too large, bad attributes): resending the device
+    /// message would fail the same way, so that rule's output is dropped and counted.
+    #[error("output refused: {0}")]
+    Refused(String),
+    /// The store could not commit (disk full, shutting down, ...): the device must resend.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where outputs are made durable. `submit` must enqueue the unit before it returns (so units
+/// commit in submission order); the future resolves after the commit.
+pub trait CommitSink: Send + Sync + 'static {
+    /// Commits every output of one device message atomically.
+    fn submit(&self, unit: Vec<Output>) -> BoxFuture<'static, Result<(), CommitError>>;
+}
+
+/// Where republish decisions go: the embedded listener's sessions or the external broker.
+pub trait Republisher: Send + Sync + 'static {
+    /// Publishes to MQTT subscribers of `topic`.
+    fn republish(&self, topic: &str, payload: Bytes, qos: u8);
+}
+
+/// Pipeline sizing.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Rule worker threads.
+    pub workers: usize,
+    /// Depth of each bounded queue between stages.
+    pub queue_depth: usize,
+}
+
+/// 1,024 messages per stage: enough to keep group commits full, small enough to bound memory.
+pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
+
+/// Pipeline-wide counters, for `/metrics` and the bench.
+#[derive(Debug, Default)]
+pub struct PipelineCounters {
+    /// Messages handed over by ingest.
+    pub messages_in: AtomicU64,
+    /// Messages acknowledged after their outputs committed (or with nothing to commit).
+    pub acked: AtomicU64,
+    /// Messages whose commit failed (the device resends).
+    pub rejected: AtomicU64,
+    /// Outputs committed to topics.
+    pub outputs_committed: AtomicU64,
+    /// Messages no running rule matched.
+    pub unmatched: AtomicU64,
+    /// Rule outputs the store refused for good (unknown topic, too large).
+    pub outputs_refused: AtomicU64,
+}
+
+/// The running pipeline. Dropping every clone of [`Pipeline::sink`] and awaiting
+/// [`Pipeline::finish`] drains it: every message handed over is acked or rejected.
+pub struct Pipeline {
+    sink: mpsc::Sender<Ingested>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    counters: Arc<PipelineCounters>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("workers", &self.threads.len())
+            .finish()
+    }
+}
+
+struct Pending {
+    commit: BoxFuture<'static, Result<(), CommitError>>,
+    unit: Vec<Output>,
+    ack: Ack,
+    rules: Vec<(Arc<RuleCounters>, u64)>,
+}
+
+impl Pipeline {
+    /// Starts the dispatcher, the worker threads and their ackers on the current runtime.
+    pub fn start(
+        config: PipelineConfig,
+        rules: Arc<RuleEngine>,
+        commits: Arc<dyn CommitSink>,
+        republisher: Arc<dyn Republisher>,
+        ids: Arc<IdGenerator>,
+    ) -> Pipeline {
+        let depth = config.queue_depth.max(1);
+        let counters = Arc::new(PipelineCounters::default());
+        let (sink, mut inbox) = mpsc::channel::<Ingested>(depth);
+        let mut worker_txs = Vec::new();
+        let mut tasks = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..config.workers.max(1) {
+            let (tx, rx) = mpsc::channel::<Ingested>(depth);
+            let (ack_tx, ack_rx) = mpsc::channel::<Pending>(depth);
+            worker_txs.push(tx);
+            tasks.push(tokio::spawn(acker(
+                ack_rx,
+                commits.clone(),
+                counters.clone(),
+            )));
+            let worker = Worker {
+                rules: rules.worker(),
+                commits: commits.clone(),
+                republisher: republisher.clone(),
+                ids: ids.clone(),
+                counters: counters.clone(),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("sluice-rule-{i}"))
+                    .spawn(move || worker.run(rx, ack_tx))
+                    .expect("spawn rule worker thread"),
+            );
+        }
+        let dispatch_counters = counters.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(item) = inbox.recv().await {
+                dispatch_counters
+                    .messages_in
+                    .fetch_add(1, Ordering::Relaxed);
+                let i = shard(&item, worker_txs.len());
+                if let Err(mpsc::error::SendError(item)) = worker_txs[i].send(item).await {
+                    item.ack.reject("sluice is shutting down");
+                }
+            }
+        }));
+        Pipeline {
+            sink,
+            tasks,
+            threads,
+            counters,
+        }
+    }
+
+    /// Where ingest hands messages over.
+    pub fn sink(&self) -> mpsc::Sender<Ingested> {
+        self.sink.clone()
+    }
+
+    /// The pipeline's counters.
+    pub fn counters(&self) -> Arc<PipelineCounters> {
+        self.counters.clone()
+    }
+
+    /// Waits until every message handed over has been acked or rejected. Call after ingest has
+    /// stopped (every other clone of the sink is dropped).
+    pub async fn finish(self) {
+        drop(self.sink);
+        for task in self.tasks.into_iter().rev() {
+            let _ = task.await;
+        }
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// Same device, same worker: per-device order.
+fn shard(item: &Ingested, n: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match &item.message.identity {
+        Some(id) => (&id.product_key, &id.device_name).hash(&mut h),
+        None => {
+            let (pk, dn) = device_from_topic(&item.message.topic);
+            (pk, dn).hash(&mut h)
+        }
+    }
+    (h.finish() % n as u64) as usize
+}
+
+/// `productKey()` and `deviceName()` from the topic levels, for connections without an
+/// authenticated identity: `/{pk}/{dn}/...`, `/sys/{pk}/{dn}/...`, `/as/mqtt/status/{pk}/{dn}`.
+pub fn device_from_topic(topic: &str) -> (&str, &str) {
+    let mut levels = topic.split('/');
+    if levels.next() != Some("") {
+        return ("", "");
+    }
+    let first = levels.next().unwrap_or("");
+    let second = levels.next().unwrap_or("");
+    match (first, second) {
+        ("sys", _) => (second, levels.next().unwrap_or("")),
+        ("as", "mqtt") if levels.next() == Some("status") => {
+            (levels.next().unwrap_or(""), levels.next().unwrap_or(""))
+        }
+        _ => (first, second),
+    }
+}
+
+struct Worker {
+    rules: crate::rules::RuleWorker,
+    commits: Arc<dyn CommitSink>,
+    republisher: Arc<dyn Republisher>,
+    ids: Arc<IdGenerator>,
+    counters: Arc<PipelineCounters>,
+}
+
+impl Worker {
+    fn run(mut self, mut rx: mpsc::Receiver<Ingested>, acks: mpsc::Sender<Pending>) {
+        while let Some(item) = rx.blocking_recv() {
+            let pending = self.handle(item);
+            if let Some(pending) = pending {
+                if let Err(mpsc::error::SendError(p)) = acks.blocking_send(pending) {
+                    p.ack.reject("sluice is shutting down");
+                }
+            }
+        }
+    }
+
+    /// Runs the rules on one message; returns the commit to wait for, or acks at once when
+    /// there is nothing to commit.
+    fn handle(&mut self, item: Ingested) -> Option<Pending> {
+        let Ingested { message, ack } = item;
+        let id = self.ids.next().to_string();
+        let (pk, dn) = match &message.identity {
+            Some(identity) => (identity.product_key.as_str(), identity.device_name.as_str()),
+            None => device_from_topic(&message.topic),
+        };
+        let ctx = MessageContext {
+            topic: &message.topic,
+            payload: &message.payload,
+            message_id: &id,
+            product_key: pk,
+            device_name: dn,
+            timestamp_ms: message.received_at_ms as i64,
+        };
+        let evaluations = self.rules.evaluate(&ctx);
+        if evaluations.is_empty() {
+            self.counters.unmatched.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut unit = Vec::new();
+        let mut rules = Vec::new();
+        for evaluation in evaluations {
+            let before = unit.len();
+            self.apply(&ctx, evaluation, &mut unit, &mut rules, before);
+        }
+        if unit.is_empty() {
+            self.counters.acked.fetch_add(1, Ordering::Relaxed);
+            ack.commit();
+            return None;
+        }
+        let commit = self.commits.submit(unit.clone());
+        Some(Pending {
+            commit,
+            unit,
+            ack,
+            rules,
+        })
+    }
+
+    fn apply(
+        &self,
+        ctx: &MessageContext<'_>,
+        evaluation: Evaluation,
+        unit: &mut Vec<Output>,
+        rules: &mut Vec<(Arc<RuleCounters>, u64)>,
+        before: usize,
+    ) {
+        let Evaluation {
+            rule,
+            result,
+            error_action,
+            counters,
+        } = evaluation;
+        match result {
+            Ok(Outcome::Emitted(decisions)) => {
+                let mut republished = 0;
+                for decision in decisions {
+                    match decision.target {
+                        Target::Forward(topic) => unit.push(Output {
+                            topic,
+                            body: Bytes::from(decision.payload),
+                            attributes: attributes(ctx, &rule),
+                        }),
+                        Target::Republish { topic, qos } => {
+                            republished += 1;
+                            self.republisher
+                                .republish(&topic, Bytes::from(decision.payload), qos)
+                        }
+                        // Only `rule eval` binds rules without actions.
+                        Target::Output => {}
+                    }
+                }
+                counters.outputs.fetch_add(republished, Ordering::Relaxed);
+                let forwarded = (unit.len() - before) as u64;
+                if forwarded > 0 {
+                    rules.push((counters, forwarded));
+                }
+            }
+            Ok(Outcome::Dropped) => {}
+            Err(failure) => {
+                if let Some(action) = error_action {
+                    if let Some(output) = error_output(ctx, &rule, &failure, &action) {
+                        unit.push(output);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn attributes(ctx: &MessageContext<'_>, rule: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("source_topic".to_string(), ctx.topic.to_string()),
+        ("product_key".to_string(), ctx.product_key.to_string()),
+        ("device_name".to_string(), ctx.device_name.to_string()),
+        ("rule".to_string(), rule.to_string()),
+        ("source_message_id".to_string(), ctx.message_id.to_string()),
+        ("ingest_time_ms".to_string(), ctx.timestamp_ms.to_string()),
+    ])
+}
+
+/// The error action's payload (rule-sql.md, "Forwarding").
+fn error_output(
+    ctx: &MessageContext<'_>,
+    rule: &str,
+    failure: &RuleFailure,
+    action: &Action,
+) -> Option<Output> {
+    let Action::Forward { topic } = action else {
+        // Republish error actions arrive with the device issue's downlink path.
+        return None;
+    };
+    let body = serde_json::json!({
+        "ruleName": rule,
+        "topic": ctx.topic,
+        "productKey": ctx.product_key,
+        "deviceName": ctx.device_name,
+        "messageId": ctx.message_id,
+        "base64OriginalPayload": base64::engine::general_purpose::STANDARD.encode(ctx.payload),
+        "failures": [{
+            "actionType": "RULE",
+            "actionResource": rule,
+            "errorMessage": failure.to_string(),
+        }],
+    });
+    Some(Output {
+        topic: topic.clone(),
+        body: Bytes::from(body.to_string()),
+        attributes: attributes(ctx, rule),
+    })
+}
+
+/// Submits again from the acker task: the blocking submit must not run on a reactor thread.
+async fn resubmit(commits: &Arc<dyn CommitSink>, unit: Vec<Output>) -> Result<(), CommitError> {
+    let commits = commits.clone();
+    match tokio::task::spawn_blocking(move || commits.submit(unit)).await {
+        Ok(commit) => commit.await,
+        Err(e) => Err(CommitError::Unavailable(e.to_string())),
+    }
+}
+
+/// Awaits each worker's commits in order and resolves the devices' acks.
+async fn acker(
+    mut rx: mpsc::Receiver<Pending>,
+    commits: Arc<dyn CommitSink>,
+    counters: Arc<PipelineCounters>,
+) {
+    while let Some(mut pending) = rx.recv().await {
+        let mut result = pending.commit.await;
+        // A forward to a deleted topic fails that output only: commit the rest.
+        while let Err(CommitError::TopicMissing(topic)) = &result {
+            tracing::warn!(topic = %topic, "a rule forwarded to a topic that does not exist; output dropped");
+            counters.outputs_refused.fetch_add(1, Ordering::Relaxed);
+            let topic = topic.clone();
+            pending.unit.retain(|o| o.topic != topic);
+            if pending.unit.is_empty() {
+                result = Ok(());
+                break;
+            }
+            result = resubmit(&commits, pending.unit.clone()).await;
+        }
+        // Outputs the store refuses for good: find them one by one, commit the others.
+        if let Err(CommitError::Refused(why)) = &result {
+            tracing::warn!("the store refused a rule output ({why}); checking outputs one by one");
+            let mut kept = Vec::new();
+            for output in std::mem::take(&mut pending.unit) {
+                match resubmit(&commits, vec![output.clone()]).await {
+                    Ok(()) => kept.push(output),
+                    Err(CommitError::Refused(_) | CommitError::TopicMissing(_)) => {
+                        counters.outputs_refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if !matches!(result, Err(CommitError::Unavailable(_))) {
+                result = Ok(());
+            }
+            pending.unit = kept;
+        }
+        match result {
+            Ok(()) => {
+                for (rule, n) in &pending.rules {
+                    rule.outputs.fetch_add(*n, Ordering::Relaxed);
+                }
+                counters
+                    .outputs_committed
+                    .fetch_add(pending.unit.len() as u64, Ordering::Relaxed);
+                counters.acked.fetch_add(1, Ordering::Relaxed);
+                pending.ack.commit();
+            }
+            Err(e) => {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("commit failed, the device will resend: {e}");
+                pending.ack.reject(e.to_string());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_identity_comes_from_topic_levels() {
+        assert_eq!(device_from_topic("/pk/dev/user/update"), ("pk", "dev"));
+        assert_eq!(
+            device_from_topic("/sys/pk/dev/thing/event/property/post"),
+            ("pk", "dev")
+        );
+        assert_eq!(device_from_topic("/as/mqtt/status/pk/dev"), ("pk", "dev"));
+        assert_eq!(device_from_topic("no/leading/slash"), ("", ""));
+        assert_eq!(device_from_topic("/pk"), ("pk", ""));
+    }
+}

@@ -1,0 +1,405 @@
+//! `sluice serve`: wires ingest -> pipeline (rules) -> store, the HTTP API, and an ordered
+//! shutdown. Everything that can fail at start (ports, data directory, modules, config) fails
+//! before anything is served, with one line that says what and where.
+//!
+//! Shutdown order: stop intake (the listener stops reading publishes and waits for pending
+//! acks), drain the pipeline (every message handed over is committed and acked, or rejected),
+//! stop the HTTP API, then close the store (flush, checkpoint).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{MqttMode, ServeConfig, SyncLevel};
+use crate::ids::IdGenerator;
+use crate::ingest::{ExternalBroker, ExternalConfig, ListenerConfig, MqttListener, SessionRouter};
+use crate::pipeline::{
+    CommitError, CommitSink, Output, Pipeline, PipelineConfig, Republisher, DEFAULT_QUEUE_DEPTH,
+};
+use crate::rules::catalog::SqliteRuleCatalog;
+use crate::rules::registry::{RegistryError, RuleRegistry};
+use crate::rules::spec::{RuleDefinition, RuleState};
+use crate::rules::{RuleEngine, RuleRuntime, SandboxConfig};
+use crate::store::{
+    PublishRequest, QueueAttributes, Store, StoreError, StoreOptions, SubscriptionSpec, Synchronous,
+};
+
+/// The example rule, built from `rules-examples/overheat` by the build script.
+pub const OVERHEAT_WASM: &[u8] = include_bytes!(env!("SLUICE_OVERHEAT_WASM"));
+
+/// Why `serve` could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not bind.
+    #[error("cannot listen for {what} on {addr}: {source} (is another process using the port? pick another with {flag})")]
+    Bind {
+        /// HTTP or MQTT.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The flag that changes it.
+        flag: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The MQTT listener failed to start.
+    #[error("MQTT: {0}")]
+    Ingest(#[from] crate::ingest::IngestError),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The rule catalog could not be opened.
+    #[error(transparent)]
+    Catalog(#[from] crate::rules::catalog::CatalogError),
+    /// The sandbox could not start.
+    #[error("rule sandbox: {0}")]
+    Sandbox(String),
+    /// Something in the config file could not be created.
+    #[error("config: {0}")]
+    Config(String),
+}
+
+/// Commits outputs through the store's group-committing writer.
+struct StoreSink(Store);
+
+impl CommitSink for StoreSink {
+    fn submit(&self, unit: Vec<Output>) -> BoxFuture<'static, Result<(), CommitError>> {
+        let items = unit
+            .into_iter()
+            .map(|o| {
+                (
+                    o.topic,
+                    PublishRequest {
+                        body: o.body,
+                        tag: None,
+                        attributes: o.attributes,
+                    },
+                )
+            })
+            .collect();
+        let commit = self.0.submit_publish_batch(items);
+        Box::pin(async move {
+            match commit.await {
+                Ok(_) => Ok(()),
+                Err(StoreError::TopicNotExist { name }) => Err(CommitError::TopicMissing(name)),
+                // A rule output the store refuses for good (too large, bad attributes) would be
+                // refused again on every resend: it fails that output, not the device message.
+                Err(
+                    e @ (StoreError::MessageTooLarge { .. } | StoreError::InvalidArgument { .. }),
+                ) => Err(CommitError::Refused(e.to_string())),
+                Err(e) => Err(CommitError::Unavailable(e.to_string())),
+            }
+        })
+    }
+}
+
+/// Republishes to the embedded listener's sessions.
+struct LocalRepublisher(SessionRouter);
+
+impl Republisher for LocalRepublisher {
+    fn republish(&self, topic: &str, payload: Bytes, qos: u8) {
+        self.0.publish(topic, payload, qos);
+    }
+}
+
+/// Republishes through the external broker.
+struct ExternalRepublisher {
+    handle: crate::ingest::ExternalHandle,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Republisher for ExternalRepublisher {
+    fn republish(&self, topic: &str, payload: Bytes, qos: u8) {
+        let handle = self.handle.clone();
+        let topic = topic.to_string();
+        self.runtime.spawn(async move {
+            if let Err(e) = handle.publish(&topic, payload, qos).await {
+                tracing::warn!(topic = %topic, "republish through the external broker failed: {e}");
+            }
+        });
+    }
+}
+
+/// Runs sluice until `shutdown` is cancelled.
+pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
+    // Ports first: a port in use must fail before the data directory is touched.
+    let http = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "HTTP",
+            addr: config.http_listen,
+            flag: "--http-listen",
+            source,
+        })?;
+    let http_addr = http.local_addr().unwrap_or(config.http_listen);
+    let listener = match &config.mqtt {
+        MqttMode::Listen(addr) => Some(MqttListener::bind(*addr, ListenerConfig::default()).await?),
+        MqttMode::External { .. } => None,
+    };
+
+    let fresh = !config.data_dir.join("sluice.db").exists();
+    let store = open_store(&config).await?;
+    let runtime = RuleRuntime::new(SandboxConfig {
+        max_memory_bytes: config.rule_max_memory_bytes,
+        call_timeout: std::time::Duration::from_millis(config.rule_call_timeout_ms),
+        ..SandboxConfig::default()
+    })
+    .map_err(|e| ServeError::Sandbox(format!("{e:#}")))?;
+    let engine = Arc::new(RuleEngine::new(Arc::new(runtime), None));
+    let registry = {
+        let engine = engine.clone();
+        let dir = config.data_dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<RuleRegistry, ServeError> {
+            let catalog = SqliteRuleCatalog::open(&dir)?;
+            Ok(RuleRegistry::open(engine, Box::new(catalog))?)
+        })
+        .await
+        .map_err(|e| ServeError::Config(e.to_string()))??
+    };
+    let registry = Arc::new(registry);
+    if fresh {
+        create_default_setup(&store, &registry).await?;
+    }
+    create_configured_objects(&config, &store, &registry).await?;
+
+    let ids = Arc::new(IdGenerator::new(config.node_id));
+    let (republisher, mqtt_task, mqtt_desc): (Arc<dyn Republisher>, _, String) =
+        match (listener, &config.mqtt) {
+            (Some(listener), _) => {
+                let addr = listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                (
+                    Arc::new(LocalRepublisher(listener.router())),
+                    Some(Intake::Listener(listener)),
+                    format!("mqtt={addr}"),
+                )
+            }
+            (None, MqttMode::External { url, client_id }) => {
+                let mut cfg = ExternalConfig::new(url.clone(), client_id.clone());
+                cfg.filters = engine.running_filters();
+                let (broker, handle) = ExternalBroker::new(cfg)?;
+                (
+                    Arc::new(ExternalRepublisher {
+                        handle,
+                        runtime: tokio::runtime::Handle::current(),
+                    }),
+                    Some(Intake::External(Box::new(broker))),
+                    format!("mqtt_url={url} client_id={client_id}"),
+                )
+            }
+            (None, MqttMode::Listen(_)) => unreachable!("a listen mode always binds a listener"),
+        };
+
+    let pipeline = Pipeline::start(
+        PipelineConfig {
+            workers: config.rule_workers,
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+        },
+        engine.clone(),
+        Arc::new(StoreSink(store.clone())),
+        republisher,
+        ids,
+    );
+
+    let intake_stop = shutdown.child_token();
+    let sink = pipeline.sink();
+    let intake = tokio::spawn(async move {
+        match mqtt_task {
+            Some(Intake::Listener(l)) => l.run(sink, intake_stop).await,
+            Some(Intake::External(b)) => b.run(sink, intake_stop).await,
+            None => {}
+        }
+    });
+
+    let app = crate::api::router(crate::api::AppState {
+        store: store.clone(),
+        rules: registry.clone(),
+    });
+    let http_stop = CancellationToken::new();
+    let http_stop_wait = http_stop.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, app)
+            .with_graceful_shutdown(async move { http_stop_wait.cancelled().await })
+            .await
+    });
+
+    tracing::info!(
+        "sluice ready: HTTP API on http://{http_addr}, {mqtt_desc}, data in {}",
+        config.data_dir.display()
+    );
+    // One machine-readable line on stdout for scripts and tests that start on port 0.
+    println!("sluice ready http={http_addr} {mqtt_desc}");
+
+    shutdown.cancelled().await;
+    let _ = intake.await;
+    pipeline.finish().await;
+    http_stop.cancel();
+    let _ = http_task.await;
+    store.close().await?;
+    tracing::info!("sluice stopped cleanly");
+    Ok(())
+}
+
+enum Intake {
+    Listener(MqttListener),
+    External(Box<ExternalBroker>),
+}
+
+async fn open_store(config: &ServeConfig) -> Result<Store, ServeError> {
+    let opts = StoreOptions {
+        node_id: config.node_id,
+        synchronous: match config.synchronous {
+            SyncLevel::Full => Synchronous::Full,
+            SyncLevel::Normal => Synchronous::Normal,
+        },
+        ..StoreOptions::default()
+    };
+    let dir = config.data_dir.clone();
+    tokio::task::spawn_blocking(move || Store::open(&dir, opts))
+        .await
+        .map_err(|e| ServeError::Config(e.to_string()))?
+        .map_err(ServeError::Store)
+}
+
+/// The quickstart set-up on an empty data directory: topic `alerts`, queue `alerts-q`,
+/// subscription `alerts-to-q`, and the running overheat rule.
+async fn create_default_setup(
+    store: &Store,
+    registry: &Arc<RuleRegistry>,
+) -> Result<(), ServeError> {
+    store.create_topic("alerts").await?;
+    store
+        .create_queue("alerts-q", QueueAttributes::default())
+        .await?;
+    store
+        .create_subscription("alerts", "alerts-to-q", SubscriptionSpec::queue("alerts-q"))
+        .await?;
+    let def = RuleDefinition {
+        module: Some(OVERHEAT_WASM.to_vec()),
+        from: Some("/+/+/user/update".into()),
+        actions: vec!["forward:alerts".into()],
+        ..RuleDefinition::default()
+    };
+    create_running_rule(registry, "overheat", def).await?;
+    tracing::info!("new data directory: created topic alerts, queue alerts-q, subscription alerts-to-q and the running rule overheat");
+    Ok(())
+}
+
+async fn create_running_rule(
+    registry: &Arc<RuleRegistry>,
+    name: &str,
+    def: RuleDefinition,
+) -> Result<(), ServeError> {
+    let registry = registry.clone();
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
+        let spec = def.into_spec(&name)?;
+        registry.create(spec)?;
+        registry.set_state(&name, RuleState::Running)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| ServeError::Config(e.to_string()))?
+    .map_err(|e| ServeError::Config(e.to_string()))
+}
+
+/// Creates the config file's objects that do not exist yet; existing ones are left alone.
+async fn create_configured_objects(
+    config: &ServeConfig,
+    store: &Store,
+    registry: &Arc<RuleRegistry>,
+) -> Result<(), ServeError> {
+    let objects = &config.objects;
+    for t in &objects.topic {
+        store
+            .create_topic(&t.name)
+            .await
+            .map_err(|e| cfg_err("topic", &t.name, e))?;
+    }
+    for q in &objects.queue {
+        let mut a = QueueAttributes::default();
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = q.$f { a.$f = v; } )* };
+        }
+        set!(
+            delay_seconds,
+            maximum_message_size,
+            message_retention_period,
+            visibility_timeout,
+            polling_wait_seconds
+        );
+        a.dead_letter_queue = q.dead_letter_queue.clone();
+        a.max_receive_count = q.max_receive_count;
+        match store.get_queue(&q.name).await {
+            Ok(_) => {}
+            Err(StoreError::QueueNotExist { .. }) => {
+                store
+                    .create_queue(&q.name, a)
+                    .await
+                    .map_err(|e| cfg_err("queue", &q.name, e))?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for s in &objects.subscription {
+        match store.get_subscription(&s.topic, &s.name).await {
+            Ok(_) => {}
+            Err(StoreError::SubscriptionNotExist { .. }) => {
+                let mut spec = SubscriptionSpec::queue(s.queue.clone());
+                spec.filter_tag = s.filter_tag.clone();
+                store
+                    .create_subscription(&s.topic, &s.name, spec)
+                    .await
+                    .map_err(|e| cfg_err("subscription", &s.name, e))?;
+            }
+            Err(e) => return Err(cfg_err("subscription", &s.name, e)),
+        }
+    }
+    for r in &objects.rule {
+        if registry.contains(&r.name) {
+            continue;
+        }
+        let def = rule_definition(r, &config.config_dir)
+            .map_err(|e| ServeError::Config(format!("[[rule]] `{}`: {e}", r.name)))?;
+        create_running_rule(registry, &r.name, def)
+            .await
+            .map_err(|e| ServeError::Config(format!("[[rule]] `{}`: {e}", r.name)))?;
+    }
+    Ok(())
+}
+
+fn cfg_err(kind: &str, name: &str, e: StoreError) -> ServeError {
+    ServeError::Config(format!("[[{kind}]] `{name}`: {e}"))
+}
+
+fn rule_definition(r: &crate::config::RuleConfig, dir: &Path) -> Result<RuleDefinition, String> {
+    let read = |p: &Path| {
+        let path = dir.join(p);
+        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let sql = match (&r.sql, &r.sql_file) {
+        (Some(s), None) => Some(s.clone()),
+        (None, Some(p)) => {
+            Some(String::from_utf8(read(p)?).map_err(|_| "SQL file is not UTF-8".to_string())?)
+        }
+        (None, None) => None,
+        (Some(_), Some(_)) => return Err("give sql or sql_file, not both".into()),
+    };
+    let module = r.wasm_file.as_deref().map(read).transpose()?;
+    Ok(RuleDefinition {
+        sql,
+        module,
+        from: r.from.clone(),
+        data_type: r.data_type.clone(),
+        actions: r.actions.clone(),
+        error_action: r.error_action.clone(),
+        grant: r.grant.clone(),
+        timezone: r.timezone.clone(),
+    })
+}

@@ -1,0 +1,307 @@
+//! Restart and shutdown: nothing committed is lost, leases survive and expire on time.
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::{body_text, text, Env};
+use crate::store::writer::{Op, OpKind};
+use crate::store::{PublishRequest, StoreError, SubscriptionSpec};
+
+const NO_WAIT: Option<Duration> = Some(Duration::ZERO);
+
+#[tokio::test]
+async fn reopen_keeps_catalog_messages_and_leases() {
+    // Proves: after close + open, visible, in-flight and delayed messages are all there, leases
+    // end on time, handles issued before the restart still work, counters persist.
+    let mut env = Env::new();
+    env.store.create_topic("t").await.unwrap();
+    env.queue("dlq", |_| {}).await;
+    env.queue("q", |a| {
+        a.visibility_timeout = 100;
+        a.dead_letter_queue = Some("dlq".into());
+        a.max_receive_count = Some(5);
+        a.message_retention_period = 3600;
+    })
+    .await;
+    env.store
+        .create_subscription("t", "t-to-q", SubscriptionSpec::queue("q"))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        env.store
+            .publish(
+                "t",
+                PublishRequest {
+                    body: bytes::Bytes::from(format!("p{i}")),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let mut delayed = text("delayed");
+    delayed.delay_seconds = Some(50);
+    env.store.send("q", delayed).await.unwrap();
+    let leased = env.store.receive("q", 2, NO_WAIT).await.unwrap();
+    assert_eq!(leased.len(), 2);
+    let keep = leased[0].receipt_handle.clone().unwrap();
+
+    env.reopen().await;
+
+    let info = env.store.get_queue("q").await.unwrap();
+    assert_eq!(
+        (
+            info.active_messages,
+            info.inactive_messages,
+            info.delayed_messages
+        ),
+        (3, 2, 1)
+    );
+    assert_eq!(info.attributes.dead_letter_queue.as_deref(), Some("dlq"));
+    assert_eq!(env.store.list_subscriptions("t").await.unwrap().len(), 1);
+    // A handle from before the restart still deletes.
+    env.store.delete("q", &keep).await.unwrap();
+    // The other lease ends on time: not at 99.999 s, at 100 s.
+    let rest = env.store.receive("q", 16, NO_WAIT).await.unwrap();
+    assert_eq!(
+        rest.iter().map(body_text).collect::<Vec<_>>(),
+        ["p2", "p3", "p4"]
+    );
+    let handles = rest
+        .iter()
+        .map(|m| m.receipt_handle.clone().unwrap())
+        .collect();
+    env.store.delete_batch("q", handles).await.unwrap();
+    env.clock.advance_ms(50_000);
+    let got = env.store.receive("q", 16, NO_WAIT).await.unwrap();
+    assert_eq!(got.iter().map(body_text).collect::<Vec<_>>(), ["delayed"]);
+    env.store
+        .delete("q", got[0].receipt_handle.as_deref().unwrap())
+        .await
+        .unwrap();
+    env.clock.advance_ms(49_999);
+    assert!(env
+        .store
+        .receive("q", 16, NO_WAIT)
+        .await
+        .unwrap()
+        .is_empty());
+    env.clock.advance_ms(1);
+    let again = env.store.receive("q", 16, NO_WAIT).await.unwrap();
+    assert_eq!(again.iter().map(body_text).collect::<Vec<_>>(), ["p1"]);
+    assert_eq!(again[0].dequeue_count, 2);
+    // Publishing still fans out after the restart (the subscription was reloaded).
+    env.store
+        .publish("t", PublishRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(env.store.peek("q", 16).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn dropping_the_store_without_close_loses_nothing() {
+    // Proves: drop is safe: everything acknowledged is on disk and the directory can be reopened
+    // at once.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = std::sync::Arc::new(crate::store::ManualClock::new(super::T0));
+    let store = super::open_with(dir.path(), clock.clone());
+    store
+        .create_queue("q", crate::store::QueueAttributes::default())
+        .await
+        .unwrap();
+    for i in 0..20 {
+        store.send("q", text(&i.to_string())).await.unwrap();
+    }
+    let clone = store.clone();
+    drop(store);
+    drop(clone);
+    let store = super::open_with(dir.path(), clock);
+    assert_eq!(store.get_queue("q").await.unwrap().active_messages, 20);
+}
+
+#[tokio::test]
+async fn closed_store_refuses_requests() {
+    // Proves: after close every call fails with Closed (503), from every clone.
+    let env = Env::new();
+    let other = env.store.clone();
+    env.store.close().await.unwrap();
+    let e = other.create_topic("t").await.unwrap_err();
+    assert!(matches!(e, StoreError::Closed));
+    assert_eq!(e.status(), 503);
+    // Closing twice is fine.
+    env.store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_receive_whose_caller_went_away_is_released() {
+    // Proves fault test 11 (last part): a claim committed for a caller that disconnected is
+    // given back at once, with its dequeue count restored, instead of staying leased.
+    let env = Env::new();
+    env.queue("q", |_| {}).await;
+    env.store.send("q", text("m")).await.unwrap();
+    let (reply, rx) = oneshot::channel();
+    drop(rx); // the caller is gone before the answer comes
+    let tx = env.store.inner.tx.clone().unwrap();
+    tx.send(Op {
+        kind: OpKind::Receive("q".into(), 1),
+        reply,
+    })
+    .await
+    .unwrap();
+    // The release runs in the writer's next batch and wakes this long poll.
+    let got = env
+        .store
+        .receive("q", 1, Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "released and received again");
+    assert_eq!(got[0].dequeue_count, 1);
+}
+
+#[tokio::test]
+async fn a_full_database_fails_writes_cleanly_and_recovers_after_deletes() {
+    // Proves fault test 22: when space runs out (here `max_db_bytes`) sends fail with
+    // StorageFull, every acknowledged message is still there, and once consumers free space,
+    // sends succeed again without a restart.
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(
+        dir.path(),
+        crate::store::StoreOptions {
+            clock: std::sync::Arc::new(crate::store::ManualClock::new(super::T0)),
+            max_db_bytes: Some(512 * 1024),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    store
+        .create_queue("q", crate::store::QueueAttributes::default())
+        .await
+        .unwrap();
+    let big = || crate::store::SendRequest {
+        body: bytes::Bytes::from(vec![b'x'; 8000]),
+        ..Default::default()
+    };
+    let mut acked = 0;
+    let err = loop {
+        match store.send("q", big()).await {
+            Ok(_) => acked += 1,
+            Err(e) => break e,
+        }
+        assert!(acked < 1000, "the limit never hit");
+    };
+    assert!(matches!(err, StoreError::StorageFull(_)), "{err}");
+    assert_eq!((err.code(), err.status()), ("StorageFull", 507));
+    // Other operations still work, and nothing acknowledged is missing.
+    let info = store.get_queue("q").await.unwrap();
+    assert_eq!(info.active_messages, acked);
+    let mut received = 0;
+    loop {
+        let got = store.receive("q", 16, NO_WAIT).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        received += got.len() as u64;
+        let handles = got.into_iter().map(|m| m.receipt_handle.unwrap()).collect();
+        for r in store.delete_batch("q", handles).await.unwrap() {
+            r.unwrap();
+        }
+    }
+    assert_eq!(received, acked);
+    for _ in 0..acked / 2 {
+        store.send("q", big()).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_request_failing_midway_rolls_back_disk_and_memory_alike() {
+    // Proves the savepoint + undo journal: a publish unit that runs out of space after writing
+    // part of its rows leaves neither rows nor index entries behind, and the store goes on.
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(
+        dir.path(),
+        crate::store::StoreOptions {
+            clock: std::sync::Arc::new(crate::store::ManualClock::new(super::T0)),
+            max_db_bytes: Some(1 << 20), // hard cap = 1 MiB + 8 MiB headroom
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    store.create_topic("t").await.unwrap();
+    for q in ["a", "b"] {
+        store
+            .create_queue(q, crate::store::QueueAttributes::default())
+            .await
+            .unwrap();
+        store
+            .create_subscription("t", q, SubscriptionSpec::queue(q))
+            .await
+            .unwrap();
+    }
+    let unit: Vec<_> = (0..200)
+        .map(|_| {
+            (
+                "t".to_owned(),
+                PublishRequest {
+                    body: bytes::Bytes::from(vec![b'y'; 60_000]),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let e = store.publish_batch(unit).await.unwrap_err();
+    assert!(matches!(e, StoreError::StorageFull(_)), "{e}");
+    for q in ["a", "b"] {
+        let info = store.get_queue(q).await.unwrap();
+        assert_eq!(
+            (info.active_messages, info.oldest_message_age_ms),
+            (0, None),
+            "{q}"
+        );
+    }
+    store
+        .publish(
+            "t",
+            PublishRequest {
+                body: bytes::Bytes::from_static(b"after"),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for q in ["a", "b"] {
+        let got = store.receive(q, 16, NO_WAIT).await.unwrap();
+        assert_eq!(got.iter().map(body_text).collect::<Vec<_>>(), ["after"]);
+    }
+}
+
+#[tokio::test]
+async fn another_process_holding_the_lock_makes_requests_wait_then_fail_cleanly() {
+    // Proves fault test 23: a foreign write lock delays requests up to busy_timeout, then they
+    // fail with Busy naming the file; once the lock is gone the store works again.
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(
+        dir.path(),
+        crate::store::StoreOptions {
+            clock: std::sync::Arc::new(crate::store::ManualClock::new(super::T0)),
+            busy_timeout: Duration::from_millis(300),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    store
+        .create_queue("q", crate::store::QueueAttributes::default())
+        .await
+        .unwrap();
+    let foreign = rusqlite::Connection::open(dir.path().join("sluice.db")).unwrap();
+    foreign.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = std::time::Instant::now();
+    let e = store.send("q", text("m")).await.unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert!(matches!(e, StoreError::Busy { .. }), "{e}");
+    assert_eq!(e.status(), 503);
+    assert!(e.to_string().contains("sluice.db"), "{e}");
+    foreign.execute_batch("COMMIT").unwrap();
+    store.send("q", text("m")).await.unwrap();
+    assert_eq!(store.get_queue("q").await.unwrap().active_messages, 1);
+}

@@ -1,0 +1,507 @@
+//! The public data types of the store: options, queue attributes, subscriptions, requests and
+//! the messages handed back. Field names follow `spec/message-service.md` and design.md, because
+//! the API layer serialises these types as they are.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::clock::{Clock, SystemClock};
+use super::error::StoreError;
+use crate::ids::MessageId;
+
+/// Most messages in one `send_batch`, `receive`, `peek` or `delete_batch` (the spec's batch
+/// limit).
+pub const MAX_BATCH: usize = 16;
+/// Most outputs in one `publish_batch` unit: bounds one transaction's size.
+pub const MAX_PUBLISH_UNIT: usize = 1024;
+/// Longest long-poll wait, seconds (spec: `wait_seconds` 0–30).
+pub const MAX_WAIT_SECONDS: u64 = 30;
+/// Longest tag, characters (spec).
+pub const MAX_TAG_CHARS: usize = 16;
+/// Most attributes on one message: "a small string map".
+pub const MAX_ATTRIBUTES: usize = 64;
+/// Longest attribute key, bytes.
+pub const MAX_ATTRIBUTE_KEY_BYTES: usize = 128;
+/// Longest attribute value, bytes.
+pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 4096;
+/// Highest `maximum_message_size` a server may allow (spec: "may raise the cap to 1 MiB").
+pub const MAX_MESSAGE_SIZE_CAP: u32 = 1 << 20;
+/// Default per-message priority (spec: 1–16, 1 highest, default 8).
+pub const DEFAULT_PRIORITY: u8 = 8;
+
+/// How hard SQLite syncs each commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    /// `synchronous=FULL`: nothing acknowledged is lost even on power loss (the default).
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: survives a process crash, may lose the last commits on power loss;
+    /// faster for one-row commits (measured 74 k/s vs 15.6 k/s), equal with group commit.
+    Normal,
+}
+
+/// Options of [`Store::open`](super::Store::open).
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Node id stamped into every message id, so stores of several processes never collide.
+    pub node_id: u16,
+    /// Sync level of commits.
+    pub synchronous: Synchronous,
+    /// The clock of every time decision ([`SystemClock`] unless a test injects another).
+    pub clock: Arc<dyn Clock>,
+    /// Run `PRAGMA quick_check` at open and refuse a damaged file (default true).
+    pub quick_check: bool,
+    /// Highest `maximum_message_size` a queue may set, and the body limit of topic publishes
+    /// (default 65536, at most [`MAX_MESSAGE_SIZE_CAP`]).
+    pub message_size_cap: u32,
+    /// How long a statement waits for a lock held by another connection before failing with
+    /// [`StoreError::Busy`].
+    pub busy_timeout: std::time::Duration,
+    /// Most requests merged into one commit.
+    pub max_batch_requests: usize,
+    /// Refuse writes ([`StoreError::StorageFull`]) once the database file would pass this size
+    /// (SQLite `max_page_count`), so a runaway backlog cannot fill the disk; `None` = no limit.
+    /// Space freed by deletes is reused, so the store recovers without a restart.
+    pub max_db_bytes: Option<u64>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            node_id: 0,
+            synchronous: Synchronous::Full,
+            clock: Arc::new(SystemClock::new()),
+            quick_check: true,
+            message_size_cap: 65536,
+            busy_timeout: std::time::Duration::from_secs(5),
+            max_batch_requests: 1024,
+            max_db_bytes: None,
+        }
+    }
+}
+
+/// The attributes of a queue, spelled as in the spec (JSON, TOML and errors alike).
+///
+/// Missing fields take their defaults when deserialised, so a partial JSON object is a valid
+/// request; [`QueueAttributes::validate`] checks the ranges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueAttributes {
+    /// Seconds a sent message stays invisible before its first delivery (0–604800, default 0).
+    pub delay_seconds: u32,
+    /// Largest body in bytes (1024–65536 or the server cap, default 65536).
+    pub maximum_message_size: u32,
+    /// Seconds a message is kept before it is removed and counted (60–604800, default 345600).
+    pub message_retention_period: u32,
+    /// Seconds a received message stays invisible (1–43200, default 30).
+    pub visibility_timeout: u32,
+    /// Default long-poll wait of a receive, seconds (0–30, default 0).
+    pub polling_wait_seconds: u32,
+    /// Queue that receives messages whose dequeue count would pass `max_receive_count`.
+    pub dead_letter_queue: Option<String>,
+    /// Receives allowed before the move to `dead_letter_queue` (1–1000); set with it.
+    pub max_receive_count: Option<u32>,
+}
+
+impl Default for QueueAttributes {
+    fn default() -> Self {
+        QueueAttributes {
+            delay_seconds: 0,
+            maximum_message_size: 65536,
+            message_retention_period: 345_600,
+            visibility_timeout: 30,
+            polling_wait_seconds: 0,
+            dead_letter_queue: None,
+            max_receive_count: None,
+        }
+    }
+}
+
+/// Checks `value` against `lo..=hi`, naming the attribute and its range when it is outside.
+pub(crate) fn check_range(
+    field: &'static str,
+    value: u64,
+    lo: u64,
+    hi: u64,
+) -> Result<(), StoreError> {
+    if value < lo || value > hi {
+        return Err(StoreError::invalid(
+            field,
+            format!("{value} is out of range: {field} must be between {lo} and {hi}"),
+        ));
+    }
+    Ok(())
+}
+
+impl QueueAttributes {
+    /// Checks every attribute against the spec's range (with the server's `message_size_cap`),
+    /// returning the first one out of range, named as in the spec.
+    pub fn validate(&self, message_size_cap: u32) -> Result<(), StoreError> {
+        check_range("delay_seconds", self.delay_seconds.into(), 0, 604_800)?;
+        check_range(
+            "maximum_message_size",
+            self.maximum_message_size.into(),
+            1024,
+            message_size_cap.clamp(1024, MAX_MESSAGE_SIZE_CAP).into(),
+        )?;
+        check_range(
+            "message_retention_period",
+            self.message_retention_period.into(),
+            60,
+            604_800,
+        )?;
+        check_range(
+            "visibility_timeout",
+            self.visibility_timeout.into(),
+            1,
+            43_200,
+        )?;
+        check_range(
+            "polling_wait_seconds",
+            self.polling_wait_seconds.into(),
+            0,
+            MAX_WAIT_SECONDS,
+        )?;
+        match (&self.dead_letter_queue, self.max_receive_count) {
+            (None, None) => {}
+            (Some(q), Some(n)) => {
+                validate_name("dead_letter_queue", q)?;
+                check_range("max_receive_count", n.into(), 1, 1000)?;
+            }
+            (Some(_), None) => {
+                return Err(StoreError::invalid(
+                    "max_receive_count",
+                    "max_receive_count (1-1000) is required with dead_letter_queue",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(StoreError::invalid(
+                    "dead_letter_queue",
+                    "dead_letter_queue is required with max_receive_count",
+                ))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a topic, queue or subscription name: 1–120 characters, ASCII letters, digits and `-`,
+/// starting with a letter or digit (spec). `field` names the argument in the error.
+pub fn validate_name(field: &'static str, name: &str) -> Result<(), StoreError> {
+    let ok_len = (1..=120).contains(&name.len());
+    let ok_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let ok_first = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric());
+    if ok_len && ok_chars && ok_first {
+        Ok(())
+    } else {
+        Err(StoreError::invalid(
+            field,
+            format!(
+                "`{}` is not a valid name: 1-120 characters, letters, digits and `-`, starting \
+                 with a letter or digit",
+                name.escape_debug()
+            ),
+        ))
+    }
+}
+
+/// Checks a tag (≤ 16 characters) and an attribute map (small; no CR, LF or NUL anywhere, since
+/// tags and attributes end up in HTTP headers of pushes: fault test 20).
+pub(crate) fn validate_tag_and_attributes(
+    tag: Option<&str>,
+    attributes: &BTreeMap<String, String>,
+) -> Result<(), StoreError> {
+    let bad = |s: &str| s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0);
+    if let Some(tag) = tag {
+        if tag.chars().count() > MAX_TAG_CHARS || tag.is_empty() {
+            return Err(StoreError::invalid(
+                "tag",
+                format!("a tag has 1 to {MAX_TAG_CHARS} characters"),
+            ));
+        }
+        if bad(tag) {
+            return Err(StoreError::invalid("tag", "CR, LF and NUL are not allowed"));
+        }
+    }
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err(StoreError::invalid(
+            "attributes",
+            format!("at most {MAX_ATTRIBUTES} attributes"),
+        ));
+    }
+    for (k, v) in attributes {
+        if k.is_empty() || k.len() > MAX_ATTRIBUTE_KEY_BYTES || v.len() > MAX_ATTRIBUTE_VALUE_BYTES
+        {
+            return Err(StoreError::invalid(
+                "attributes",
+                format!(
+                    "attribute keys have 1 to {MAX_ATTRIBUTE_KEY_BYTES} bytes, values at most \
+                     {MAX_ATTRIBUTE_VALUE_BYTES}"
+                ),
+            ));
+        }
+        if bad(k) || bad(v) {
+            return Err(StoreError::invalid(
+                "attributes",
+                "CR, LF and NUL are not allowed in attributes",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where a subscription delivers.
+///
+/// Only queues for now; HTTP push (`Http { url, .. }`) is a later issue. Its per-subscription
+/// delivery state will live in its own table referencing the shared body rows (see the module
+/// doc), so adding it changes no existing row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Endpoint {
+    /// A sluice queue, by name; it must exist when the subscription is created.
+    Queue(String),
+}
+
+/// What a subscription is: its endpoint and filter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionSpec {
+    /// Where matching messages go.
+    pub endpoint: Endpoint,
+    /// Only messages with exactly this tag match; `None` matches all.
+    #[serde(default)]
+    pub filter_tag: Option<String>,
+    /// Deliver the body as base64 text, for MNS SDK consumers that keep their default decoding
+    /// (spec: "the queue subscription sets `base64_body = true`").
+    #[serde(default)]
+    pub base64_body: bool,
+}
+
+impl SubscriptionSpec {
+    /// A subscription delivering every message to `queue`.
+    pub fn queue(queue: impl Into<String>) -> SubscriptionSpec {
+        SubscriptionSpec {
+            endpoint: Endpoint::Queue(queue.into()),
+            filter_tag: None,
+            base64_body: false,
+        }
+    }
+}
+
+/// A message published to a topic.
+#[derive(Debug, Clone, Default)]
+pub struct PublishRequest {
+    /// The body, stored and delivered exactly as given.
+    pub body: Bytes,
+    /// Optional tag (≤ 16 characters), matched by subscription filter tags.
+    pub tag: Option<String>,
+    /// Small string map (source topic, device, rule, ingest time, ...).
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// The acknowledgement of a committed publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Published {
+    /// The message id (the same in every queue it reached).
+    #[serde(serialize_with = "ser_id")]
+    pub id: MessageId,
+    /// MD5 of the body, 32 uppercase hex characters.
+    pub body_md5: String,
+    /// Commit-time clock reading, ms.
+    pub enqueue_time_ms: u64,
+    /// How many queue subscriptions received it.
+    pub queues: u32,
+}
+
+/// A message sent straight to a queue.
+#[derive(Debug, Clone, Default)]
+pub struct SendRequest {
+    /// The body, stored and returned exactly as given.
+    pub body: Bytes,
+    /// Overrides the queue's `delay_seconds` (0–604800).
+    pub delay_seconds: Option<u32>,
+    /// 1–16, 1 highest; default 8.
+    pub priority: Option<u8>,
+    /// Optional tag (≤ 16 characters).
+    pub tag: Option<String>,
+    /// Small string map.
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// The acknowledgement of a committed send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sent {
+    /// The message id.
+    #[serde(serialize_with = "ser_id")]
+    pub id: MessageId,
+    /// MD5 of the body, 32 uppercase hex characters.
+    pub body_md5: String,
+    /// Commit-time clock reading, ms.
+    pub enqueue_time_ms: u64,
+    /// When it first becomes visible (enqueue time plus delay), ms.
+    pub next_visible_time_ms: u64,
+}
+
+/// Where a dead-lettered message came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterOrigin {
+    /// The queue it was moved out of.
+    pub source_queue: String,
+    /// Its id there (the id is kept in the dead-letter queue too).
+    pub original_id: String,
+    /// Its dequeue count when moved.
+    pub dequeue_count: u32,
+    /// When it was first enqueued in the source queue, ms.
+    pub original_enqueue_time_ms: u64,
+    /// The last delivery error, when one is known (push deliveries).
+    pub last_error: Option<String>,
+}
+
+/// A message as received or peeked from a queue.
+///
+/// Serialises with the field names of design.md; the body becomes `body` when it is UTF-8 and
+/// `body_base64` otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Message id.
+    pub id: MessageId,
+    /// The body exactly as sent or published.
+    pub body: Bytes,
+    /// MD5 of the body, 32 uppercase hex characters.
+    pub body_md5: String,
+    /// Tag, if any.
+    pub tag: Option<String>,
+    /// Attributes.
+    pub attributes: BTreeMap<String, String>,
+    /// 1–16, 1 highest.
+    pub priority: u8,
+    /// When it entered this queue, ms.
+    pub enqueue_time_ms: u64,
+    /// When it was first received from this queue, ms.
+    pub first_dequeue_time_ms: Option<u64>,
+    /// When it becomes (or became) visible again, ms.
+    pub next_visible_time_ms: u64,
+    /// How many times it was received from this queue.
+    pub dequeue_count: u32,
+    /// The handle for delete / change visibility; `None` for peeked messages.
+    pub receipt_handle: Option<String>,
+    /// Set when the message was moved here as a dead letter.
+    pub dead_letter: Option<DeadLetterOrigin>,
+}
+
+impl Serialize for Message {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("id", &self.id.to_string())?;
+        match std::str::from_utf8(&self.body) {
+            Ok(text) => m.serialize_entry("body", text)?,
+            Err(_) => {
+                use base64::Engine;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&self.body);
+                m.serialize_entry("body_base64", &b64)?
+            }
+        }
+        m.serialize_entry("body_md5", &self.body_md5)?;
+        m.serialize_entry("tag", &self.tag)?;
+        m.serialize_entry("attributes", &self.attributes)?;
+        m.serialize_entry("priority", &self.priority)?;
+        m.serialize_entry("enqueue_time_ms", &self.enqueue_time_ms)?;
+        m.serialize_entry("first_dequeue_time_ms", &self.first_dequeue_time_ms)?;
+        m.serialize_entry("next_visible_time_ms", &self.next_visible_time_ms)?;
+        m.serialize_entry("dequeue_count", &self.dequeue_count)?;
+        m.serialize_entry("receipt_handle", &self.receipt_handle)?;
+        if let Some(origin) = &self.dead_letter {
+            m.serialize_entry("dead_letter", origin)?;
+        }
+        m.end()
+    }
+}
+
+/// The answer to a visibility change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VisibilityChanged {
+    /// The new handle; the old one stops working.
+    pub receipt_handle: String,
+    /// When the message becomes visible again, ms.
+    pub next_visible_time_ms: u64,
+}
+
+/// A queue with its attributes, counts and counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueInfo {
+    /// Queue name.
+    pub name: String,
+    /// Its attributes.
+    pub attributes: QueueAttributes,
+    /// Creation time, ms.
+    pub create_time_ms: u64,
+    /// Visible messages (receivable now).
+    pub active_messages: u64,
+    /// Received messages whose visibility timeout has not ended (in flight).
+    pub inactive_messages: u64,
+    /// Messages sent with a delay that have never been visible yet.
+    pub delayed_messages: u64,
+    /// Age of the oldest message in the queue, ms; `None` when empty.
+    pub oldest_message_age_ms: Option<u64>,
+    /// Messages removed because they outlived `message_retention_period` (since creation).
+    pub expired_total: u64,
+    /// Messages moved out to the dead-letter queue (since creation).
+    pub dead_lettered_total: u64,
+}
+
+/// A topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopicInfo {
+    /// Topic name.
+    pub name: String,
+    /// Creation time, ms.
+    pub create_time_ms: u64,
+    /// Number of subscriptions.
+    pub subscriptions: u32,
+}
+
+/// A subscription of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubscriptionInfo {
+    /// The topic.
+    pub topic: String,
+    /// Subscription name.
+    pub name: String,
+    /// Endpoint, filter and format.
+    #[serde(flatten)]
+    pub spec: SubscriptionSpec,
+    /// Creation time, ms.
+    pub create_time_ms: u64,
+}
+
+fn ser_id<S: serde::Serializer>(id: &MessageId, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(id)
+}
+
+/// Where [`Store::open`](super::Store::open) keeps its files.
+#[derive(Debug, Clone)]
+pub(crate) struct StorePaths {
+    pub dir: PathBuf,
+    pub db: PathBuf,
+    pub lock: PathBuf,
+}
+
+impl StorePaths {
+    pub fn new(dir: &std::path::Path) -> StorePaths {
+        StorePaths {
+            dir: dir.to_path_buf(),
+            db: dir.join("sluice.db"),
+            lock: dir.join("sluice.lock"),
+        }
+    }
+}

@@ -1,0 +1,738 @@
+//! The writer thread: owns the write connection and the in-memory index, merges waiting requests
+//! into one transaction (group commit) and answers each only after the commit.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::clock::Clock;
+use super::error::StoreError;
+use super::index::{
+    pack, unpack, Catalog, Journal, QueueIndex, QueueSql, QueueState, SubState, Tombstones,
+    TopicState, Undo,
+};
+use super::receipt::Receipt;
+use super::schema::{queue_table, queue_table_ddl, Opened};
+use super::types::{
+    DeadLetterOrigin, Endpoint, Message, PublishRequest, Published, QueueAttributes, QueueInfo,
+    SendRequest, Sent, StoreOptions, StorePaths, SubscriptionSpec, VisibilityChanged,
+    DEFAULT_PRIORITY,
+};
+use super::Notifiers;
+
+mod catalog;
+mod messages;
+mod retention;
+use crate::ids::{IdGenerator, MessageId};
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Rows the retention sweep looks at per queue per batch.
+const SWEEP_ROWS: i64 = 512;
+/// Longest the idle writer sleeps before re-checking retention deadlines (guards against clock
+/// surprises; the deadlines themselves set the timer).
+const MAX_IDLE: Duration = Duration::from_secs(60);
+/// Prepared statements kept per connection: each queue has about ten.
+const STATEMENT_CACHE: usize = 512;
+
+/// A request to the writer with its answer channel.
+pub(crate) struct Op {
+    pub kind: OpKind,
+    pub reply: oneshot::Sender<Result<Reply>>,
+}
+
+/// What a request asks for.
+pub(crate) enum OpKind {
+    CreateTopic(String),
+    DeleteTopic(String),
+    CreateQueue(String, QueueAttributes),
+    SetQueueAttributes(String, QueueAttributes),
+    DeleteQueue(String),
+    GetQueue(String),
+    ListQueues,
+    CreateSubscription {
+        topic: String,
+        name: String,
+        spec: SubscriptionSpec,
+    },
+    DeleteSubscription {
+        topic: String,
+        name: String,
+    },
+    Publish(Vec<(String, PublishRequest)>),
+    Send(String, Vec<SendRequest>),
+    Receive(String, usize),
+    Peek(String, usize),
+    Delete(String, Vec<String>),
+    ChangeVisibility(String, String, u32),
+    Shutdown,
+}
+
+/// The writer's answers.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Bool(bool),
+    Unit,
+    Published(Vec<Published>),
+    Sent(Vec<Sent>),
+    Received {
+        messages: Vec<Message>,
+        polling_wait_seconds: u32,
+        next_visible_ms: Option<u64>,
+    },
+    Messages(Vec<Message>),
+    Deleted(Vec<Result<()>>),
+    Visibility(VisibilityChanged),
+    Queues(Vec<QueueInfo>),
+}
+
+impl Reply {
+    pub fn bool(self) -> Result<bool> {
+        match self {
+            Reply::Bool(b) => Ok(b),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    pub fn unit(self) -> Result<()> {
+        match self {
+            Reply::Unit => Ok(()),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    pub fn unexpected(self) -> StoreError {
+        StoreError::Internal(format!("unexpected writer reply {self:?}"))
+    }
+}
+
+/// Loads the catalog and index from disk (in the caller's thread, so errors surface from
+/// `Store::open`) and starts the writer thread.
+pub(crate) fn spawn(
+    opened: Opened,
+    paths: &StorePaths,
+    opts: &StoreOptions,
+    notifiers: Notifiers,
+    commit_tx: watch::Sender<u64>,
+) -> Result<(mpsc::Sender<Op>, std::thread::JoinHandle<()>)> {
+    let Opened { conn, lock } = opened;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    let mut w = Writer {
+        conn,
+        _lock: lock,
+        db: paths.db.clone(),
+        clock: opts.clock.clone(),
+        ids: IdGenerator::new(opts.node_id),
+        max_batch: opts.max_batch_requests.max(1),
+        cat: Catalog::default(),
+        undo: Vec::new(),
+        wake: HashSet::new(),
+        wake_names: Vec::new(),
+        releases: Vec::new(),
+        notifiers,
+        commit_tx,
+        commit_no: 0,
+        max_db_bytes: opts.max_db_bytes,
+        missing_dlq_warned: HashSet::new(),
+        full: false,
+    };
+    w.load().map_err(|e| w.classify(e))?;
+    let (tx, rx) = mpsc::channel(w.max_batch);
+    let handle = std::thread::Builder::new()
+        .name("sluice-store-writer".into())
+        .spawn(move || w.run(rx))
+        .map_err(|source| StoreError::Io {
+            action: "cannot start the writer thread for",
+            path: paths.db.clone(),
+            source,
+        })?;
+    Ok((tx, handle))
+}
+
+struct Writer {
+    conn: Connection,
+    _lock: File,
+    db: PathBuf,
+    clock: Arc<dyn Clock>,
+    ids: IdGenerator,
+    max_batch: usize,
+    cat: Catalog,
+    undo: Vec<Undo>,
+    /// Queues whose waiters are woken after the commit.
+    wake: HashSet<i64>,
+    /// Deleted queues whose waiters are woken after the commit.
+    wake_names: Vec<String>,
+    /// Claims whose requester went away; released in the next batch.
+    releases: Vec<(String, Receipt)>,
+    notifiers: Notifiers,
+    commit_tx: watch::Sender<u64>,
+    commit_no: u64,
+    /// `StoreOptions::max_db_bytes`.
+    max_db_bytes: Option<u64>,
+    /// Queues whose missing dead-letter queue was already reported.
+    missing_dlq_warned: HashSet<i64>,
+    /// Set at the start of a batch when the database has reached `max_db_bytes`: new messages
+    /// are refused, everything else goes on (so consumers can drain it).
+    full: bool,
+}
+
+/// A full queue row as read from SQLite.
+struct RawRow {
+    next_visible_ms: u64,
+    dequeue_count: u32,
+    first_dequeue_ms: Option<u64>,
+    priority: u8,
+    enqueue_ms: u64,
+    message_id: String,
+    body_md5: Vec<u8>,
+    tag: Option<String>,
+    attributes: Option<String>,
+    origin: Option<String>,
+    body_ref: Option<i64>,
+    body: Option<Vec<u8>>,
+}
+
+impl RawRow {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+        // Columns 0 (seq) and 2 (receipt_gen) are known to the caller.
+        Ok(RawRow {
+            next_visible_ms: r.get::<_, i64>(1)? as u64,
+            dequeue_count: r.get::<_, i64>(3)? as u32,
+            first_dequeue_ms: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+            priority: r.get::<_, i64>(5)? as u8,
+            enqueue_ms: r.get::<_, i64>(6)? as u64,
+            message_id: r.get(7)?,
+            body_md5: r.get(8)?,
+            tag: r.get(9)?,
+            attributes: r.get(10)?,
+            origin: r.get(11)?,
+            body_ref: r.get(12)?,
+            body: r.get(13)?,
+        })
+    }
+}
+
+/// What a receipt handle finds.
+enum Lease {
+    /// The handle is the row's current one and its lease is running.
+    Held(RowState),
+    /// The row exists but this handle no longer holds it.
+    Stale(&'static str),
+    /// No row (deleted, expired by retention, moved to the dead-letter queue, or made up).
+    Gone,
+}
+
+/// The delivery state of one row, for handle checks.
+struct RowState {
+    gen: i64,
+    next_visible_ms: u64,
+    priority: u8,
+    body_ref: Option<i64>,
+}
+
+fn md5_of(body: &[u8]) -> [u8; 16] {
+    Md5::digest(body).into()
+}
+
+fn md5_hex(md5: &[u8]) -> String {
+    hex::encode_upper(md5)
+}
+
+fn attributes_json(a: &BTreeMap<String, String>) -> Result<Option<String>> {
+    if a.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(a)
+        .map(Some)
+        .map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+fn ms(seconds: u32) -> u64 {
+    u64::from(seconds) * 1000
+}
+
+/// How a new row holds its body.
+enum BodyRef<'a> {
+    Inline(&'a [u8]),
+    Shared(i64),
+}
+
+/// A new row's message fields.
+struct NewRow<'a> {
+    message_id: &'a str,
+    md5: &'a [u8],
+    tag: Option<&'a str>,
+    attributes: Option<&'a str>,
+    priority: u8,
+    delay_s: u32,
+    body: BodyRef<'a>,
+}
+
+impl Writer {
+    fn classify(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Sqlite(e) => StoreError::from_sqlite(e, &self.db),
+            e => e,
+        }
+    }
+
+    fn journal(&mut self) -> Journal<'_> {
+        Journal {
+            undo: &mut self.undo,
+            wake: &mut self.wake,
+        }
+    }
+
+    // ----- loading -----
+
+    fn load(&mut self) -> Result<()> {
+        let now = self.clock.now_ms();
+        let mut queues = Vec::new();
+        {
+            let mut stmt = self.conn.prepare(
+                "SELECT id, name, create_time_ms, attributes, expired_total, dead_lettered_total \
+                 FROM queues",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })?;
+            for row in rows {
+                queues.push(row?);
+            }
+        }
+        for (id, name, created, attrs, expired, dead) in queues {
+            let attrs: QueueAttributes = serde_json::from_str(&attrs)
+                .map_err(|e| StoreError::Internal(format!("queue `{name}` attributes: {e}")))?;
+            let mut idx = QueueIndex::default();
+            let mut max_seq = 0u64;
+            {
+                let mut stmt = self.conn.prepare(&format!(
+                    "SELECT seq, next_visible_ms, dequeue_count, priority FROM {}",
+                    queue_table(id)
+                ))?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    let seq = r.get::<_, i64>(0)? as u64;
+                    let at = r.get::<_, i64>(1)? as u64;
+                    let count: i64 = r.get(2)?;
+                    let key = pack(r.get::<_, i64>(3)? as u8, seq);
+                    max_seq = max_seq.max(seq);
+                    if at <= now {
+                        idx.visible.insert(key);
+                    } else if count == 0 {
+                        idx.delayed.insert((at, key));
+                    } else {
+                        idx.inflight.insert((at, key));
+                    }
+                }
+            }
+            tracing::debug!(
+                queue = %name,
+                visible = idx.visible.len(),
+                inflight = idx.inflight.len(),
+                delayed = idx.delayed.len(),
+                "queue index rebuilt"
+            );
+            self.cat.queue_ids.insert(name.clone(), id);
+            self.cat.queues.insert(
+                id,
+                QueueState {
+                    id,
+                    name,
+                    attrs,
+                    create_time_ms: created as u64,
+                    idx,
+                    next_seq: max_seq + 1,
+                    next_sweep_ms: now,
+                    expired_total: expired as u64,
+                    dead_lettered_total: dead as u64,
+                    tombstones: Tombstones::default(),
+                    sql: QueueSql::new(id),
+                },
+            );
+        }
+        {
+            let mut stmt = self.conn.prepare("SELECT id, name FROM topics")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (id, name) = row?;
+                self.cat.topics.insert(
+                    name,
+                    TopicState {
+                        id,
+                        subs: BTreeMap::new(),
+                    },
+                );
+            }
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT s.id, t.name, s.name, s.spec FROM subscriptions s \
+             JOIN topics t ON t.id = s.topic_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, topic, name, spec) = row?;
+            let spec: SubscriptionSpec = serde_json::from_str(&spec)
+                .map_err(|e| StoreError::Internal(format!("subscription `{name}` spec: {e}")))?;
+            if let Some(t) = self.cat.topics.get_mut(&topic) {
+                t.subs.insert(name, SubState { id, spec });
+            }
+        }
+        Ok(())
+    }
+
+    // ----- the loop -----
+
+    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "store writer cannot start its timer runtime");
+                return;
+            }
+        };
+        loop {
+            let mut batch = Vec::new();
+            if self.releases.is_empty() {
+                let idle = self.idle_time();
+                let first = rt.block_on(async { tokio::time::timeout(idle, rx.recv()).await });
+                match first {
+                    Ok(Some(op)) => batch.push(op),
+                    Ok(None) => break,
+                    Err(_) => {} // timer: retention sweeps
+                }
+            }
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            if let Some(reply) = self.run_batch(batch) {
+                rx.close();
+                while let Ok(op) = rx.try_recv() {
+                    let _ = op.reply.send(Err(StoreError::Closed));
+                }
+                self.finish();
+                let _ = reply.send(Ok(Reply::Unit));
+                return;
+            }
+        }
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        // Long polls wake now and find the store closed instead of sleeping out their wait.
+        if let Ok(map) = self.notifiers.lock() {
+            for n in map.values() {
+                n.notify_waiters();
+            }
+        }
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            tracing::warn!(error = %e, "store checkpoint at close failed");
+        }
+    }
+
+    /// How long to wait for a request before the next retention deadline.
+    fn idle_time(&self) -> Duration {
+        let now = self.clock.now_ms();
+        let next = self
+            .cat
+            .queues
+            .values()
+            .filter(|q| !q.idx.visible.is_empty() || q.idx.earliest_invisible().is_some())
+            .map(|q| q.next_sweep_ms)
+            .min();
+        match next {
+            Some(t) => Duration::from_millis(t.saturating_sub(now)).min(MAX_IDLE),
+            None => MAX_IDLE,
+        }
+    }
+
+    /// Runs one batch in one transaction; returns the shutdown reply if one was in it.
+    fn run_batch(&mut self, batch: Vec<Op>) -> Option<oneshot::Sender<Result<Reply>>> {
+        let mut shutdown = None;
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            let e = StoreError::from_sqlite(e, &self.db);
+            tracing::error!(error = %e, "store cannot begin a transaction");
+            for op in batch {
+                match op.kind {
+                    OpKind::Shutdown => shutdown = Some(op.reply),
+                    _ => {
+                        let _ = op.reply.send(Err(e.duplicate()));
+                    }
+                }
+            }
+            return shutdown;
+        }
+        self.undo.clear();
+        self.wake.clear();
+        self.wake_names.clear();
+        self.full = match self.used_bytes() {
+            Ok(used) => self.max_db_bytes.is_some_and(|max| used >= max),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the database size");
+                false
+            }
+        };
+        let had_work = !batch.is_empty() || !self.releases.is_empty();
+
+        for (queue, receipt) in std::mem::take(&mut self.releases) {
+            if let Err(e) = self.in_savepoint(|w| w.release(&queue, receipt)) {
+                tracing::warn!(queue = %queue, error = %e, "releasing an unanswered receive failed");
+            }
+        }
+        // Retention first, so the requests of this batch see expired messages gone.
+        let swept = match self.in_savepoint(|w| w.sweep_due()) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "retention sweep failed");
+                0
+            }
+        };
+        let mut pending = Vec::with_capacity(batch.len());
+        for op in batch {
+            if let OpKind::Shutdown = op.kind {
+                shutdown = Some(op.reply);
+                continue;
+            }
+            let receive_queue = match &op.kind {
+                OpKind::Receive(q, _) => Some(q.clone()),
+                _ => None,
+            };
+            let result = self.apply(op.kind);
+            pending.push((op.reply, result, receive_queue));
+        }
+
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                if had_work || swept > 0 {
+                    self.commit_no += 1;
+                    self.commit_tx.send_replace(self.commit_no);
+                }
+                self.notify();
+                for (reply, result, receive_queue) in pending {
+                    if let Err(Ok(Reply::Received { messages, .. })) = reply.send(result) {
+                        // The receiver went away after the claim committed: give the messages
+                        // back in the next batch rather than leave them leased to nobody.
+                        let queue = receive_queue.unwrap_or_default();
+                        for m in messages {
+                            let receipt = m.receipt_handle.as_deref().map(Receipt::decode);
+                            if let Some(Ok(receipt)) = receipt {
+                                self.releases.push((queue.clone(), receipt));
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let e = StoreError::from_sqlite(e, &self.db);
+                tracing::error!(error = %e, "store commit failed; batch rolled back");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                let mut undo = std::mem::take(&mut self.undo);
+                self.cat.rollback(&mut undo, 0);
+                self.undo = undo;
+                let now = self.clock.now_ms();
+                for q in self.cat.queues.values_mut() {
+                    q.next_sweep_ms = q.next_sweep_ms.min(now);
+                }
+                for (reply, result, _) in pending {
+                    let _ = reply.send(result.and(Err(e.duplicate())));
+                }
+            }
+        }
+        shutdown
+    }
+
+    /// Bytes in use (pages not on the free list); only read when a limit is set.
+    fn used_bytes(&self) -> Result<u64> {
+        if self.max_db_bytes.is_none() {
+            return Ok(0);
+        }
+        let q = |p: &str| -> Result<u64> {
+            Ok(self
+                .conn
+                .prepare_cached(p)?
+                .query_row([], |r| r.get::<_, i64>(0))? as u64)
+        };
+        let used = q("PRAGMA page_count")?.saturating_sub(q("PRAGMA freelist_count")?);
+        Ok(used * q("PRAGMA page_size")?)
+    }
+
+    fn check_space(&self) -> Result<()> {
+        match self.max_db_bytes {
+            Some(max) if self.full => Err(StoreError::StorageFull(format!(
+                "the database has reached its limit of {max} bytes (max_db_bytes)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Wakes the long polls of every queue that got a newly visible message or an earlier
+    /// next-visible time in this commit.
+    fn notify(&mut self) {
+        if self.wake.is_empty() && self.wake_names.is_empty() {
+            return;
+        }
+        let mut map = self
+            .notifiers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for id in self.wake.drain() {
+            if let Some(n) = self.cat.queues.get(&id).and_then(|q| map.get(&q.name)) {
+                n.notify_waiters();
+            }
+        }
+        for name in self.wake_names.drain(..) {
+            // A deleted queue: its waiters wake to find it gone; a queue created later under the
+            // same name gets a fresh entry.
+            if let Some(n) = map.remove(&name) {
+                n.notify_waiters();
+            }
+        }
+    }
+
+    /// Runs `f` inside a SAVEPOINT: on error the database and the in-memory index are rolled
+    /// back to where they were, and the rest of the batch goes on.
+    fn in_savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let mark = self.undo.len();
+        self.conn.prepare_cached("SAVEPOINT op")?.execute([])?;
+        match f(self) {
+            Ok(v) => {
+                self.conn.prepare_cached("RELEASE op")?.execute([])?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                let mut undo = std::mem::take(&mut self.undo);
+                self.cat.rollback(&mut undo, mark);
+                self.undo = undo;
+                Err(self.classify(e))
+            }
+        }
+    }
+
+    fn apply(&mut self, kind: OpKind) -> Result<Reply> {
+        match kind {
+            OpKind::GetQueue(name) => {
+                let id = self.queue_id(&name)?;
+                Ok(Reply::Queues(vec![self.queue_info(id)?]))
+            }
+            OpKind::ListQueues => {
+                let mut ids: Vec<(String, i64)> = self
+                    .cat
+                    .queue_ids
+                    .iter()
+                    .map(|(n, &id)| (n.clone(), id))
+                    .collect();
+                ids.sort();
+                let infos = ids
+                    .into_iter()
+                    .map(|(_, id)| self.queue_info(id))
+                    .collect::<Result<_>>()?;
+                Ok(Reply::Queues(infos))
+            }
+            OpKind::Peek(queue, max) => self.peek(&queue, max).map(Reply::Messages),
+            OpKind::Receive(queue, max) => self.in_savepoint(|w| w.receive(&queue, max)),
+            OpKind::Delete(queue, handles) => {
+                let id = self.queue_id(&queue)?;
+                self.in_savepoint(|w| {
+                    let results = handles
+                        .iter()
+                        .map(|h| w.delete_one(id, h))
+                        .collect::<Result<_>>()?;
+                    Ok(Reply::Deleted(results))
+                })
+            }
+            OpKind::Shutdown => Ok(Reply::Unit),
+            kind => self.in_savepoint(|w| w.apply_write(kind)),
+        }
+    }
+
+    fn apply_write(&mut self, kind: OpKind) -> Result<Reply> {
+        let now = self.clock.now_ms();
+        match kind {
+            OpKind::CreateTopic(name) => self.create_topic(&name, now).map(Reply::Bool),
+            OpKind::DeleteTopic(name) => self.delete_topic(&name).map(Reply::Bool),
+            OpKind::CreateQueue(name, attrs) => {
+                self.create_queue(&name, attrs, now).map(Reply::Bool)
+            }
+            OpKind::SetQueueAttributes(name, attrs) => {
+                self.set_queue_attributes(&name, attrs, now)?;
+                Ok(Reply::Unit)
+            }
+            OpKind::DeleteQueue(name) => self.delete_queue(&name).map(Reply::Bool),
+            OpKind::CreateSubscription { topic, name, spec } => self
+                .create_subscription(&topic, &name, spec, now)
+                .map(Reply::Bool),
+            OpKind::DeleteSubscription { topic, name } => {
+                self.delete_subscription(&topic, &name).map(Reply::Bool)
+            }
+            OpKind::Publish(items) => self.publish(items, now).map(Reply::Published),
+            OpKind::Send(queue, reqs) => self.send(&queue, reqs, now).map(Reply::Sent),
+            OpKind::ChangeVisibility(queue, handle, secs) => self
+                .change_visibility(&queue, &handle, secs, now)
+                .map(Reply::Visibility),
+            OpKind::GetQueue(_)
+            | OpKind::ListQueues
+            | OpKind::Peek(..)
+            | OpKind::Receive(..)
+            | OpKind::Delete(..)
+            | OpKind::Shutdown => Err(StoreError::Internal("misrouted request".into())),
+        }
+    }
+
+    fn queue_id(&self, name: &str) -> Result<i64> {
+        self.cat
+            .queue_ids
+            .get(name)
+            .copied()
+            .ok_or_else(|| StoreError::QueueNotExist {
+                name: name.to_owned(),
+            })
+    }
+
+    /// Takes a queue out of the catalog for the duration of `f` (so `f` may touch other queues,
+    /// e.g. the dead-letter queue) and puts it back whatever happens.
+    fn with_queue<T>(
+        &mut self,
+        id: i64,
+        f: impl FnOnce(&mut Self, &mut QueueState) -> Result<T>,
+    ) -> Result<T> {
+        let mut q = self
+            .cat
+            .queues
+            .remove(&id)
+            .ok_or_else(|| StoreError::Internal(format!("queue id {id} not in the catalog")))?;
+        let result = f(self, &mut q);
+        self.cat.queues.insert(id, q);
+        result
+    }
+}

@@ -1,0 +1,538 @@
+//! Message requests: publish, send, receive, peek, delete, visibility, dead letters.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::*;
+
+impl Writer {
+    // ----- writing messages -----
+
+    /// Inserts one row into queue `q` and indexes it.
+    pub(super) fn insert_row(
+        &mut self,
+        q: &mut QueueState,
+        row: &NewRow<'_>,
+        now: u64,
+    ) -> Result<Sent> {
+        let seq = q.next_seq;
+        q.next_seq += 1;
+        let at = now + ms(row.delay_s);
+        let (body_ref, body) = match row.body {
+            BodyRef::Inline(b) => (None, Some(b)),
+            BodyRef::Shared(id) => (Some(id), None),
+        };
+        self.conn.prepare_cached(&q.sql.insert)?.execute(params![
+            seq as i64,
+            at as i64,
+            row.priority,
+            now as i64,
+            row.message_id,
+            row.md5,
+            row.tag,
+            row.attributes,
+            Option::<&str>::None,
+            body_ref,
+            body,
+        ])?;
+        let key = pack(row.priority, seq);
+        if row.delay_s == 0 {
+            self.journal().add_visible(q, key);
+        } else {
+            self.journal().add_delayed(q, at, key);
+        }
+        q.next_sweep_ms = q
+            .next_sweep_ms
+            .min(now + ms(q.attrs.message_retention_period));
+        Ok(Sent {
+            id: MessageId::parse(row.message_id)
+                .ok_or_else(|| StoreError::Internal("bad message id".into()))?,
+            body_md5: md5_hex(row.md5),
+            enqueue_time_ms: now,
+            next_visible_time_ms: at,
+        })
+    }
+
+    pub(super) fn publish(
+        &mut self,
+        items: Vec<(String, PublishRequest)>,
+        now: u64,
+    ) -> Result<Vec<Published>> {
+        self.check_space()?;
+        // Resolve every topic first: an unknown topic fails the unit before anything is written.
+        let mut targets = Vec::with_capacity(items.len());
+        for (topic, req) in &items {
+            let t = self
+                .cat
+                .topics
+                .get(topic)
+                .ok_or_else(|| StoreError::TopicNotExist {
+                    name: topic.clone(),
+                })?;
+            let subs: Vec<(i64, bool)> = t
+                .subs
+                .values()
+                .filter(|s| match &s.spec.filter_tag {
+                    None => true,
+                    Some(f) => req.tag.as_deref() == Some(f.as_str()),
+                })
+                .filter_map(|s| {
+                    let Endpoint::Queue(q) = &s.spec.endpoint;
+                    self.cat
+                        .queue_ids
+                        .get(q)
+                        .map(|&id| (id, s.spec.base64_body))
+                })
+                .collect();
+            targets.push(subs);
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for ((_, req), subs) in items.iter().zip(targets) {
+            let id = self.ids.next_at(now);
+            let id_text = id.to_string();
+            let md5 = md5_of(&req.body);
+            let attributes = attributes_json(&req.attributes)?;
+            let raw_targets = subs.iter().filter(|(_, b64)| !b64).count();
+            let shared = if raw_targets >= 2 {
+                self.conn
+                    .prepare_cached("INSERT INTO bodies (refs, body) VALUES (?1, ?2)")?
+                    .execute(params![raw_targets as i64, &req.body[..]])?;
+                Some(self.conn.last_insert_rowid())
+            } else {
+                None
+            };
+            for &(qid, b64) in &subs {
+                let encoded;
+                let (body, md5_here) = if b64 {
+                    use base64::Engine;
+                    encoded = base64::engine::general_purpose::STANDARD.encode(&req.body);
+                    (
+                        BodyRef::Inline(encoded.as_bytes()),
+                        md5_of(encoded.as_bytes()),
+                    )
+                } else if let Some(b) = shared {
+                    (BodyRef::Shared(b), md5)
+                } else {
+                    (BodyRef::Inline(&req.body[..]), md5)
+                };
+                self.with_queue(qid, |w, q| {
+                    let row = NewRow {
+                        message_id: &id_text,
+                        md5: &md5_here,
+                        tag: req.tag.as_deref(),
+                        attributes: attributes.as_deref(),
+                        priority: DEFAULT_PRIORITY,
+                        delay_s: q.attrs.delay_seconds,
+                        body,
+                    };
+                    w.insert_row(q, &row, now)
+                })?;
+            }
+            out.push(Published {
+                id,
+                body_md5: md5_hex(&md5),
+                enqueue_time_ms: now,
+                queues: subs.len() as u32,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) fn send(
+        &mut self,
+        queue: &str,
+        reqs: Vec<SendRequest>,
+        now: u64,
+    ) -> Result<Vec<Sent>> {
+        let id = self.queue_id(queue)?;
+        self.check_space()?;
+        self.with_queue(id, |w, q| {
+            let limit = q.attrs.maximum_message_size;
+            if let Some(big) = reqs.iter().find(|r| r.body.len() > limit as usize) {
+                return Err(StoreError::MessageTooLarge {
+                    size: big.body.len(),
+                    limit,
+                });
+            }
+            let mut out = Vec::with_capacity(reqs.len());
+            for req in &reqs {
+                let id_text = w.ids.next_at(now).to_string();
+                let md5 = md5_of(&req.body);
+                let attributes = attributes_json(&req.attributes)?;
+                let row = NewRow {
+                    message_id: &id_text,
+                    md5: &md5,
+                    tag: req.tag.as_deref(),
+                    attributes: attributes.as_deref(),
+                    priority: req.priority.unwrap_or(DEFAULT_PRIORITY),
+                    delay_s: req.delay_seconds.unwrap_or(q.attrs.delay_seconds),
+                    body: BodyRef::Inline(&req.body[..]),
+                };
+                out.push(w.insert_row(q, &row, now)?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Drops `n` references to a shared body, deleting it at zero.
+    pub(super) fn release_body(&mut self, body: i64, n: i64) -> Result<()> {
+        let left: Option<i64> = self
+            .conn
+            .prepare_cached("UPDATE bodies SET refs = refs - ?2 WHERE id = ?1 RETURNING refs")?
+            .query_row(params![body, n], |r| r.get(0))
+            .optional()?;
+        if left.is_some_and(|l| l <= 0) {
+            self.conn
+                .prepare_cached("DELETE FROM bodies WHERE id = ?1")?
+                .execute([body])?;
+        }
+        Ok(())
+    }
+
+    /// Turns a row into a message, loading a shared body.
+    pub(super) fn to_message(
+        &self,
+        row: RawRow,
+        receipt_handle: Option<String>,
+    ) -> Result<Message> {
+        let body = match (row.body, row.body_ref) {
+            (Some(b), _) => Bytes::from(b),
+            (None, Some(id)) => {
+                let b: Vec<u8> = self
+                    .conn
+                    .prepare_cached("SELECT body FROM bodies WHERE id = ?1")?
+                    .query_row([id], |r| r.get(0))?;
+                Bytes::from(b)
+            }
+            (None, None) => Bytes::new(),
+        };
+        let attributes = match row.attributes {
+            Some(a) => serde_json::from_str(&a)
+                .map_err(|e| StoreError::Internal(format!("message attributes: {e}")))?,
+            None => BTreeMap::new(),
+        };
+        let dead_letter = match row.origin {
+            Some(o) => Some(
+                serde_json::from_str(&o)
+                    .map_err(|e| StoreError::Internal(format!("dead-letter origin: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Message {
+            id: MessageId::parse(&row.message_id)
+                .ok_or_else(|| StoreError::Internal("stored message id is malformed".into()))?,
+            body,
+            body_md5: md5_hex(&row.body_md5),
+            tag: row.tag,
+            attributes,
+            priority: row.priority,
+            enqueue_time_ms: row.enqueue_ms,
+            first_dequeue_time_ms: row.first_dequeue_ms,
+            next_visible_time_ms: row.next_visible_ms,
+            dequeue_count: row.dequeue_count,
+            receipt_handle,
+            dead_letter,
+        })
+    }
+
+    // ----- receiving -----
+
+    pub(super) fn receive(&mut self, queue: &str, max: usize) -> Result<Reply> {
+        let id = self.queue_id(queue)?;
+        let now = self.clock.now_ms();
+        let mut missing_dlq = None;
+        let dlq = self.cat.queues.get(&id).and_then(|q| {
+            let name = q.attrs.dead_letter_queue.as_ref()?;
+            let limit = q.attrs.max_receive_count?;
+            match self.cat.queue_ids.get(name) {
+                Some(&dlq_id) => Some((dlq_id, limit)),
+                None => {
+                    missing_dlq = Some(name.clone());
+                    None
+                }
+            }
+        });
+        if let Some(name) = missing_dlq {
+            // Nothing is lost (messages keep being delivered); say it once per queue.
+            if self.missing_dlq_warned.insert(id) {
+                tracing::warn!(queue, dead_letter_queue = %name,
+                    "dead-letter queue does not exist; delivering past max_receive_count");
+            }
+        }
+        self.with_queue(id, |w, q| {
+            w.journal().promote(q, now);
+            let mut messages = Vec::with_capacity(max);
+            let vt = ms(q.attrs.visibility_timeout);
+            while messages.len() < max {
+                let Some(&key) = q.idx.visible.first() else {
+                    break;
+                };
+                let (_, seq) = unpack(key);
+                let gen = Receipt::new_gen();
+                let at = now + vt;
+                let limit = dlq.map_or(i64::MAX, |(_, n)| i64::from(n));
+                let row = w
+                    .conn
+                    .prepare_cached(&q.sql.claim)?
+                    .query_row(
+                        params![at as i64, gen, now as i64, seq as i64, limit],
+                        RawRow::read,
+                    )
+                    .optional()?;
+                match row {
+                    Some(row) => {
+                        w.journal().remove_visible(q, key);
+                        w.journal().add_inflight(q, at, key);
+                        let handle = Receipt { seq, gen }.encode();
+                        messages.push(w.to_message(row, Some(handle))?);
+                    }
+                    None => match dlq {
+                        Some((dlq_id, _)) if w.row_exists(q, seq)? => {
+                            w.move_to_dead_letter(q, dlq_id, key, now)?;
+                        }
+                        _ => {
+                            tracing::error!(queue = %q.name, seq, "indexed message has no row; dropped from the index");
+                            w.journal().remove_visible(q, key);
+                        }
+                    },
+                }
+            }
+            Ok(Reply::Received {
+                messages,
+                polling_wait_seconds: q.attrs.polling_wait_seconds,
+                next_visible_ms: q.idx.earliest_invisible(),
+            })
+        })
+    }
+
+    pub(super) fn row_exists(&self, q: &QueueState, seq: u64) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(&q.sql.state)?
+            .query_row([seq as i64], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Moves a visible message to the dead-letter queue in the current transaction: inserted
+    /// there with its origin, deleted here (never in both, never in neither).
+    pub(super) fn move_to_dead_letter(
+        &mut self,
+        q: &mut QueueState,
+        dlq_id: i64,
+        key: u64,
+        now: u64,
+    ) -> Result<()> {
+        let (priority, seq) = unpack(key);
+        let (message_id, count, enqueued): (String, i64, i64) = self
+            .conn
+            .prepare_cached(&q.sql.origin_src)?
+            .query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let origin = DeadLetterOrigin {
+            source_queue: q.name.clone(),
+            original_id: message_id.clone(),
+            dequeue_count: count as u32,
+            original_enqueue_time_ms: enqueued as u64,
+            last_error: None,
+        };
+        let origin =
+            serde_json::to_string(&origin).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let dlq = self
+            .cat
+            .queues
+            .get_mut(&dlq_id)
+            .ok_or_else(|| StoreError::Internal("dead-letter queue vanished".into()))?;
+        let dseq = dlq.next_seq;
+        dlq.next_seq += 1;
+        let copied = self.conn.execute(
+            &format!(
+                "INSERT INTO {} (seq, next_visible_ms, receipt_gen, dequeue_count, \
+                 first_dequeue_ms, priority, enqueue_ms, message_id, body_md5, tag, attributes, \
+                 origin, body_ref, body) SELECT ?1, ?2, 0, 0, NULL, priority, ?2, message_id, \
+                 body_md5, tag, attributes, ?3, body_ref, body FROM {} WHERE seq = ?4",
+                queue_table(dlq_id),
+                queue_table(q.id)
+            ),
+            params![dseq as i64, now as i64, origin, seq as i64],
+        )?;
+        if copied != 1 {
+            return Err(StoreError::Internal(format!(
+                "dead-letter copy of seq {seq} wrote {copied} rows"
+            )));
+        }
+        self.conn
+            .prepare_cached(&q.sql.delete)?
+            .execute([seq as i64])?;
+        let mut j = Journal {
+            undo: &mut self.undo,
+            wake: &mut self.wake,
+        };
+        j.add_visible(dlq, pack(priority, dseq));
+        dlq.next_sweep_ms = dlq
+            .next_sweep_ms
+            .min(now + ms(dlq.attrs.message_retention_period));
+        j.remove_visible(q, key);
+        self.conn
+            .prepare_cached(
+                "UPDATE queues SET dead_lettered_total = dead_lettered_total + 1 WHERE id = ?1",
+            )?
+            .execute([q.id])?;
+        q.dead_lettered_total += 1;
+        self.undo.push(Undo::Counters {
+            queue: q.id,
+            expired: 0,
+            dead_lettered: 1,
+        });
+        tracing::info!(queue = %q.name, message_id = %message_id, dequeue_count = count,
+            "message moved to the dead-letter queue");
+        Ok(())
+    }
+
+    pub(super) fn peek(&mut self, queue: &str, max: usize) -> Result<Vec<Message>> {
+        let id = self.queue_id(queue)?;
+        let now = self.clock.now_ms();
+        self.with_queue(id, |w, q| {
+            w.journal().promote(q, now);
+            let keys: Vec<u64> = q.idx.visible.iter().take(max).copied().collect();
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                let (_, seq) = unpack(key);
+                let row = w
+                    .conn
+                    .prepare_cached(&q.sql.row)?
+                    .query_row([seq as i64], RawRow::read)
+                    .optional()?;
+                if let Some(row) = row {
+                    out.push(w.to_message(row, None)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    // ----- handles -----
+
+    pub(super) fn row_state(&self, q: &QueueState, seq: u64) -> Result<Option<RowState>> {
+        Ok(self
+            .conn
+            .prepare_cached(&q.sql.state)?
+            .query_row([seq as i64], |r| {
+                Ok(RowState {
+                    gen: r.get(0)?,
+                    next_visible_ms: r.get::<_, i64>(1)? as u64,
+                    priority: r.get::<_, i64>(2)? as u8,
+                    body_ref: r.get(3)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Where `receipt` stands with its row (reads only, so a refusal changes nothing).
+    pub(super) fn lease(&self, q: &QueueState, receipt: Receipt, now: u64) -> Result<Lease> {
+        Ok(match self.row_state(q, receipt.seq)? {
+            Some(st) if st.gen == receipt.gen && st.next_visible_ms > now => Lease::Held(st),
+            Some(st) if st.gen == receipt.gen => Lease::Stale("its visibility timeout has ended"),
+            Some(_) => Lease::Stale("a later receive or visibility change replaced it"),
+            None => Lease::Gone,
+        })
+    }
+
+    /// Deletes by handle. The outer error is a database failure (fails the whole request); the
+    /// inner one is this handle's refusal, decided before anything is written.
+    pub(super) fn delete_one(&mut self, id: i64, handle: &str) -> Result<Result<()>> {
+        let receipt = match Receipt::decode(handle) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let now = self.clock.now_ms();
+        self.with_queue(id, |w, q| {
+            let st = match w.lease(q, receipt, now)? {
+                Lease::Held(st) => st,
+                Lease::Stale(reason) => return Ok(Err(StoreError::ReceiptHandleStale { reason })),
+                Lease::Gone if q.tombstones.matches(receipt.seq, receipt.gen, now) => {
+                    return Ok(Ok(())); // deleted before with this very handle
+                }
+                Lease::Gone => {
+                    return Ok(Err(StoreError::MessageNotExist {
+                        queue: q.name.clone(),
+                    }))
+                }
+            };
+            w.conn
+                .prepare_cached(&q.sql.delete)?
+                .execute([receipt.seq as i64])?;
+            if let Some(body) = st.body_ref {
+                w.release_body(body, 1)?;
+            }
+            let key = pack(st.priority, receipt.seq);
+            let mut j = w.journal();
+            if !j.remove_any(q, st.next_visible_ms, key) {
+                tracing::error!(queue = %q.name, seq = receipt.seq, "deleted message was not indexed");
+            }
+            j.add_tombstone(q, receipt.seq, receipt.gen, st.next_visible_ms, now);
+            Ok(Ok(()))
+        })
+    }
+
+    pub(super) fn change_visibility(
+        &mut self,
+        queue: &str,
+        handle: &str,
+        secs: u32,
+        now: u64,
+    ) -> Result<VisibilityChanged> {
+        let receipt = Receipt::decode(handle)?;
+        let id = self.queue_id(queue)?;
+        self.with_queue(id, |w, q| {
+            let st = match w.lease(q, receipt, now)? {
+                Lease::Held(st) => st,
+                Lease::Stale(reason) => return Err(StoreError::ReceiptHandleStale { reason }),
+                Lease::Gone => {
+                    return Err(StoreError::MessageNotExist {
+                        queue: q.name.clone(),
+                    })
+                }
+            };
+            let gen = Receipt::new_gen();
+            let at = now + ms(secs);
+            w.conn
+                .prepare_cached(&q.sql.set_visibility)?
+                .execute(params![at as i64, gen, receipt.seq as i64])?;
+            let key = pack(st.priority, receipt.seq);
+            let mut j = w.journal();
+            j.remove_any(q, st.next_visible_ms, key);
+            j.add_inflight(q, at, key);
+            Ok(VisibilityChanged {
+                receipt_handle: Receipt {
+                    seq: receipt.seq,
+                    gen,
+                }
+                .encode(),
+                next_visible_time_ms: at,
+            })
+        })
+    }
+
+    /// Gives back a claim whose requester went away: visible now, dequeue count restored, the
+    /// unanswered handle invalidated.
+    pub(super) fn release(&mut self, queue: &str, receipt: Receipt) -> Result<()> {
+        let Ok(id) = self.queue_id(queue) else {
+            return Ok(());
+        };
+        let now = self.clock.now_ms();
+        self.with_queue(id, |w, q| {
+            let Lease::Held(st) = w.lease(q, receipt, now)? else {
+                return Ok(()); // deleted, expired or re-leased meanwhile: nothing to give back
+            };
+            w.conn.prepare_cached(&q.sql.release)?.execute(params![
+                now as i64,
+                Receipt::new_gen(),
+                receipt.seq as i64
+            ])?;
+            let key = pack(st.priority, receipt.seq);
+            let mut j = w.journal();
+            j.remove_any(q, st.next_visible_ms, key);
+            j.add_visible(q, key);
+            Ok(())
+        })
+    }
+}

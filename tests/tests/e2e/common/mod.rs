@@ -1,0 +1,305 @@
+//! Helpers for end-to-end tests: the real `sluice` binary on free ports with a temporary data
+//! directory, a real Mosquitto, real MQTT clients, and the HTTP API.
+
+#![allow(dead_code)]
+
+pub mod mqtt;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `sluice` binary of this workspace, built (once per test run) in the same profile.
+pub fn sluice_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/e2e-<hash> -> target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "sluice", "--bin", "sluice"]);
+        if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
+            cmd.arg("--release");
+        }
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+        let status = cmd.status().expect("run cargo build for the sluice binary");
+        assert!(status.success(), "building the sluice binary failed");
+        let bin = profile_dir.join("sluice");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A running `sluice serve`.
+pub struct Sluice {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub http: String,
+    /// The MQTT listener port (0 with an external broker).
+    pub mqtt_port: u16,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    stderr_log: PathBuf,
+}
+
+impl Sluice {
+    /// Starts `sluice serve` on free ports with `data_dir`, plus `extra` flags, and waits for
+    /// its ready line.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Sluice {
+        let stderr_log = data_dir.with_extension(format!("stderr-{}.log", rand::random::<u32>()));
+        let log = std::fs::File::create(&stderr_log).expect("create stderr log");
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--http-listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        if !extra.contains(&"--mqtt-url") {
+            args.extend(["--mqtt-listen".into(), "127.0.0.1:0".into()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(sluice_bin())
+            .args(&args)
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn sluice");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("sluice ready") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+                panic!("sluice did not become ready within 60 s; its log:\n{log}");
+            }
+        };
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_string))
+        };
+        let http = format!("http://{}", field("http").expect("http= in ready line"));
+        let mqtt_port = field("mqtt")
+            .and_then(|a| a.rsplit(':').next().and_then(|p| p.parse().ok()))
+            .unwrap_or(0);
+        Sluice {
+            child: Some(child),
+            http,
+            mqtt_port,
+            data_dir: data_dir.to_path_buf(),
+            stderr_log,
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) {
+        let mut child = self.child.take().expect("running");
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "sluice exited with {status} after SIGTERM; log:\n{}",
+                    self.log()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice did not stop within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// A blocking-free HTTP client for the API.
+    pub fn api(&self) -> Api {
+        Api {
+            base: self.http.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The `/v1/` API.
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    /// `GET path` -> (status, JSON).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET");
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `POST path` with JSON -> (status, JSON).
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `DELETE path` -> (status, JSON).
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("DELETE");
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Receives and deletes messages from `queue` until `want` arrived or `timeout` passed
+    /// with nothing new. Returns the bodies as JSON.
+    pub async fn drain(&self, queue: &str, want: usize, timeout: Duration) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut last_progress = Instant::now();
+        while out.len() < want && last_progress.elapsed() < timeout {
+            let max = (want - out.len()).min(16);
+            let (status, v) = self
+                .get(&format!(
+                    "/v1/queues/{queue}/messages?max={max}&wait_seconds=1"
+                ))
+                .await;
+            assert_eq!(status, 200, "receive failed: {v}");
+            let msgs = v["messages"].as_array().cloned().unwrap_or_default();
+            if !msgs.is_empty() {
+                last_progress = Instant::now();
+            }
+            for m in msgs {
+                let receipt = m["receipt_handle"].as_str().expect("receipt").to_string();
+                let (status, v) = self
+                    .delete(&format!("/v1/queues/{queue}/messages/{receipt}"))
+                    .await;
+                assert_eq!(status, 200, "delete failed: {v}");
+                let body = m["body"].as_str().expect("text body");
+                out.push(serde_json::from_str(body).expect("JSON body"));
+            }
+        }
+        out
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (for servers that cannot be told to pick one).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A real Mosquitto broker on a free loopback port.
+pub struct Mosquitto {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts `mosquitto` with a queue limit high enough for load tests (its default of 1,000
+    /// per client silently drops under load).
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages 0\n"
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run mosquitto ({e}); install it: apt-get install -y mosquitto")
+            });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The body the overheat rule forwards for `temperature` from device `dn`.
+pub fn overheat_output(t: f64, dn: &str, seq: u64) -> Value {
+    serde_json::json!({"t": t, "device": dn, "location": format!("seq-{seq}")})
+}
