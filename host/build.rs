@@ -8,25 +8,63 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The crates to build, with the env variable that carries each module's path.
-const MODULES: &[(&str, &str, &str)] = &[(
-    "sluice-rule-overheat",
-    "sluice_rule_overheat",
-    "SLUICE_OVERHEAT_WASM",
-)];
+const MODULES: &[(&str, &str, &str)] = &[
+    (
+        "sluice-rule-overheat",
+        "sluice_rule_overheat",
+        "SLUICE_OVERHEAT_WASM",
+    ),
+    (
+        "sluice-rule-unit-convert",
+        "sluice_rule_unit_convert",
+        "SLUICE_UNIT_CONVERT_WASM",
+    ),
+    (
+        "sluice-rule-device-router",
+        "sluice_rule_device_router",
+        "SLUICE_DEVICE_ROUTER_WASM",
+    ),
+    (
+        "sluice-rule-frame-decoder",
+        "sluice_rule_frame_decoder",
+        "SLUICE_FRAME_DECODER_WASM",
+    ),
+    (
+        "sluice-rule-stamp",
+        "sluice_rule_stamp",
+        "SLUICE_STAMP_WASM",
+    ),
+    (
+        "sluice-rule-stamp-v2",
+        "sluice_rule_stamp_v2",
+        "SLUICE_STAMP_V2_WASM",
+    ),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let root = manifest_dir.parent().expect("host/ sits in the workspace root");
+    let root = manifest_dir
+        .parent()
+        .expect("host/ sits in the workspace root");
     for dir in ["guest-sdk", "rules-examples"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
 
     let target_dir = wasm_target_dir(root);
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "--target", "wasm32-unknown-unknown", "--profile", "wasm-rules"])
+        .args([
+            "build",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--profile",
+            "wasm-rules",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     for (package, _, _) in MODULES {
@@ -46,7 +84,9 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("cannot run cargo to build the example rules");
+    let status = cmd
+        .status()
+        .expect("cannot run cargo to build the example rules");
     assert!(
         status.success(),
         "building the example rules for wasm32-unknown-unknown failed; \

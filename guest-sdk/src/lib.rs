@@ -1,10 +1,12 @@
 //! `sluice-guest`: write sluice rules in Rust and compile them to `wasm32-unknown-unknown`.
 //!
-//! A rule is a function from a [`Message`] to an [`Outcome`], exported with [`export_rule!`]:
+//! A rule is a function from a [`Message`] to an [`Outcome`], exported with the [`rule`]
+//! attribute:
 //!
 //! ```
 //! use sluice_guest::{Message, Outcome};
 //!
+//! #[sluice_guest::rule]
 //! fn rule(msg: &Message) -> Outcome {
 //!     if msg.payload().is_empty() {
 //!         return Outcome::Drop;
@@ -14,15 +16,19 @@
 //!         Err(status) => Outcome::Fail(format!("emit refused: {}", status.name())),
 //!     }
 //! }
-//! sluice_guest::export_rule!(rule);
 //! ```
 //!
-//! On `wasm32` the functions below call the host through the ABI (`ABI.md`); on every other target
-//! they talk to [`testing`], an in-process stand-in for the host, so rule logic is unit-tested
-//! with plain `cargo test`.
+//! The attribute keeps the function as it is and adds the ABI exports only on `wasm32`, so the
+//! same function is unit-tested natively: on every other target the functions below talk to
+//! [`testing`], an in-process stand-in for the host, and plain `cargo test` exercises the logic.
+//! The older `export_rule!(path)` macro does the same for a function defined elsewhere.
+//!
+//! With the `serde` feature, [`Message::json`] parses the payload into a typed struct (parse only
+//! the fields a rule reads: it is several times cheaper than a `serde_json::Value`) and
+//! [`forward_json`] encodes a decision.
 //!
 //! Layout: [`abi`] holds the ABI's names and codes (shared with the host); `raw` the `extern`
-//! block (wasm32 only); this file the friendly API.
+//! block (wasm32 only); this file the friendly API; the attribute lives in `sluice-guest-macros`.
 
 pub mod abi;
 #[cfg(target_arch = "wasm32")]
@@ -31,6 +37,8 @@ mod raw;
 pub mod testing;
 
 pub use abi::{LogLevel, Status};
+/// Exports `fn(&Message) -> Outcome` as the module's rule (ABI v1); see the crate docs.
+pub use sluice_guest_macros::rule;
 
 #[cfg(target_arch = "wasm32")]
 use raw::sys;
@@ -56,7 +64,7 @@ pub struct Message<'a> {
 }
 
 impl<'a> Message<'a> {
-    /// Wraps the payload the host passed in. Used by [`export_rule!`] and by tests.
+    /// Wraps the payload the host passed in. Used by the generated exports and by tests.
     pub fn new(payload: &'a [u8]) -> Message<'a> {
         Message { payload }
     }
@@ -100,6 +108,46 @@ impl<'a> Message<'a> {
     pub fn raw_payload(&self) -> Vec<u8> {
         read_bytes(sys::msg_raw_payload)
     }
+
+    /// The payload parsed as JSON into `T`, borrowing strings from the payload where `T` does.
+    /// A typed struct with only the fields the rule reads is the cheap way to read JSON.
+    #[cfg(feature = "serde")]
+    pub fn json<T: serde::Deserialize<'a>>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(self.payload)
+    }
+}
+
+/// Why [`forward_json`] did not forward.
+#[cfg(feature = "serde")]
+#[derive(Debug)]
+pub enum JsonEmitError {
+    /// The value could not be encoded.
+    Encode(serde_json::Error),
+    /// The host refused the decision (outside the grant, too large, too many).
+    Refused(Status),
+}
+
+#[cfg(feature = "serde")]
+impl std::fmt::Display for JsonEmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JsonEmitError::Encode(e) => write!(f, "cannot encode the payload as JSON: {e}"),
+            JsonEmitError::Refused(s) => write!(f, "the host refused the decision: {}", s.name()),
+        }
+    }
+}
+
+#[cfg(feature = "serde")]
+impl std::error::Error for JsonEmitError {}
+
+/// Forwards `value`, encoded as JSON, to the sluice topic `topic` (must be in the grant).
+#[cfg(feature = "serde")]
+pub fn forward_json<T: serde::Serialize + ?Sized>(
+    topic: &str,
+    value: &T,
+) -> Result<(), JsonEmitError> {
+    let body = serde_json::to_vec(value).map_err(JsonEmitError::Encode)?;
+    forward(topic, &body).map_err(JsonEmitError::Refused)
 }
 
 /// The host's clock, ms since the Unix epoch.
@@ -173,7 +221,7 @@ pub fn log(level: LogLevel, text: &str) {
     sys::log(level as i32, text);
 }
 
-/// Records why the message fails. [`export_rule!`] calls it for [`Outcome::Fail`].
+/// Records why the message fails. The generated export calls it for [`Outcome::Fail`].
 pub fn set_failure(text: &str) {
     sys::fail(text);
 }
@@ -203,7 +251,7 @@ fn read_string(call: impl FnMut(&mut [u8]) -> i32) -> String {
     String::from_utf8(read_bytes(call)).unwrap_or_default()
 }
 
-/// Support for [`export_rule!`]; not part of the stable API.
+/// Support for [`rule`] and [`export_rule!`]; not part of the stable API.
 #[doc(hidden)]
 pub mod __export {
     use super::*;
@@ -229,7 +277,8 @@ pub mod __export {
     /// # Safety
     /// `ptr..ptr+len` must be the buffer returned by [`alloc`], filled by the host.
     pub unsafe fn on_message(rule: fn(&Message) -> Outcome, ptr: i32, len: i32) -> i32 {
-        let payload = unsafe { std::slice::from_raw_parts(ptr as usize as *const u8, len as usize) };
+        let payload =
+            unsafe { std::slice::from_raw_parts(ptr as usize as *const u8, len as usize) };
         match rule(&Message::new(payload)) {
             Outcome::Ok => Status::Ok.code(),
             Outcome::Drop => Status::Drop.code(),
@@ -241,10 +290,14 @@ pub mod __export {
     }
 }
 
-/// Exports `fn(&Message) -> Outcome` as a sluice rule (ABI v1). Use it once per crate.
+/// Exports `fn(&Message) -> Outcome` as a sluice rule (ABI v1), for a function defined
+/// elsewhere (another crate, a module). Prefer [`rule`] on the function itself. Use it once per
+/// crate.
 #[macro_export]
 macro_rules! export_rule {
     ($rule:path) => {
+        const _: fn(&$crate::Message<'_>) -> $crate::Outcome = $rule;
+
         #[cfg(target_arch = "wasm32")]
         #[unsafe(no_mangle)]
         pub extern "C" fn sluice_abi_version() -> i32 {

@@ -73,12 +73,19 @@ pub struct FileConfig {
     pub synchronous: Option<SyncLevel>,
     /// Rule worker threads (default: one per core).
     pub rule_workers: Option<usize>,
-    /// CPU bound of one rule call.
+    /// CPU budget of one rule call, in milliseconds of CPU work (metered as Wasm fuel, so a
+    /// busy machine does not fail honest rules; wall time is bounded at 20x as a backstop).
     pub rule_call_timeout_ms: Option<u64>,
     /// Memory cap of one rule instance.
     pub rule_max_memory_bytes: Option<usize>,
     /// Node id stamped into message ids (distinct per process sharing a store).
     pub node_id: Option<u16>,
+    /// Refuse pushes to loopback and private addresses (link-local and metadata addresses are
+    /// always refused).
+    pub push_deny_private_networks: Option<bool>,
+    /// Test knob: multiplies every push retry wait (0 < x <= 1; default 1). E.g. 0.01 runs
+    /// BACKOFF_RETRY's 10-20 s waits in 100-200 ms. Never set it in production.
+    pub push_retry_scale: Option<f64>,
     /// Topics to create at start.
     #[serde(default)]
     pub topic: Vec<TopicConfig>,
@@ -181,6 +188,10 @@ pub struct FlagOverrides {
     pub synchronous: Option<SyncLevel>,
     /// `--node-id`
     pub node_id: Option<u16>,
+    /// `--push-deny-private-networks`
+    pub push_deny_private_networks: Option<bool>,
+    /// `--ingest-only` (the bench baseline).
+    pub ingest_only: bool,
 }
 
 /// Where devices' messages come from.
@@ -220,6 +231,12 @@ pub struct ServeConfig {
     pub objects: FileConfig,
     /// Directory of the config file (for relative paths).
     pub config_dir: PathBuf,
+    /// Refuse pushes to loopback and private addresses.
+    pub push_deny_private_networks: bool,
+    /// Multiplies push retry waits (test knob, 1.0 in production).
+    pub push_retry_scale: f64,
+    /// Acknowledge publishes at once with rules and storage off (`sluice bench --baseline`).
+    pub ingest_only: bool,
 }
 
 impl ServeConfig {
@@ -284,7 +301,19 @@ impl ServeConfig {
                 message: format!("{rule_workers} is out of range 1..=256"),
             });
         }
+        let push_retry_scale = file.push_retry_scale.unwrap_or(1.0);
+        if !(push_retry_scale > 0.0 && push_retry_scale <= 1.0) {
+            return Err(ConfigError::Invalid {
+                key: "push_retry_scale".into(),
+                message: format!("{push_retry_scale} is out of range: 0 < push_retry_scale <= 1"),
+            });
+        }
         Ok(ServeConfig {
+            push_deny_private_networks: flags
+                .push_deny_private_networks
+                .or(file.push_deny_private_networks)
+                .unwrap_or(false),
+            push_retry_scale,
             http_listen,
             mqtt,
             synchronous: flags.synchronous.or(file.synchronous).unwrap_or_default(),
@@ -300,6 +329,7 @@ impl ServeConfig {
             data_dir,
             objects: file,
             config_dir,
+            ingest_only: flags.ingest_only,
         })
     }
 }

@@ -5,6 +5,7 @@
 //!   over and waits for its ack.
 //! - [`rules`]: the Wasm sandbox, the rule set and the thing-model view.
 //! - [`store`]: durable topics, subscriptions and queues in SQLite (group commit).
+//! - [`deliver`]: HTTP push to the HTTP subscriptions of topics (retries, signing, isolation).
 //! - [`pipeline`]: joins ingest -> rules -> store and sends acks back after the commit.
 //! - [`api`]: the HTTP API under `/v1/`, `/healthz`.
 //! - [`cli`]: the `sluice` command line (talks to the API, plus offline commands).
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod deliver;
 pub mod ids;
 pub mod ingest;
 pub mod names;

@@ -4,7 +4,8 @@
 //!
 //! Shutdown order: stop intake (the listener stops reading publishes and waits for pending
 //! acks), drain the pipeline (every message handed over is committed and acked, or rejected),
-//! stop the HTTP API, then close the store (flush, checkpoint).
+//! stop the HTTP API, stop HTTP push (pushes in flight get a bounded grace period; the rest are
+//! pushed again after a restart), then close the store (flush, checkpoint).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -208,7 +209,14 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     );
 
     let intake_stop = shutdown.child_token();
-    let sink = pipeline.sink();
+    let sink = if config.ingest_only {
+        tracing::warn!(
+            "--ingest-only: every publish is acknowledged at once and dropped (benchmark baseline)"
+        );
+        ack_everything()
+    } else {
+        pipeline.sink()
+    };
     let intake = tokio::spawn(async move {
         match mqtt_task {
             Some(Intake::Listener(l)) => l.run(sink, intake_stop).await,
@@ -216,6 +224,24 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
             None => {}
         }
     });
+
+    // HTTP push runs beside everything else, woken by the store's commits.
+    let deliver_stop = CancellationToken::new();
+    let deliver = crate::deliver::start(
+        store.clone(),
+        crate::deliver::DeliverConfig {
+            deny_private_networks: config.push_deny_private_networks,
+            retry_scale: config.push_retry_scale,
+            ..crate::deliver::DeliverConfig::default()
+        },
+        deliver_stop.clone(),
+    );
+    if config.push_retry_scale != 1.0 {
+        tracing::warn!(
+            push_retry_scale = config.push_retry_scale,
+            "push retry waits are scaled (a test setting)"
+        );
+    }
 
     let app = crate::api::router(crate::api::AppState {
         store: store.clone(),
@@ -229,8 +255,16 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
             .await
     });
 
+    let mqtt_human = match &config.mqtt {
+        MqttMode::Listen(_) => {
+            format!("MQTT listener on {}", mqtt_desc.trim_start_matches("mqtt="))
+        }
+        MqttMode::External { url, client_id } => {
+            format!("MQTT through the broker at {url} as client {client_id}")
+        }
+    };
     tracing::info!(
-        "sluice ready: HTTP API on http://{http_addr}, {mqtt_desc}, data in {}",
+        "sluice ready: HTTP API on http://{http_addr}, {mqtt_human}, data in {}",
         config.data_dir.display()
     );
     // One machine-readable line on stdout for scripts and tests that start on port 0.
@@ -241,9 +275,23 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     pipeline.finish().await;
     http_stop.cancel();
     let _ = http_task.await;
+    // Pushes in flight get a bounded grace period; the rest are pushed again after a restart.
+    deliver_stop.cancel();
+    let _ = deliver.await;
     store.close().await?;
     tracing::info!("sluice stopped cleanly");
     Ok(())
+}
+
+/// The bench baseline's sink: acknowledges every message at once, keeps nothing.
+fn ack_everything() -> tokio::sync::mpsc::Sender<crate::ingest::Ingested> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::ingest::Ingested>(DEFAULT_QUEUE_DEPTH);
+    tokio::spawn(async move {
+        while let Some(item) = rx.recv().await {
+            item.ack.commit();
+        }
+    });
+    tx
 }
 
 enum Intake {

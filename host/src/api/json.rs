@@ -40,3 +40,31 @@ where
             .map_err(|e| ApiError::malformed(format!("request body: {e}")))
     }
 }
+
+/// A query string of type `T`, whose errors use the API's error shape (axum's `Query` answers
+/// in plain text): an unknown parameter or a value that is not a number is a 400
+/// `InvalidArgument`.
+#[derive(Debug)]
+pub struct QueryArgs<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for QueryArgs<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::try_from_uri(&parts.uri)
+            .map(|q| QueryArgs(q.0))
+            .map_err(|e| ApiError {
+                status: axum::http::StatusCode::BAD_REQUEST,
+                code: "InvalidArgument",
+                message: e.body_text(),
+                field: None,
+            })
+    }
+}

@@ -1,11 +1,13 @@
 //! The HTTP API: JSON under `/v1/` (queues, topics, subscriptions, rules), `/healthz`.
 //! Handlers are thin: they parse, call the store or the rule registry, and shape the answer.
 
+mod backup;
 mod body;
 pub mod error;
 mod json;
 mod queues;
 mod rules;
+mod subscriptions;
 mod topics;
 
 use std::sync::Arc;
@@ -51,34 +53,67 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queues", get(queues::list))
         .route(
             "/v1/queues/{queue}",
-            get(queues::show).put(queues::create).delete(queues::remove),
+            get(queues::show)
+                .put(queues::create)
+                .patch(queues::set_attributes)
+                .delete(queues::remove),
         )
         .route(
             "/v1/queues/{queue}/messages",
             get(queues::receive).post(queues::send),
         )
         .route(
-            "/v1/queues/{queue}/messages/{receipt_handle}",
-            axum::routing::delete(queues::delete_message),
+            "/v1/queues/{queue}/messages/delete",
+            post(queues::delete_batch),
         )
+        .route(
+            "/v1/queues/{queue}/messages/{receipt_handle}",
+            axum::routing::delete(queues::delete_message).put(queues::change_visibility),
+        )
+        .route("/v1/backup", get(backup::snapshot))
         .route("/v1/topics", get(topics::list))
         .route(
             "/v1/topics/{topic}",
             get(topics::show).put(topics::create).delete(topics::remove),
         )
         .route("/v1/topics/{topic}/messages", post(topics::publish))
-        .route(
-            "/v1/topics/{topic}/subscriptions",
-            get(topics::subscriptions),
-        )
+        .route("/v1/topics/{topic}/subscriptions", get(subscriptions::list))
         .route(
             "/v1/topics/{topic}/subscriptions/{name}",
-            get(topics::subscription)
-                .put(topics::subscribe)
-                .delete(topics::unsubscribe),
+            get(subscriptions::show)
+                .put(subscriptions::subscribe)
+                .delete(subscriptions::remove),
+        )
+        .route(
+            "/v1/topics/{topic}/subscriptions/{name}/enable",
+            post(subscriptions::enable),
+        )
+        .route(
+            "/v1/topics/{topic}/subscriptions/{name}/disable",
+            post(subscriptions::disable),
+        )
+        .route(
+            "/v1/topics/{topic}/subscriptions/{name}/rotate-secret",
+            post(subscriptions::rotate_secret),
+        )
+        .route(
+            "/v1/topics/{topic}/subscriptions/{name}/dead-letters",
+            get(subscriptions::dead_letters),
+        )
+        .route(
+            "/v1/topics/{topic}/subscriptions/{name}/dead-letters/redrive",
+            post(subscriptions::redrive),
         )
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .merge(rules)
+        .method_not_allowed_fallback(|| async {
+            error::ApiError {
+                status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                code: "MethodNotAllowed",
+                message: "this path does not take that method (see the API table in README)".into(),
+                field: None,
+            }
+        })
         .fallback(|| async {
             error::ApiError {
                 status: axum::http::StatusCode::NOT_FOUND,

@@ -1,21 +1,33 @@
-//! `/v1/queues`: create, list, show, remove, send, receive (long poll), peek, delete.
+//! `/v1/queues`: create, set attributes, list, show, remove; send (one or a batch), receive
+//! (long poll, batch), peek, delete (one or a batch), change visibility.
+//!
+//! | method and path | operation |
+//! |---|---|
+//! | `PUT /v1/queues/{queue}` | create (idempotent: same attributes `200`, different `409 QueueAlreadyExist`) |
+//! | `PATCH /v1/queues/{queue}` | set the given attributes, keep the others (`null` clears the dead-letter queue) |
+//! | `POST /v1/queues/{queue}/messages` | send one message, or `{"messages":[...]}` (1–16) in one commit |
+//! | `GET /v1/queues/{queue}/messages?max&wait_seconds&peek` | receive or peek |
+//! | `POST /v1/queues/{queue}/messages/delete` | batch delete `{"receipt_handles":[...]}`, one result per handle |
+//! | `DELETE /v1/queues/{queue}/messages/{receipt_handle}` | delete one |
+//! | `PUT /v1/queues/{queue}/messages/{receipt_handle}` | change visibility `{"visibility_timeout": s}`, returns the new handle |
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::json::JsonBody;
+use super::json::{JsonBody, QueryArgs};
 use super::{body, AppState};
-use crate::store::{QueueAttributes, SendRequest, MAX_BATCH};
+use crate::store::{QueueAttributes, SendRequest, StoreError};
 
-/// Attributes for create; omitted ones take the spec's defaults.
-#[derive(Debug, Deserialize)]
+/// Attributes for create or set; omitted ones take the spec's defaults (create) or keep their
+/// value (set).
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueBody {
     delay_seconds: Option<u32>,
@@ -23,14 +35,27 @@ pub struct QueueBody {
     message_retention_period: Option<u32>,
     visibility_timeout: Option<u32>,
     polling_wait_seconds: Option<u32>,
-    dead_letter_queue: Option<String>,
-    max_receive_count: Option<u32>,
+    /// Absent: unchanged; `null`: none; a name: that queue.
+    #[serde(default, deserialize_with = "present")]
+    dead_letter_queue: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    max_receive_count: Option<Option<u32>>,
+}
+
+/// Tells an explicit `null` (`Some(None)`) from an absent field (`None`, via `default`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 impl QueueBody {
-    /// Applies the given attributes over the defaults.
-    pub fn attributes(self) -> QueueAttributes {
-        let mut a = QueueAttributes::default();
+    /// Applies the given attributes over `base` (the defaults for create, the current
+    /// attributes for set). Clearing `dead_letter_queue` also clears `max_receive_count`
+    /// unless the request names one (which validation then refuses).
+    pub fn apply(self, mut a: QueueAttributes) -> QueueAttributes {
         if let Some(v) = self.delay_seconds {
             a.delay_seconds = v;
         }
@@ -46,13 +71,26 @@ impl QueueBody {
         if let Some(v) = self.polling_wait_seconds {
             a.polling_wait_seconds = v;
         }
-        a.dead_letter_queue = self.dead_letter_queue;
-        a.max_receive_count = self.max_receive_count;
+        if let Some(v) = self.dead_letter_queue {
+            if v.is_none() && self.max_receive_count.is_none() {
+                a.max_receive_count = None;
+            }
+            a.dead_letter_queue = v;
+        }
+        if let Some(v) = self.max_receive_count {
+            a.max_receive_count = v;
+        }
         a
+    }
+
+    /// The attributes of a new queue: the given ones over the defaults.
+    pub fn attributes(self) -> QueueAttributes {
+        self.apply(QueueAttributes::default())
     }
 }
 
-/// `PUT /v1/queues/{queue}`
+/// `PUT /v1/queues/{queue}`: creates the queue. Idempotent: the same attributes again answer
+/// `200`, different ones `409 QueueAlreadyExist` (change them with `PATCH`).
 pub async fn create(
     State(state): State<AppState>,
     Path(queue): Path<String>,
@@ -66,6 +104,21 @@ pub async fn create(
         StatusCode::OK
     };
     Ok((status, Json(json!(info))))
+}
+
+/// `PATCH /v1/queues/{queue}`: sets the attributes given in the body and keeps the others.
+/// Validated as a whole; nothing changes on error. New values apply to later operations.
+pub async fn set_attributes(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    JsonBody(body): JsonBody<QueueBody>,
+) -> Result<Json<Value>, ApiError> {
+    let current = state.store.get_queue(&queue).await?.attributes;
+    state
+        .store
+        .set_queue_attributes(&queue, body.apply(current))
+        .await?;
+    Ok(Json(json!(state.store.get_queue(&queue).await?)))
 }
 
 /// `GET /v1/queues`
@@ -82,12 +135,14 @@ pub async fn show(
     Ok(Json(json!(state.store.get_queue(&queue).await?)))
 }
 
-/// `DELETE /v1/queues/{queue}`
+/// `DELETE /v1/queues/{queue}`: `404 QueueNotExist` when there is no such queue.
 pub async fn remove(
     State(state): State<AppState>,
     Path(queue): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    state.store.delete_queue(&queue).await?;
+    if !state.store.delete_queue(&queue).await? {
+        return Err(StoreError::QueueNotExist { name: queue }.into());
+    }
     Ok(Json(json!({ "deleted": queue })))
 }
 
@@ -104,26 +159,56 @@ pub struct SendBody {
     attributes: BTreeMap<String, String>,
 }
 
-/// `POST /v1/queues/{queue}/messages`
+impl SendBody {
+    fn into_request(self) -> Result<SendRequest, ApiError> {
+        Ok(SendRequest {
+            body: body::decode(self.body, self.body_base64)?,
+            delay_seconds: self.delay_seconds,
+            priority: self.priority,
+            tag: self.tag,
+            attributes: self.attributes,
+        })
+    }
+}
+
+/// A batch of messages to send in one commit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBatchBody {
+    messages: Vec<SendBody>,
+}
+
+/// `POST /v1/queues/{queue}/messages`: one message (`{"body", ...}`, answered with its receipt
+/// `{"id", "body_md5", ...}`) or a batch (`{"messages": [...]}`, 1–16, answered with
+/// `{"messages": [...]}` in order). A batch is all or nothing: one invalid message refuses it.
 pub async fn send(
     State(state): State<AppState>,
     Path(queue): Path<String>,
-    JsonBody(req): JsonBody<SendBody>,
+    JsonBody(raw): JsonBody<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let sent = state
-        .store
-        .send(
-            &queue,
-            SendRequest {
-                body: body::decode(req.body, req.body_base64)?,
-                delay_seconds: req.delay_seconds,
-                priority: req.priority,
-                tag: req.tag,
-                attributes: req.attributes,
-            },
-        )
-        .await?;
-    Ok((StatusCode::CREATED, Json(json!(sent))))
+    let is_batch = raw.as_object().is_some_and(|o| o.contains_key("messages"));
+    if is_batch {
+        let batch: SendBatchBody = serde_json::from_value(raw)
+            .map_err(|e| ApiError::malformed(format!("request body: {e}")))?;
+        let requests = batch
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                m.into_request().map_err(|mut e| {
+                    e.message = format!("messages[{i}]: {}", e.message);
+                    e
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let sent = state.store.send_batch(&queue, requests).await?;
+        Ok((StatusCode::CREATED, Json(json!({ "messages": sent }))))
+    } else {
+        let one: SendBody = serde_json::from_value(raw)
+            .map_err(|e| ApiError::malformed(format!("request body: {e}")))?;
+        let sent = state.store.send(&queue, one.into_request()?).await?;
+        Ok((StatusCode::CREATED, Json(json!(sent))))
+    }
 }
 
 /// Query of a receive or peek.
@@ -141,20 +226,21 @@ pub struct ReceiveQuery {
 pub async fn receive(
     State(state): State<AppState>,
     Path(queue): Path<String>,
-    Query(q): Query<ReceiveQuery>,
+    QueryArgs(q): QueryArgs<ReceiveQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let max = q.max.unwrap_or(1);
-    if max == 0 || max as usize > MAX_BATCH {
-        return Err(ApiError::invalid(
-            "max",
-            format!("max is {max}; receive 1 to {MAX_BATCH} messages at a time"),
-        ));
-    }
+    // The store checks the ranges (max 1-16, wait 0-30) and names the field.
+    let max = q.max.unwrap_or(1) as usize;
     let messages = if q.peek {
-        state.store.peek(&queue, max as usize).await?
+        if q.wait_seconds.is_some() {
+            return Err(ApiError::invalid(
+                "wait_seconds",
+                "peek does not wait; leave out wait_seconds",
+            ));
+        }
+        state.store.peek(&queue, max).await?
     } else {
-        let wait = q.wait_seconds.map(|s| Duration::from_secs(s as u64));
-        state.store.receive(&queue, max as usize, wait).await?
+        let wait = q.wait_seconds.map(|s| Duration::from_secs(s.into()));
+        state.store.receive(&queue, max, wait).await?
     };
     Ok(Json(json!({ "messages": messages })))
 }
@@ -166,4 +252,69 @@ pub async fn delete_message(
 ) -> Result<Json<Value>, ApiError> {
     state.store.delete(&queue, &receipt).await?;
     Ok(Json(json!({ "deleted": receipt })))
+}
+
+/// Receipt handles to delete in one commit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteBatchBody {
+    receipt_handles: Vec<String>,
+}
+
+/// `POST /v1/queues/{queue}/messages/delete` with `{"receipt_handles": [...]}` (1–16): one
+/// result per handle, in order — `{"receipt_handle", "deleted": true}` or
+/// `{"receipt_handle", "deleted": false, "error": {"code", "message", "field"}}`. The answer is
+/// 200 when the batch was processed, even if some handles failed; a bad request as a whole
+/// (unknown queue, 0 or 17 handles) is an error answer.
+pub async fn delete_batch(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    JsonBody(req): JsonBody<DeleteBatchBody>,
+) -> Result<Json<Value>, ApiError> {
+    let results = state
+        .store
+        .delete_batch(&queue, req.receipt_handles.clone())
+        .await?;
+    let results: Vec<Value> = req
+        .receipt_handles
+        .iter()
+        .zip(results)
+        .map(|(handle, r)| match r {
+            Ok(()) => json!({"receipt_handle": handle, "deleted": true}),
+            Err(e) => json!({
+                "receipt_handle": handle,
+                "deleted": false,
+                "error": {"code": e.code(), "message": e.to_string(), "field": e.field()},
+            }),
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+/// A visibility change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisibilityBody {
+    visibility_timeout: Option<u32>,
+}
+
+/// `PUT /v1/queues/{queue}/messages/{receipt_handle}` with `{"visibility_timeout": s}`
+/// (1–43200): the message becomes visible `s` seconds from now; answers
+/// `{"receipt_handle", "next_visible_time_ms"}` with the new handle (the old one stops working).
+pub async fn change_visibility(
+    State(state): State<AppState>,
+    Path((queue, receipt)): Path<(String, String)>,
+    JsonBody(req): JsonBody<VisibilityBody>,
+) -> Result<Json<Value>, ApiError> {
+    let seconds = req.visibility_timeout.ok_or_else(|| {
+        ApiError::invalid(
+            "visibility_timeout",
+            "missing: give visibility_timeout in seconds (1-43200)",
+        )
+    })?;
+    let changed = state
+        .store
+        .change_visibility(&queue, &receipt, seconds)
+        .await?;
+    Ok(Json(json!(changed)))
 }

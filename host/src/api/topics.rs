@@ -11,13 +11,19 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::{body, AppState};
-use crate::store::{PublishRequest, SubscriptionSpec};
+use crate::store::PublishRequest;
 
-/// `PUT /v1/topics/{topic}`
+/// The body of a topic create: no settings yet, so only `{}` (or nothing); an unknown field is
+/// refused rather than silently ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicBody {}
+
+/// `PUT /v1/topics/{topic}`: creates the topic; `200` when it already exists.
 pub async fn create(
     State(state): State<AppState>,
     Path(topic): Path<String>,
-    JsonBody(_): JsonBody<serde::de::IgnoredAny>,
+    JsonBody(_): JsonBody<TopicBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let created = state.store.create_topic(&topic).await?;
     let status = if created {
@@ -43,12 +49,14 @@ pub async fn show(
     Ok(Json(json!({ "topic": info, "subscriptions": subs })))
 }
 
-/// `DELETE /v1/topics/{topic}`
+/// `DELETE /v1/topics/{topic}`: `404 TopicNotExist` when there is no such topic.
 pub async fn remove(
     State(state): State<AppState>,
     Path(topic): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    state.store.delete_topic(&topic).await?;
+    if !state.store.delete_topic(&topic).await? {
+        return Err(crate::store::StoreError::TopicNotExist { name: topic }.into());
+    }
     Ok(Json(json!({ "deleted": topic })))
 }
 
@@ -63,85 +71,63 @@ pub struct PublishBody {
     attributes: BTreeMap<String, String>,
 }
 
-/// `POST /v1/topics/{topic}/messages`: acknowledged after the commit that also fans it out.
+impl PublishBody {
+    fn into_request(self) -> Result<PublishRequest, ApiError> {
+        Ok(PublishRequest {
+            body: body::decode(self.body, self.body_base64)?,
+            tag: self.tag,
+            attributes: self.attributes,
+        })
+    }
+}
+
+/// Several messages published in one commit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBatchBody {
+    messages: Vec<PublishBody>,
+}
+
+/// `POST /v1/topics/{topic}/messages`: one message (`{"body", "tag", "attributes"}`, answered
+/// with `{"id", "body_md5", "enqueue_time_ms", "queues"}`) or a batch (`{"messages": [...]}`,
+/// 1–16, answered with `{"messages": [...]}` in order, all or nothing). Acknowledged after the
+/// commit that also fans the messages out to the topic's queue subscriptions.
 pub async fn publish(
     State(state): State<AppState>,
     Path(topic): Path<String>,
-    JsonBody(req): JsonBody<PublishBody>,
+    JsonBody(raw): JsonBody<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let published = state
-        .store
-        .publish(
-            &topic,
-            PublishRequest {
-                body: body::decode(req.body, req.body_base64)?,
-                tag: req.tag,
-                attributes: req.attributes,
-            },
-        )
-        .await?;
-    Ok((StatusCode::CREATED, Json(json!(published))))
-}
-
-/// A subscription to create.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubscriptionBody {
-    queue: Option<String>,
-    filter_tag: Option<String>,
-    #[serde(default)]
-    base64_body: bool,
-}
-
-/// `PUT /v1/topics/{topic}/subscriptions/{name}`
-pub async fn subscribe(
-    State(state): State<AppState>,
-    Path((topic, name)): Path<(String, String)>,
-    JsonBody(req): JsonBody<SubscriptionBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let queue = req
-        .queue
-        .ok_or_else(|| ApiError::invalid("queue", "missing: name the queue endpoint"))?;
-    let mut spec = SubscriptionSpec::queue(queue);
-    spec.filter_tag = req.filter_tag;
-    spec.base64_body = req.base64_body;
-    let created = state.store.create_subscription(&topic, &name, spec).await?;
-    let status = if created {
-        StatusCode::CREATED
+    let malformed = |e: serde_json::Error| ApiError::malformed(format!("request body: {e}"));
+    if raw.as_object().is_some_and(|o| o.contains_key("messages")) {
+        let batch: PublishBatchBody = serde_json::from_value(raw).map_err(malformed)?;
+        let n = batch.messages.len();
+        if n == 0 || n > crate::store::MAX_BATCH {
+            return Err(ApiError::invalid(
+                "messages",
+                format!(
+                    "{n} is out of range: a batch has 1 to {} entries",
+                    crate::store::MAX_BATCH
+                ),
+            ));
+        }
+        let items = batch
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                m.into_request()
+                    .map(|r| (topic.clone(), r))
+                    .map_err(|mut e| {
+                        e.message = format!("messages[{i}]: {}", e.message);
+                        e
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let published = state.store.publish_batch(items).await?;
+        Ok((StatusCode::CREATED, Json(json!({ "messages": published }))))
     } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        Json(json!(state.store.get_subscription(&topic, &name).await?)),
-    ))
-}
-
-/// `GET /v1/topics/{topic}/subscriptions`
-pub async fn subscriptions(
-    State(state): State<AppState>,
-    Path(topic): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(
-        json!({ "subscriptions": state.store.list_subscriptions(&topic).await? }),
-    ))
-}
-
-/// `GET /v1/topics/{topic}/subscriptions/{name}`
-pub async fn subscription(
-    State(state): State<AppState>,
-    Path((topic, name)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(
-        state.store.get_subscription(&topic, &name).await?
-    )))
-}
-
-/// `DELETE /v1/topics/{topic}/subscriptions/{name}`
-pub async fn unsubscribe(
-    State(state): State<AppState>,
-    Path((topic, name)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    state.store.delete_subscription(&topic, &name).await?;
-    Ok(Json(json!({ "deleted": name })))
+        let one: PublishBody = serde_json::from_value(raw).map_err(malformed)?;
+        let published = state.store.publish(&topic, one.into_request()?).await?;
+        Ok((StatusCode::CREATED, Json(json!(published))))
+    }
 }

@@ -104,6 +104,49 @@ impl Client {
         self.send(self.http.delete(self.url(path))).await
     }
 
+    /// `GET path` and hand back the successful response unread, for large bodies that are
+    /// streamed to a file (`sluice backup`); an error answer becomes a [`ClientError`] as usual.
+    pub async fn get_raw(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        let response = self
+            .http
+            .get(self.url(path))
+            // A backup of a large store can take longer than an API call.
+            .timeout(std::time::Duration::from_secs(3600))
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                server: self.server.clone(),
+                detail: error_chain(&e),
+            })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let url = response.url().to_string();
+        let bytes = response.bytes().await.unwrap_or_default();
+        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => ClientError::Api {
+                status: status.as_u16(),
+                code: body.error.code,
+                message: body.error.message,
+                field: body.error.field,
+            },
+            Err(_) => ClientError::Protocol {
+                url,
+                detail: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
+            },
+        })
+    }
+
+    /// `PATCH path` with a JSON body and decode JSON.
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(self.http.patch(self.url(path)).json(body)).await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.server)
     }

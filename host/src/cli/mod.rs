@@ -2,12 +2,15 @@
 //! (`--server`, default `http://127.0.0.1:8080`, env `SLUICE_SERVER`); `serve` runs the daemon.
 //! Tables for people by default, `--json` for scripts.
 
+pub mod backup;
+pub mod bench;
 pub mod client;
 pub mod eval;
 pub mod output;
 pub mod queue;
 pub mod rule;
 pub mod serve;
+pub mod sub;
 pub mod topic;
 
 use clap::{Parser, Subcommand};
@@ -16,9 +19,9 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about, propagate_version = true)]
 pub struct Cli {
-    /// The sluice server to talk to.
-    #[arg(long, global = true, env = "SLUICE_SERVER", default_value = client::DEFAULT_SERVER)]
-    pub server: String,
+    /// The sluice server to talk to [default: http://127.0.0.1:8080].
+    #[arg(long, global = true, env = "SLUICE_SERVER")]
+    pub server: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -40,20 +43,27 @@ pub enum Command {
     Topic(topic::TopicCommand),
     /// Subscriptions of topics.
     #[command(subcommand)]
-    Sub(topic::SubCommand),
+    Sub(sub::SubCommand),
     /// Rules: create, start, stop, ...
     #[command(subcommand)]
     Rule(rule::RuleCommand),
+    /// Load-test a sluice: devices over MQTT -> rule -> queue -> consumers, with a report.
+    Bench(bench::BenchArgs),
+    /// Copy the store to FILE (0600) with SQLite's online backup, from the running server or
+    /// offline with --data-dir.
+    Backup(backup::BackupArgs),
 }
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = client::Client::new(&cli.server);
+    let client = client::Client::new(cli.server.as_deref().unwrap_or(client::DEFAULT_SERVER));
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Queue(cmd) => queue::run(cmd, &client, cli.json).await,
         Command::Topic(cmd) => topic::run_topic(cmd, &client, cli.json).await,
-        Command::Sub(cmd) => topic::run_sub(cmd, &client, cli.json).await,
+        Command::Sub(cmd) => sub::run(cmd, &client, cli.json).await,
         Command::Rule(cmd) => rule::run(cmd, &client, cli.json).await,
+        Command::Bench(args) => bench::run(args, cli.server, cli.json).await,
+        Command::Backup(args) => backup::run(args, &client, cli.json).await,
     }
 }

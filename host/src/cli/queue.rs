@@ -1,16 +1,22 @@
-//! `sluice queue ...`: create, list, show, remove, send, receive, delete, peek.
+//! `sluice queue ...`: create, set, list, show, remove, send, receive, delete, peek, visibility.
 
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::client::{segment, Client};
 use super::output;
 
+/// Most messages in one send, receive, peek or delete request (the spec's batch limit).
+const BATCH: usize = 16;
+
 /// `sluice queue VERB`
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
-    /// Create a queue (attributes as in the message-service spec).
-    Create(CreateArgs),
+    /// Create a queue (attributes as in the message-service spec). Creating it again with the
+    /// same attributes succeeds; with different ones it fails (change them with `queue set`).
+    Create(AttributeArgs),
+    /// Change attributes of an existing queue; the ones not given keep their value.
+    Set(SetArgs),
     /// List queues with their message counts.
     List,
     /// Show a queue's attributes and counts.
@@ -26,31 +32,39 @@ pub enum QueueCommand {
         #[arg(long)]
         yes: bool,
     },
-    /// Send a message to a queue.
+    /// Send messages to a queue: several BODY arguments (up to 16) go in one commit.
     Send {
         /// Queue name.
         queue: String,
-        /// Message body (UTF-8 text).
-        body: String,
-        /// Seconds before the message becomes visible.
+        /// Message bodies (UTF-8 text), 1 to 16.
+        #[arg(required = true, num_args = 1..=16)]
+        bodies: Vec<String>,
+        /// Seconds before the message becomes visible (0–604800; default: the queue's).
         #[arg(long)]
         delay: Option<u32>,
-        /// Priority 1 (highest) to 16.
+        /// Priority 1 (highest) to 16 (default 8).
         #[arg(long)]
         priority: Option<u8>,
+        /// Message tag (up to 16 characters).
+        #[arg(long)]
+        tag: Option<String>,
+        /// A message attribute KEY=VALUE (repeatable).
+        #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = parse_attr)]
+        attributes: Vec<(String, String)>,
     },
     /// Receive messages: each stays invisible for the visibility timeout until deleted.
     Receive {
         /// Queue name.
         queue: String,
-        /// Long-poll up to this many seconds (0–30) for a message.
+        /// Long-poll up to this many seconds (0–30) for a message [default: the queue's
+        /// polling_wait_seconds].
         #[arg(long)]
         wait: Option<u32>,
         /// Receive up to this many messages (1–16).
         #[arg(long, default_value_t = 1)]
         max: u32,
     },
-    /// Delete received messages by receipt handle.
+    /// Delete received messages by receipt handle (one commit per 16 handles).
     Delete {
         /// Queue name.
         queue: String,
@@ -58,7 +72,7 @@ pub enum QueueCommand {
         #[arg(required = true)]
         receipts: Vec<String>,
     },
-    /// Read messages without receiving them.
+    /// Read messages without receiving them (no handle, nothing changes).
     Peek {
         /// Queue name.
         queue: String,
@@ -66,11 +80,21 @@ pub enum QueueCommand {
         #[arg(long, default_value_t = 1)]
         max: u32,
     },
+    /// Change a received message's visibility: visible again SECONDS from now (1–43200).
+    /// Prints the new receipt handle; the old one stops working.
+    Visibility {
+        /// Queue name.
+        queue: String,
+        /// The message's current receipt handle.
+        receipt: String,
+        /// Seconds from now until it is visible again.
+        seconds: u32,
+    },
 }
 
-/// Attributes of `queue create`.
+/// Queue attributes of `queue create` and `queue set`.
 #[derive(Debug, Args)]
-pub struct CreateArgs {
+pub struct AttributeArgs {
     /// Queue name.
     pub queue: String,
     /// Seconds before a new message becomes visible (0–604800).
@@ -88,23 +112,79 @@ pub struct CreateArgs {
     /// Default long-poll wait in seconds (0–30).
     #[arg(long)]
     pub polling_wait_seconds: Option<u32>,
+    /// Queue that gets messages received more than --max-receive-count times.
+    #[arg(long, requires = "max_receive_count")]
+    pub dead_letter_queue: Option<String>,
+    /// Receives allowed before a message moves to the dead-letter queue (1–1000).
+    #[arg(long)]
+    pub max_receive_count: Option<u32>,
+}
+
+/// Arguments of `queue set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// The attributes to change.
+    #[command(flatten)]
+    pub attributes: AttributeArgs,
+    /// Turn dead-lettering off.
+    #[arg(long, conflicts_with_all = ["dead_letter_queue", "max_receive_count"])]
+    pub no_dead_letter_queue: bool,
+}
+
+impl AttributeArgs {
+    /// The given attributes as a JSON object (absent ones left out).
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: Option<u32>| {
+            if let Some(v) = v {
+                m.insert(k.into(), v.into());
+            }
+        };
+        put("delay_seconds", self.delay_seconds);
+        put("maximum_message_size", self.maximum_message_size);
+        put("message_retention_period", self.message_retention_period);
+        put("visibility_timeout", self.visibility_timeout);
+        put("polling_wait_seconds", self.polling_wait_seconds);
+        put("max_receive_count", self.max_receive_count);
+        if let Some(q) = &self.dead_letter_queue {
+            m.insert("dead_letter_queue".into(), q.clone().into());
+        }
+        Value::Object(m)
+    }
+}
+
+/// Parses `KEY=VALUE`.
+pub fn parse_attr(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}`: write an attribute as KEY=VALUE")),
+    }
 }
 
 /// Runs one `queue` command.
 pub async fn run(cmd: QueueCommand, client: &Client, as_json: bool) -> anyhow::Result<()> {
     match cmd {
         QueueCommand::Create(a) => {
-            let body = json!({
-                "delay_seconds": a.delay_seconds,
-                "maximum_message_size": a.maximum_message_size,
-                "message_retention_period": a.message_retention_period,
-                "visibility_timeout": a.visibility_timeout,
-                "polling_wait_seconds": a.polling_wait_seconds,
-            });
             let v: Value = client
-                .put(&format!("/v1/queues/{}", segment(&a.queue)), &body)
+                .put(&format!("/v1/queues/{}", segment(&a.queue)), &a.to_json())
                 .await?;
-            print_or(as_json, &v, || println!("queue {} ready", a.queue));
+            print_or(as_json, &v, || print_queue(&v));
+        }
+        QueueCommand::Set(s) => {
+            let mut body = s.attributes.to_json();
+            if s.no_dead_letter_queue {
+                body["dead_letter_queue"] = Value::Null;
+            }
+            if body.as_object().is_some_and(Map::is_empty) {
+                anyhow::bail!("`queue set` needs at least one attribute to change (see --help)");
+            }
+            let v: Value = client
+                .patch(
+                    &format!("/v1/queues/{}", segment(&s.attributes.queue)),
+                    &body,
+                )
+                .await?;
+            print_or(as_json, &v, || print_queue(&v));
         }
         QueueCommand::List => {
             let v: Value = client.get("/v1/queues").await?;
@@ -118,13 +198,21 @@ pub async fn run(cmd: QueueCommand, client: &Client, as_json: bool) -> anyhow::R
                             output::cell(&q["name"]),
                             output::cell(&q["active_messages"]),
                             output::cell(&q["inactive_messages"]),
-                            output::cell(&q["delay_messages"]),
-                            output::cell(&q["visibility_timeout"]),
+                            output::cell(&q["delayed_messages"]),
+                            output::cell(&q["attributes"]["visibility_timeout"]),
+                            output::cell(&q["attributes"]["dead_letter_queue"]),
                         ]
                     })
                     .collect();
                 output::table(
-                    &["queue", "visible", "in flight", "delayed", "visibility (s)"],
+                    &[
+                        "queue",
+                        "visible",
+                        "in flight",
+                        "delayed",
+                        "visibility (s)",
+                        "dead letters to",
+                    ],
                     rows,
                     "no queues yet — create one with `sluice queue create NAME`",
                 );
@@ -134,15 +222,7 @@ pub async fn run(cmd: QueueCommand, client: &Client, as_json: bool) -> anyhow::R
             let v: Value = client
                 .get(&format!("/v1/queues/{}", segment(&queue)))
                 .await?;
-            if as_json {
-                output::json(&v);
-            } else if let Some(map) = v.as_object() {
-                let pairs: Vec<(&str, String)> = map
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), output::cell(v)))
-                    .collect();
-                output::fields(&pairs);
-            }
+            print_or(as_json, &v, || print_queue(&v));
         }
         QueueCommand::Remove { queue, yes } => {
             if !yes {
@@ -157,21 +237,55 @@ pub async fn run(cmd: QueueCommand, client: &Client, as_json: bool) -> anyhow::R
         }
         QueueCommand::Send {
             queue,
-            body,
+            bodies,
             delay,
             priority,
+            tag,
+            attributes,
         } => {
-            let req = json!({"body": body, "delay_seconds": delay, "priority": priority});
-            let v: Value = client
-                .post(&format!("/v1/queues/{}/messages", segment(&queue)), &req)
-                .await?;
-            print_or(as_json, &v, || {
-                println!(
-                    "sent {} (md5 {})",
-                    output::cell(&v["id"]),
-                    output::cell(&v["body_md5"])
-                )
-            });
+            let attributes: Map<String, Value> = attributes
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            let mut messages: Vec<Value> = bodies
+                .iter()
+                .map(|body| {
+                    let mut m = json!({"body": body, "attributes": attributes});
+                    if let Some(d) = delay {
+                        m["delay_seconds"] = d.into();
+                    }
+                    if let Some(p) = priority {
+                        m["priority"] = p.into();
+                    }
+                    if let Some(t) = &tag {
+                        m["tag"] = t.clone().into();
+                    }
+                    m
+                })
+                .collect();
+            let path = format!("/v1/queues/{}/messages", segment(&queue));
+            let sent: Vec<Value> = if messages.len() == 1 {
+                let one = messages.pop().unwrap_or_default();
+                vec![client.post(&path, &one).await?]
+            } else {
+                let v: Value = client.post(&path, &json!({ "messages": messages })).await?;
+                items(&v, "messages").to_vec()
+            };
+            if as_json {
+                output::json(&json!({ "messages": sent }));
+            } else {
+                let rows = sent
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            output::cell(&s["id"]),
+                            output::cell(&s["body_md5"]),
+                            time_ms(&s["next_visible_time_ms"]),
+                        ]
+                    })
+                    .collect();
+                output::table(&["sent id", "body md5", "visible at"], rows, "nothing sent");
+            }
         }
         QueueCommand::Receive { queue, wait, max } => {
             let mut path = format!("/v1/queues/{}/messages?max={max}", segment(&queue));
@@ -191,37 +305,63 @@ pub async fn run(cmd: QueueCommand, client: &Client, as_json: bool) -> anyhow::R
             print_messages(&v, as_json, false, &queue);
         }
         QueueCommand::Delete { queue, receipts } => {
+            let path = format!("/v1/queues/{}/messages/delete", segment(&queue));
             let mut results = Vec::new();
-            let mut failed = 0;
-            for receipt in &receipts {
-                let path = format!(
-                    "/v1/queues/{}/messages/{}",
-                    segment(&queue),
-                    segment(receipt)
-                );
-                match client.delete::<Value>(&path).await {
-                    Ok(_) => results.push(json!({"receipt_handle": receipt, "deleted": true})),
-                    Err(e) => {
-                        failed += 1;
-                        results.push(json!({"receipt_handle": receipt, "deleted": false, "error": e.to_string()}));
-                    }
-                }
+            for chunk in receipts.chunks(BATCH) {
+                let v: Value = client
+                    .post(&path, &json!({ "receipt_handles": chunk }))
+                    .await?;
+                results.extend(items(&v, "results").iter().cloned());
             }
+            let failed = results
+                .iter()
+                .filter(|r| r["deleted"] != Value::Bool(true))
+                .count();
             if as_json {
                 output::json(&json!({ "results": results }));
             } else {
-                for r in &results {
-                    match r["error"].as_str() {
-                        None => println!("deleted {}", output::cell(&r["receipt_handle"])),
-                        Some(e) => {
-                            eprintln!("not deleted {}: {e}", output::cell(&r["receipt_handle"]))
-                        }
-                    }
-                }
+                let rows = results
+                    .iter()
+                    .map(|r| {
+                        let outcome = if r["deleted"] == Value::Bool(true) {
+                            "deleted".to_string()
+                        } else {
+                            format!(
+                                "{}: {}",
+                                output::cell(&r["error"]["code"]),
+                                output::cell(&r["error"]["message"])
+                            )
+                        };
+                        vec![output::cell(&r["receipt_handle"]), outcome]
+                    })
+                    .collect();
+                output::table(&["receipt_handle", "result"], rows, "nothing to delete");
             }
             if failed > 0 {
                 anyhow::bail!("{failed} of {} receipt(s) not deleted", receipts.len());
             }
+        }
+        QueueCommand::Visibility {
+            queue,
+            receipt,
+            seconds,
+        } => {
+            let v: Value = client
+                .put(
+                    &format!(
+                        "/v1/queues/{}/messages/{}",
+                        segment(&queue),
+                        segment(&receipt)
+                    ),
+                    &json!({ "visibility_timeout": seconds }),
+                )
+                .await?;
+            print_or(as_json, &v, || {
+                output::fields(&[
+                    ("receipt_handle", output::cell(&v["receipt_handle"])),
+                    ("visible at", time_ms(&v["next_visible_time_ms"])),
+                ])
+            });
         }
     }
     Ok(())
@@ -237,6 +377,30 @@ fn print_or(as_json: bool, v: &Value, human: impl FnOnce()) {
     } else {
         human();
     }
+}
+
+/// A queue as aligned `key  value` lines: counts first, then the attributes.
+fn print_queue(v: &Value) {
+    let mut pairs: Vec<(&str, String)> = Vec::new();
+    if let Some(map) = v.as_object() {
+        for (k, val) in map {
+            if k == "attributes" {
+                continue;
+            }
+            let shown = if k.ends_with("time_ms") {
+                time_ms(val)
+            } else {
+                output::cell(val)
+            };
+            pairs.push((k.as_str(), shown));
+        }
+    }
+    if let Some(attrs) = v["attributes"].as_object() {
+        for (k, val) in attrs {
+            pairs.push((k.as_str(), output::cell(val)));
+        }
+    }
+    output::fields(&pairs);
 }
 
 fn print_messages(v: &Value, as_json: bool, with_receipts: bool, queue: &str) {
@@ -258,15 +422,32 @@ fn print_messages(v: &Value, as_json: bool, with_receipts: bool, queue: &str) {
                 row.push(output::cell(&m["receipt_handle"]));
             }
             row.push(output::cell(&m["id"]));
+            row.push(output::cell(&m["priority"]));
+            row.push(output::cell(&m["tag"]));
             row.push(output::cell(&m["dequeue_count"]));
             row.push(output::clip(&body, 80));
             row
         })
         .collect();
     let headers: &[&str] = if with_receipts {
-        &["receipt_handle", "id", "dequeues", "body"]
+        &[
+            "receipt_handle",
+            "id",
+            "priority",
+            "tag",
+            "dequeues",
+            "body",
+        ]
     } else {
-        &["id", "dequeues", "body"]
+        &["id", "priority", "tag", "dequeues", "body"]
     };
     output::table(headers, rows, &format!("no messages in {queue} right now"));
+}
+
+/// A `..._ms` timestamp as UTC date and time for people (`-` when absent).
+pub fn time_ms(v: &Value) -> String {
+    v.as_i64()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string())
+        .unwrap_or_else(|| output::cell(v))
 }

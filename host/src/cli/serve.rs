@@ -35,6 +35,13 @@ pub struct ServeArgs {
     /// Node id stamped into message ids; distinct per process sharing a store.
     #[arg(long)]
     pub node_id: Option<u16>,
+    /// Refuse HTTP pushes to loopback and private networks (link-local and metadata addresses
+    /// are always refused).
+    #[arg(long)]
+    pub push_deny_private_networks: bool,
+    /// Benchmark baseline only: acknowledge every publish at once, with rules and storage off.
+    #[arg(long, hide = true)]
+    pub ingest_only: bool,
 }
 
 fn parse_sync(s: &str) -> Result<SyncLevel, String> {
@@ -57,6 +64,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             mqtt_client_id: args.mqtt_client_id,
             synchronous: args.synchronous,
             node_id: args.node_id,
+            push_deny_private_networks: args.push_deny_private_networks.then_some(true),
+            ingest_only: args.ingest_only,
         },
     )?;
     let shutdown = tokio_util::sync::CancellationToken::new();

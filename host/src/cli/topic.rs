@@ -38,43 +38,9 @@ pub enum TopicCommand {
         /// Message tag (subscriptions with a filter tag get only matching messages).
         #[arg(long)]
         tag: Option<String>,
-    },
-}
-
-/// `sluice sub VERB`
-#[derive(Debug, Subcommand)]
-pub enum SubCommand {
-    /// Subscribe a queue to a topic.
-    Create {
-        /// Topic name.
-        topic: String,
-        /// Subscription name.
-        name: String,
-        /// The queue that receives the topic's messages.
-        #[arg(long)]
-        queue: String,
-        /// Only messages with this tag.
-        #[arg(long)]
-        filter_tag: Option<String>,
-    },
-    /// List a topic's subscriptions.
-    List {
-        /// Topic name.
-        topic: String,
-    },
-    /// Show one subscription.
-    Show {
-        /// Topic name.
-        topic: String,
-        /// Subscription name.
-        name: String,
-    },
-    /// Delete a subscription.
-    Delete {
-        /// Topic name.
-        topic: String,
-        /// Subscription name.
-        name: String,
+        /// A message attribute KEY=VALUE (repeatable).
+        #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = super::queue::parse_attr)]
+        attributes: Vec<(String, String)>,
     },
 }
 
@@ -110,67 +76,16 @@ pub async fn run_topic(cmd: TopicCommand, client: &Client, as_json: bool) -> any
             let v: Value = client
                 .get(&format!("/v1/topics/{}", segment(&topic)))
                 .await?;
-            output::json(&v);
-        }
-        TopicCommand::Remove { topic, yes } => {
-            if !yes {
-                anyhow::bail!("`topic remove {topic}` deletes the topic and its subscriptions; add --yes to confirm");
-            }
-            let v: Value = client
-                .delete(&format!("/v1/topics/{}", segment(&topic)))
-                .await?;
-            show(as_json, &v, || println!("topic {topic} removed"));
-        }
-        TopicCommand::Publish { topic, body, tag } => {
-            let v: Value = client
-                .post(
-                    &format!("/v1/topics/{}/messages", segment(&topic)),
-                    &json!({"body": body, "tag": tag}),
-                )
-                .await?;
             show(as_json, &v, || {
-                println!(
-                    "published {} (md5 {})",
-                    output::cell(&v["id"]),
-                    output::cell(&v["body_md5"])
-                )
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Runs one `sub` command.
-pub async fn run_sub(cmd: SubCommand, client: &Client, as_json: bool) -> anyhow::Result<()> {
-    match cmd {
-        SubCommand::Create {
-            topic,
-            name,
-            queue,
-            filter_tag,
-        } => {
-            let v: Value = client
-                .put(
-                    &format!(
-                        "/v1/topics/{}/subscriptions/{}",
-                        segment(&topic),
-                        segment(&name)
+                output::fields(&[
+                    ("name", output::cell(&v["topic"]["name"])),
+                    (
+                        "create_time_ms",
+                        super::queue::time_ms(&v["topic"]["create_time_ms"]),
                     ),
-                    &json!({"queue": queue, "filter_tag": filter_tag}),
-                )
-                .await?;
-            show(as_json, &v, || {
-                println!("subscription {name}: {topic} -> queue {queue}")
-            });
-        }
-        SubCommand::List { topic } => {
-            let v: Value = client
-                .get(&format!("/v1/topics/{}/subscriptions", segment(&topic)))
-                .await?;
-            if as_json {
-                output::json(&v);
-            } else {
-                let rows = v["subscriptions"]
+                    ("subscriptions", output::cell(&v["topic"]["subscriptions"])),
+                ]);
+                let rows: Vec<Vec<String>> = v["subscriptions"]
                     .as_array()
                     .map(Vec::as_slice)
                     .unwrap_or_default()
@@ -183,32 +98,44 @@ pub async fn run_sub(cmd: SubCommand, client: &Client, as_json: bool) -> anyhow:
                         ]
                     })
                     .collect();
-                output::table(
-                    &["subscription", "endpoint", "filter tag"],
-                    rows,
-                    &format!("no subscriptions on {topic} yet — add one with `sluice sub create {topic} NAME --queue QUEUE`"),
-                );
+                if !rows.is_empty() {
+                    output::table(&["subscription", "endpoint", "filter tag"], rows, "");
+                }
+            });
+        }
+        TopicCommand::Remove { topic, yes } => {
+            if !yes {
+                anyhow::bail!("`topic remove {topic}` deletes the topic and its subscriptions; add --yes to confirm");
             }
-        }
-        SubCommand::Show { topic, name } => {
             let v: Value = client
-                .get(&format!(
-                    "/v1/topics/{}/subscriptions/{}",
-                    segment(&topic),
-                    segment(&name)
-                ))
+                .delete(&format!("/v1/topics/{}", segment(&topic)))
                 .await?;
-            output::json(&v);
+            show(as_json, &v, || println!("topic {topic} removed"));
         }
-        SubCommand::Delete { topic, name } => {
+        TopicCommand::Publish {
+            topic,
+            body,
+            tag,
+            attributes,
+        } => {
+            let attributes: serde_json::Map<String, Value> = attributes
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
             let v: Value = client
-                .delete(&format!(
-                    "/v1/topics/{}/subscriptions/{}",
-                    segment(&topic),
-                    segment(&name)
-                ))
+                .post(
+                    &format!("/v1/topics/{}/messages", segment(&topic)),
+                    &json!({"body": body, "tag": tag, "attributes": attributes}),
+                )
                 .await?;
-            show(as_json, &v, || println!("subscription {name} deleted"));
+            show(as_json, &v, || {
+                println!(
+                    "published {} (md5 {}) to {} queue(s)",
+                    output::cell(&v["id"]),
+                    output::cell(&v["body_md5"]),
+                    output::cell(&v["queues"])
+                )
+            });
         }
     }
     Ok(())

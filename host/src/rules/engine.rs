@@ -84,6 +84,9 @@ pub struct RuleCounters {
     pub failed: [AtomicU64; FailureKind::ALL.len()],
     /// Time spent inside the sandbox, in nanoseconds.
     pub busy_ns: AtomicU64,
+    /// Fuel the rule used (about one unit per Wasm instruction): its CPU cost, independent of
+    /// load on the machine.
+    pub fuel_used: AtomicU64,
     /// How long one message took in this rule (instantiation after an update or a trap
     /// included): what a slow rule costs every message behind it on the same worker.
     pub latency: LatencyHistogram,
@@ -102,6 +105,8 @@ pub struct CounterSnapshot {
     pub failed: std::collections::BTreeMap<&'static str, u64>,
     /// Time spent inside the sandbox, in microseconds.
     pub busy_us: u64,
+    /// Fuel used, about one unit per Wasm instruction.
+    pub fuel_used: u64,
     /// Per-message latency in this rule.
     pub latency_ns: LatencySnapshot,
 }
@@ -122,6 +127,7 @@ impl RuleCounters {
             dropped: self.dropped.load(Ordering::Relaxed),
             failed,
             busy_us: self.busy_ns.load(Ordering::Relaxed) / 1000,
+            fuel_used: self.fuel_used.load(Ordering::Relaxed),
             latency_ns: self.latency.snapshot(),
         }
     }
@@ -635,6 +641,9 @@ impl RuleWorker {
         };
         let started = Instant::now();
         let result = instance.call(input);
+        rule.counters
+            .fuel_used
+            .fetch_add(instance.last_fuel_used(), Ordering::Relaxed);
         rule.counters.busy_ns.fetch_add(
             u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
@@ -772,6 +781,7 @@ mod tests {
             "counters are kept across an update: {counters:?}"
         );
         assert_eq!(counters.latency_ns.samples, 2);
+        assert!(counters.fuel_used > 0, "fuel is counted: {counters:?}");
         assert!(counters.latency_ns.p50 > 0 && counters.latency_ns.p99 >= counters.latency_ns.p50);
         assert_eq!(engine.running_version("stamp"), Some(2));
 

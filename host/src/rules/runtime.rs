@@ -1,7 +1,9 @@
 //! The Wasm sandbox every rule runs in: one wasmtime `Engine` per process, each rule module
 //! compiled and linked once ([`RuleModule`]), and one reusable [`RuleInstance`] per rule per worker.
 //!
-//! Bounds: a CPU deadline per call (epoch interruption, driven by one ticker thread), a memory cap
+//! Bounds: a CPU budget per call (wasmtime fuel: counted instructions, so a rule is never cut
+//! short because the machine was busy; a wall-clock epoch deadline far above it stays as a
+//! backstop, driven by one ticker thread), a memory cap
 //! per instance (a [`wasmtime::ResourceLimiter`]), no WASI — a module sees only the `sluice_v1`
 //! imports of `guest-sdk/ABI.md`. A failure of any kind fails one message for one rule and is
 //! classified into a [`FailureKind`] from typed state (the trap code, flags the host set), never
@@ -25,9 +27,12 @@ use super::time_format;
 pub struct SandboxConfig {
     /// Most linear memory one instance may have.
     pub max_memory_bytes: usize,
-    /// CPU wall-time bound of one call (one message); rounded up to whole epoch ticks.
+    /// CPU bound of one call (one message). Enforced as a fuel budget of [`FUEL_PER_MS`] per
+    /// millisecond, which counts the guest's own instructions and so does not fire because
+    /// other threads held the core; a wall-clock deadline of [`WALL_CLOCK_BACKSTOP_FACTOR`]
+    /// times this stays as a backstop.
     pub call_timeout: Duration,
-    /// How often the epoch advances; the deadline's resolution.
+    /// How often the epoch advances: the backstop deadline's resolution.
     pub epoch_tick: Duration,
 }
 
@@ -37,6 +42,14 @@ pub const DEFAULT_MAX_MEMORY_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(100);
 /// 10 ms ticks: the epoch ticker costs nothing measurable at this rate.
 pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Fuel per millisecond of `call_timeout`: one unit is about one Wasm instruction. Measured
+/// here (`benches/rules_wasm.rs`), a 2-core machine burns 0.6-1.2 M fuel per ms (busy-idle), so a
+/// runaway stops after roughly the configured time of its own CPU; the overheat rule needs
+/// about 12 k fuel per message, 4,000 times less than the default budget.
+pub const FUEL_PER_MS: u64 = 500_000;
+/// The wall-clock backstop is this many times `call_timeout`: far enough above the fuel budget
+/// that only a guest fuel cannot see (none is known) or a stalled machine reaches it.
+pub const WALL_CLOCK_BACKSTOP_FACTOR: u32 = 20;
 
 impl Default for SandboxConfig {
     fn default() -> Self {
@@ -239,7 +252,47 @@ pub struct RuleRuntime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     config: SandboxConfig,
+    compiled: std::sync::Mutex<CompiledCache>,
     _ticker: Arc<EpochTicker>,
+}
+
+/// The most recently compiled modules, by content. Compiling is the expensive step of every
+/// lifecycle change (milliseconds in release, most of a second in a debug build), and the same
+/// bytes come back often: `start` after `stop`, an update that changes only actions, a rollback
+/// to the previous version. Small and bounded; the least recently used entry goes first.
+#[derive(Default)]
+struct CompiledCache {
+    entries: Vec<(u64, Arc<[u8]>, Module)>,
+}
+
+/// Enough for the working set of a busy rule set's recent changes; compiled code is not small.
+const COMPILED_CACHE_ENTRIES: usize = 16;
+
+impl CompiledCache {
+    fn key(wasm: &[u8]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        wasm.hash(&mut h);
+        h.finish()
+    }
+
+    fn get(&mut self, key: u64, wasm: &[u8]) -> Option<Module> {
+        let i = self
+            .entries
+            .iter()
+            .position(|(k, bytes, _)| *k == key && &bytes[..] == wasm)?;
+        let entry = self.entries.remove(i);
+        let module = entry.2.clone();
+        self.entries.push(entry);
+        Some(module)
+    }
+
+    fn put(&mut self, key: u64, wasm: &[u8], module: Module) {
+        if self.entries.len() >= COMPILED_CACHE_ENTRIES {
+            self.entries.remove(0);
+        }
+        self.entries.push((key, wasm.into(), module));
+    }
 }
 
 impl std::fmt::Debug for RuleRuntime {
@@ -266,6 +319,7 @@ impl RuleRuntime {
     pub fn new(config: SandboxConfig) -> Result<RuleRuntime, wasmtime::Error> {
         let mut wasm_config = Config::new();
         wasm_config.epoch_interruption(true);
+        wasm_config.consume_fuel(true);
         wasm_config.max_wasm_stack(512 * 1024);
         let engine = Engine::new(&wasm_config)?;
         let mut linker = Linker::new(&engine);
@@ -289,6 +343,7 @@ impl RuleRuntime {
             engine,
             linker: Arc::new(linker),
             config,
+            compiled: std::sync::Mutex::new(CompiledCache::default()),
             _ticker: Arc::new(EpochTicker { stop }),
         })
     }
@@ -301,8 +356,7 @@ impl RuleRuntime {
     /// Compiles and checks a module against ABI v1: imports, exports, version, and a trial
     /// instantiation (so a module that cannot start is refused now, not at its first message).
     pub fn load(&self, wasm: &[u8]) -> Result<RuleModule, LoadError> {
-        let module =
-            Module::new(&self.engine, wasm).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let module = self.compile(wasm)?;
         for import in module.imports() {
             if import.module() != abi::IMPORT_MODULE || !imports::ALL.contains(&import.name()) {
                 return Err(LoadError::ForeignImport {
@@ -343,6 +397,28 @@ impl RuleRuntime {
         Ok(loaded)
     }
 
+    /// Compiles `wasm`, or takes the module compiled from the same bytes before. Only modules
+    /// that compiled are cached; every other check of [`RuleRuntime::load`] runs every time.
+    fn compile(&self, wasm: &[u8]) -> Result<Module, LoadError> {
+        let key = CompiledCache::key(wasm);
+        let cached = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key, wasm);
+        if let Some(module) = cached {
+            return Ok(module);
+        }
+        // Compile outside the lock: two different modules compile in parallel.
+        let module =
+            Module::new(&self.engine, wasm).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        self.compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(key, wasm, module.clone());
+        Ok(module)
+    }
+
     /// A fresh instance of `module` for one worker, bound to a rule's actions and grant.
     pub fn instantiate(
         &self,
@@ -367,7 +443,7 @@ impl RuleRuntime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.deadline_ticks());
+        self.arm(&mut store)?;
         let instance = module.pre.instantiate(&mut store).map_err(|e| {
             if store.data().limits.exceeded {
                 LoadError::Start(format!(
@@ -385,7 +461,7 @@ impl RuleRuntime {
         let version: TypedFunc<(), i32> = instance
             .get_typed_func(&mut store, abi::EXPORT_ABI_VERSION)
             .map_err(|_| LoadError::MissingExport(abi::EXPORT_ABI_VERSION))?;
-        store.set_epoch_deadline(self.deadline_ticks());
+        self.arm(&mut store)?;
         let v = version
             .call(&mut store, ())
             .map_err(|e| LoadError::Start(format!("sluice_abi_version trapped: {e:#}")))?;
@@ -393,7 +469,7 @@ impl RuleRuntime {
             return Err(LoadError::AbiVersion(v));
         }
         if let Ok(init) = instance.get_typed_func::<(), i32>(&mut store, abi::EXPORT_INIT) {
-            store.set_epoch_deadline(self.deadline_ticks());
+            self.arm(&mut store)?;
             let status = init
                 .call(&mut store, ())
                 .map_err(|e| LoadError::Start(format!("sluice_init trapped: {e:#}")))?;
@@ -417,13 +493,33 @@ impl RuleRuntime {
             input_ptr: 0,
             input_cap: 0,
             deadline_ticks: self.deadline_ticks(),
+            fuel_budget: self.fuel_budget(),
+            last_fuel_used: 0,
             poisoned: false,
         })
     }
 
+    /// Gives `store` a fresh CPU budget and backstop deadline before a guest call.
+    fn arm(&self, store: &mut Store<HostState>) -> Result<(), LoadError> {
+        store.set_epoch_deadline(self.deadline_ticks());
+        store
+            .set_fuel(self.fuel_budget())
+            .map_err(|e| LoadError::Start(format!("cannot set the CPU budget: {e:#}")))
+    }
+
+    fn fuel_budget(&self) -> u64 {
+        let ms = u64::try_from(self.config.call_timeout.as_millis()).unwrap_or(u64::MAX);
+        ms.max(1).saturating_mul(FUEL_PER_MS)
+    }
+
     fn deadline_ticks(&self) -> u64 {
         let tick = self.config.epoch_tick.as_micros().max(1);
-        (self.config.call_timeout.as_micros().div_ceil(tick) as u64).max(1) + 1
+        let backstop =
+            self.config.call_timeout.as_micros() * u128::from(WALL_CLOCK_BACKSTOP_FACTOR);
+        u64::try_from(backstop.div_ceil(tick))
+            .unwrap_or(u64::MAX)
+            .max(1)
+            + 1
     }
 }
 
@@ -487,6 +583,8 @@ pub struct RuleInstance {
     input_ptr: u32,
     input_cap: u32,
     deadline_ticks: u64,
+    fuel_budget: u64,
+    last_fuel_used: u64,
     poisoned: bool,
 }
 
@@ -507,7 +605,13 @@ impl RuleInstance {
         })?;
         self.store.data_mut().call.begin(input);
         self.store.set_epoch_deadline(self.deadline_ticks);
-        let result = self.call_inner(input.payload, len);
+        let result = match self.store.set_fuel(self.fuel_budget) {
+            Ok(()) => self.call_inner(input.payload, len),
+            Err(e) => Err(e),
+        };
+        self.last_fuel_used = self
+            .fuel_budget
+            .saturating_sub(self.store.get_fuel().unwrap_or(0));
         let state = self.store.data_mut();
         let call = std::mem::take(&mut state.call);
         let exceeded = std::mem::replace(&mut state.limits.exceeded, false);
@@ -542,6 +646,12 @@ impl RuleInstance {
                 }
             }
         }
+    }
+
+    /// Fuel the last [`RuleInstance::call`] used: about how many Wasm instructions the rule ran,
+    /// a CPU cost that does not depend on what else the machine was doing.
+    pub fn last_fuel_used(&self) -> u64 {
+        self.last_fuel_used
     }
 
     /// True after a trap: the instance should be replaced before the next message.
@@ -1001,4 +1111,48 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    #[test]
+    fn the_compiled_cache_reuses_equal_bytes_and_evicts_the_least_recently_used() {
+        let engine = Engine::default();
+        let wat = |n: usize| format!("(module (func (export \"f{n}\")))").into_bytes();
+        let mut cache = CompiledCache::default();
+        for n in 0..COMPILED_CACHE_ENTRIES {
+            let bytes = wat(n);
+            let module = Module::new(&engine, &bytes).unwrap();
+            cache.put(CompiledCache::key(&bytes), &bytes, module);
+        }
+        // Touch module 0 so module 1 is now the least recently used.
+        let zero = wat(0);
+        assert!(cache.get(CompiledCache::key(&zero), &zero).is_some());
+        let extra = wat(999);
+        cache.put(
+            CompiledCache::key(&extra),
+            &extra,
+            Module::new(&engine, &extra).unwrap(),
+        );
+        assert_eq!(cache.entries.len(), COMPILED_CACHE_ENTRIES);
+        let one = wat(1);
+        assert!(
+            cache.get(CompiledCache::key(&one), &one).is_none(),
+            "LRU entry evicted"
+        );
+        assert!(cache.get(CompiledCache::key(&zero), &zero).is_some());
+        // Same hash, different bytes never match.
+        assert!(cache.get(CompiledCache::key(&zero), &one).is_none());
+    }
+
+    #[test]
+    fn loading_the_same_module_twice_gives_the_same_checks() {
+        let rt = RuleRuntime::new(SandboxConfig::default()).unwrap();
+        let missing = b"(module (memory (export \"memory\") 1))";
+        for _ in 0..2 {
+            assert!(matches!(rt.load(missing), Err(LoadError::MissingExport(_))));
+        }
+    }
 }

@@ -183,6 +183,8 @@ pub(crate) struct Catalog {
     pub queues: HashMap<i64, QueueState>,
     pub queue_ids: HashMap<String, i64>,
     pub topics: HashMap<String, TopicState>,
+    /// HTTP subscriptions and their pending pushes.
+    pub push: super::push::PushIndex,
 }
 
 /// How to undo one in-memory change.
@@ -204,6 +206,7 @@ pub(crate) enum Undo {
     QueueRemoved(Box<QueueState>),
     QueueAttrs(i64, QueueAttributes),
     Topics(HashMap<String, TopicState>),
+    Push(super::push::PushUndo),
 }
 
 /// The journaled mutations of a queue's index. Holds the journal and the set of queues whose
@@ -363,6 +366,7 @@ impl Catalog {
                     }
                 }
                 Undo::Topics(topics) => self.topics = topics,
+                Undo::Push(u) => self.push.undo(u),
             }
         }
     }

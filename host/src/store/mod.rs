@@ -25,8 +25,8 @@
 //!   sweep walks from the front.
 //! - A body is stored once: inline in the queue row when the message reaches one queue (a send,
 //!   or a topic with one matching subscription — the common case, one row per message), else in
-//!   `bodies` with a reference count that each queue row holds. Push deliveries (later) will hold
-//!   references the same way from their own per-subscription table.
+//!   `bodies` with a reference count that each queue row holds. Pending HTTP pushes hold
+//!   references the same way from `push_pending` (schema v2, see [`push`]).
 //! - The writer keeps, per queue, an **in-memory index**: the visible messages as a
 //!   `BTreeSet<u64>` of `priority << 58 | seq` (so the first element is the next to deliver:
 //!   priority 1 first, then oldest), and two `BTreeSet<(next_visible_ms, key)>` for in-flight and
@@ -72,6 +72,7 @@
 mod clock;
 mod error;
 mod index;
+pub mod push;
 mod read;
 mod receipt;
 mod schema;
@@ -80,6 +81,9 @@ mod writer;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod push_tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -90,6 +94,10 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::StoreError;
+pub use push::{
+    ContentFormat, HttpPush, NotifyStrategy, PushCreated, PushCycle, PushDelivery, PushOutcome,
+    PushResult, PushSignals, PushStatus, PushSubscription,
+};
 pub use types::{
     validate_name, DeadLetterOrigin, Endpoint, Message, PublishRequest, Published, QueueAttributes,
     QueueInfo, SendRequest, Sent, StoreOptions, SubscriptionInfo, SubscriptionSpec, Synchronous,
@@ -124,6 +132,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     db_path: PathBuf,
     size_cap: u32,
+    push_signals: Arc<push::PushSignals>,
 }
 
 impl Drop for Inner {
@@ -150,7 +159,15 @@ impl Store {
         let opened = schema::open(&paths, &opts)?;
         let notifiers: Notifiers = Arc::default();
         let (commit_tx, commit_rx) = watch::channel(0u64);
-        let (tx, thread) = writer::spawn(opened, &paths, &opts, notifiers.clone(), commit_tx)?;
+        let push_signals = Arc::new(push::PushSignals::default());
+        let (tx, thread) = writer::spawn(
+            opened,
+            &paths,
+            &opts,
+            notifiers.clone(),
+            commit_tx,
+            push_signals.clone(),
+        )?;
         Ok(Store {
             inner: Arc::new(Inner {
                 tx: Some(tx),
@@ -161,6 +178,7 @@ impl Store {
                 clock: opts.clock.clone(),
                 db_path: paths.db,
                 size_cap: opts.message_size_cap.clamp(1024, MAX_MESSAGE_SIZE_CAP),
+                push_signals,
             }),
         })
     }
@@ -242,6 +260,14 @@ impl Store {
         name: &str,
         spec: SubscriptionSpec,
     ) -> Result<bool> {
+        if let Endpoint::Http(_) = &spec.endpoint {
+            // The secret is generated and kept; callers that must show it use
+            // `create_push_subscription`.
+            return Ok(self
+                .create_push_subscription(topic, name, spec)
+                .await?
+                .created);
+        }
         validate_name("subscription_name", name)?;
         if let Some(tag) = &spec.filter_tag {
             types::validate_tag_and_attributes(Some(tag), &Default::default()).map_err(|_| {

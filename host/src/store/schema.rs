@@ -18,7 +18,7 @@ use super::types::{StoreOptions, StorePaths, Synchronous};
 pub(crate) type Migration = fn(&Transaction<'_>) -> rusqlite::Result<()>;
 
 /// Every schema step, oldest first.
-pub(crate) const MIGRATIONS: &[Migration] = &[migrate_v1];
+pub(crate) const MIGRATIONS: &[Migration] = &[migrate_v1, super::push::migrate_v2_push];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

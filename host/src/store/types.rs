@@ -260,15 +260,16 @@ pub(crate) fn validate_tag_and_attributes(
 
 /// Where a subscription delivers.
 ///
-/// Only queues for now; HTTP push (`Http { url, .. }`) is a later issue. Its per-subscription
-/// delivery state will live in its own table referencing the shared body rows (see the module
-/// doc), so adding it changes no existing row.
+/// HTTP subscriptions keep their per-message delivery state in their own table referencing the
+/// shared body rows (`store::push`), so they change no queue row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Endpoint {
     /// A sluice queue, by name; it must exist when the subscription is created.
     Queue(String),
+    /// An HTTP(S) endpoint pushed to by the `deliver` stage.
+    Http(super::push::HttpPush),
 }
 
 /// What a subscription is: its endpoint and filter.
@@ -320,6 +321,8 @@ pub struct Published {
     pub enqueue_time_ms: u64,
     /// How many queue subscriptions received it.
     pub queues: u32,
+    /// How many HTTP subscriptions will push it (their pending rows are in the same commit).
+    pub pushes: u32,
 }
 
 /// A message sent straight to a queue.
@@ -354,8 +357,11 @@ pub struct Sent {
 /// Where a dead-lettered message came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetterOrigin {
-    /// The queue it was moved out of.
+    /// The queue it was moved out of (for a push that ran out of retries: the topic).
     pub source_queue: String,
+    /// For a push that ran out of retries: the HTTP subscription of `source_queue` (the topic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_subscription: Option<String>,
     /// Its id there (the id is kept in the dead-letter queue too).
     pub original_id: String,
     /// Its dequeue count when moved.

@@ -29,6 +29,7 @@ use super::Notifiers;
 
 mod catalog;
 mod messages;
+mod push;
 mod retention;
 use crate::ids::{IdGenerator, MessageId};
 
@@ -72,6 +73,8 @@ pub(crate) enum OpKind {
     Peek(String, usize),
     Delete(String, Vec<String>),
     ChangeVisibility(String, String, u32),
+    /// HTTP push state (`store::push`).
+    Push(Box<super::push::PushOp>),
     Shutdown,
 }
 
@@ -91,6 +94,7 @@ pub(crate) enum Reply {
     Deleted(Vec<Result<()>>),
     Visibility(VisibilityChanged),
     Queues(Vec<QueueInfo>),
+    Push(Box<super::push::PushReply>),
 }
 
 impl Reply {
@@ -121,6 +125,7 @@ pub(crate) fn spawn(
     opts: &StoreOptions,
     notifiers: Notifiers,
     commit_tx: watch::Sender<u64>,
+    push_signals: Arc<super::push::PushSignals>,
 ) -> Result<(mpsc::Sender<Op>, std::thread::JoinHandle<()>)> {
     let Opened { conn, lock } = opened;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -143,6 +148,7 @@ pub(crate) fn spawn(
         missing_dlq_warned: HashSet::new(),
         full: false,
     };
+    w.cat.push.signals = push_signals;
     w.load().map_err(|e| w.classify(e))?;
     let (tx, rx) = mpsc::channel(w.max_batch);
     let handle = std::thread::Builder::new()
@@ -399,7 +405,8 @@ impl Writer {
                 t.subs.insert(name, SubState { id, spec });
             }
         }
-        Ok(())
+        drop(stmt);
+        self.push_load(now)
     }
 
     // ----- the loop -----
@@ -538,6 +545,7 @@ impl Writer {
                     self.commit_tx.send_replace(self.commit_no);
                 }
                 self.notify();
+                self.cat.push.signal();
                 for (reply, result, receive_queue) in pending {
                     if let Err(Ok(Reply::Received { messages, .. })) = reply.send(result) {
                         // The receiver went away after the claim committed: give the messages
@@ -700,6 +708,7 @@ impl Writer {
             OpKind::ChangeVisibility(queue, handle, secs) => self
                 .change_visibility(&queue, &handle, secs, now)
                 .map(Reply::Visibility),
+            OpKind::Push(op) => self.apply_push(*op, now).map(|r| Reply::Push(Box::new(r))),
             OpKind::GetQueue(_)
             | OpKind::ListQueues
             | OpKind::Peek(..)

@@ -27,8 +27,9 @@ struct Alert<'a> {
 }
 
 /// The rule: filter on temperature, project three fields.
+#[sluice_guest::rule]
 pub fn overheat(msg: &Message) -> Outcome {
-    let Ok(reading) = serde_json::from_slice::<Reading>(msg.payload()) else {
+    let Ok(reading) = msg.json::<Reading>() else {
         // Not JSON, or a field of the wrong type: not an overheat reading.
         return Outcome::Drop;
     };
@@ -47,11 +48,12 @@ pub fn overheat(msg: &Message) -> Outcome {
     };
     match sluice_guest::forward(TARGET_TOPIC, &body) {
         Ok(()) => Outcome::Ok,
-        Err(status) => Outcome::Fail(format!("forward to {TARGET_TOPIC} refused: {}", status.name())),
+        Err(status) => Outcome::Fail(format!(
+            "forward to {TARGET_TOPIC} refused: {}",
+            status.name()
+        )),
     }
 }
-
-sluice_guest::export_rule!(overheat);
 
 #[cfg(test)]
 mod tests {
@@ -92,7 +94,12 @@ mod tests {
             br#"{"temperature":"hot"}"#,
         ] {
             let (outcome, host) = testing::run(host(), payload, overheat);
-            assert_eq!(outcome, Outcome::Drop, "{}", String::from_utf8_lossy(payload));
+            assert_eq!(
+                outcome,
+                Outcome::Drop,
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
             assert!(host.decisions.is_empty());
         }
     }

@@ -2,4 +2,12 @@
 //! HTTP) on free loopback ports with a temporary data directory.
 
 mod common;
+mod push;
+mod rules_wasm;
 mod skeleton;
+mod store_backpressure;
+mod store_bad_input;
+mod store_crash;
+mod store_migration;
+mod store_queue_api;
+mod store_util;

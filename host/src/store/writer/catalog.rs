@@ -35,6 +35,10 @@ impl Writer {
             return Ok(false);
         };
         let id = t.id;
+        let push_subs: Vec<i64> = t.subs.values().map(|s| s.id).collect();
+        for sub in push_subs {
+            self.push_forget(sub)?;
+        }
         self.conn
             .prepare_cached("DELETE FROM subscriptions WHERE topic_id = ?1")?
             .execute([id])?;
@@ -143,8 +147,7 @@ impl Writer {
         let mut sub_ids = Vec::new();
         for t in self.cat.topics.values() {
             for s in t.subs.values() {
-                let Endpoint::Queue(q) = &s.spec.endpoint;
-                if q == name {
+                if matches!(&s.spec.endpoint, Endpoint::Queue(q) if q == name) {
                     sub_ids.push(s.id);
                 }
             }
@@ -212,11 +215,21 @@ impl Writer {
                 })
             };
         }
-        let Endpoint::Queue(queue) = &spec.endpoint;
-        if !self.cat.queue_ids.contains_key(queue) {
-            return Err(StoreError::QueueNotExist {
-                name: queue.clone(),
-            });
+        match &spec.endpoint {
+            Endpoint::Queue(queue) => {
+                if !self.cat.queue_ids.contains_key(queue) {
+                    return Err(StoreError::QueueNotExist {
+                        name: queue.clone(),
+                    });
+                }
+            }
+            // Created through `push_create`, which adds the secret and the push state.
+            Endpoint::Http(_) => {
+                return Err(StoreError::invalid(
+                    "http",
+                    "HTTP subscriptions are created with Store::create_push_subscription",
+                ))
+            }
         }
         let topic_id = t.id;
         let json = serde_json::to_string(&spec).map_err(|e| StoreError::Internal(e.to_string()))?;
@@ -244,6 +257,7 @@ impl Writer {
             return Ok(false);
         };
         let id = s.id;
+        self.push_forget(id)?;
         self.conn
             .prepare_cached("DELETE FROM subscriptions WHERE id = ?1")?
             .execute([id])?;

@@ -68,30 +68,31 @@ impl Writer {
                 .ok_or_else(|| StoreError::TopicNotExist {
                     name: topic.clone(),
                 })?;
-            let subs: Vec<(i64, bool)> = t
-                .subs
-                .values()
-                .filter(|s| match &s.spec.filter_tag {
-                    None => true,
-                    Some(f) => req.tag.as_deref() == Some(f.as_str()),
-                })
-                .filter_map(|s| {
-                    let Endpoint::Queue(q) = &s.spec.endpoint;
-                    self.cat
-                        .queue_ids
-                        .get(q)
-                        .map(|&id| (id, s.spec.base64_body))
-                })
-                .collect();
-            targets.push(subs);
+            let matching = t.subs.values().filter(|s| match &s.spec.filter_tag {
+                None => true,
+                Some(f) => req.tag.as_deref() == Some(f.as_str()),
+            });
+            let mut subs: Vec<(i64, bool)> = Vec::new();
+            let mut pushes: Vec<i64> = Vec::new();
+            for s in matching {
+                match &s.spec.endpoint {
+                    Endpoint::Queue(q) => {
+                        if let Some(&id) = self.cat.queue_ids.get(q) {
+                            subs.push((id, s.spec.base64_body));
+                        }
+                    }
+                    Endpoint::Http(_) => pushes.push(s.id),
+                }
+            }
+            targets.push((subs, pushes));
         }
         let mut out = Vec::with_capacity(items.len());
-        for ((_, req), subs) in items.iter().zip(targets) {
+        for ((_, req), (subs, pushes)) in items.iter().zip(targets) {
             let id = self.ids.next_at(now);
             let id_text = id.to_string();
             let md5 = md5_of(&req.body);
             let attributes = attributes_json(&req.attributes)?;
-            let raw_targets = subs.iter().filter(|(_, b64)| !b64).count();
+            let raw_targets = subs.iter().filter(|(_, b64)| !b64).count() + pushes.len();
             let shared = if raw_targets >= 2 {
                 self.conn
                     .prepare_cached("INSERT INTO bodies (refs, body) VALUES (?1, ?2)")?
@@ -127,11 +128,28 @@ impl Writer {
                     w.insert_row(q, &row, now)
                 })?;
             }
+            for &sub in &pushes {
+                let body = match shared {
+                    Some(b) => BodyRef::Shared(b),
+                    None => BodyRef::Inline(&req.body[..]),
+                };
+                let row = NewRow {
+                    message_id: &id_text,
+                    md5: &md5,
+                    tag: req.tag.as_deref(),
+                    attributes: attributes.as_deref(),
+                    priority: DEFAULT_PRIORITY,
+                    delay_s: 0,
+                    body,
+                };
+                self.push_insert(sub, &row, now)?;
+            }
             out.push(Published {
                 id,
                 body_md5: md5_hex(&md5),
                 enqueue_time_ms: now,
                 queues: subs.len() as u32,
+                pushes: pushes.len() as u32,
             });
         }
         Ok(out)
@@ -329,6 +347,7 @@ impl Writer {
             .query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         let origin = DeadLetterOrigin {
             source_queue: q.name.clone(),
+            source_subscription: None,
             original_id: message_id.clone(),
             dequeue_count: count as u32,
             original_enqueue_time_ms: enqueued as u64,
@@ -480,8 +499,9 @@ impl Writer {
         secs: u32,
         now: u64,
     ) -> Result<VisibilityChanged> {
-        let receipt = Receipt::decode(handle)?;
+        // The queue first, as for delete: an unknown queue is `QueueNotExist` whatever the handle.
         let id = self.queue_id(queue)?;
+        let receipt = Receipt::decode(handle)?;
         self.with_queue(id, |w, q| {
             let st = match w.lease(q, receipt, now)? {
                 Lease::Held(st) => st,

@@ -141,6 +141,11 @@ impl Sluice {
         let _ = child.wait();
     }
 
+    /// The process id (for `/proc/<pid>/status` and signals).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
     /// What the process wrote to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()

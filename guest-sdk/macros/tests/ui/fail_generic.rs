@@ -1,0 +1,8 @@
+use sluice_guest::{Message, Outcome};
+
+#[sluice_guest::rule]
+fn rule<T: Default>(_msg: &Message<'_>) -> Outcome {
+    Outcome::Ok
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[sluice_guest::rule]
+struct Rule;
+
+fn main() {}

@@ -1,0 +1,261 @@
+//! The load: simulated devices publishing JSON telemetry at QoS 1, and consumers draining the
+//! queue over the HTTP API. Every message carries its device, sequence number and send time,
+//! so the consumers measure end-to-end latency and the report can prove nothing was lost.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// Counters shared by devices, consumers and the progress display.
+#[derive(Debug)]
+pub struct Stats {
+    /// Publishes acknowledged by the server (PUBACK).
+    pub acked: AtomicU64,
+    /// Messages received and deleted by consumers.
+    pub consumed: AtomicU64,
+    /// Messages received twice.
+    pub duplicates: AtomicU64,
+    /// Device connection errors.
+    pub device_errors: AtomicU64,
+    /// Acknowledged count per device: acks arrive in order, so device `d` had seqs
+    /// `0..acked_by_device[d]` acknowledged.
+    pub acked_by_device: Vec<AtomicU64>,
+    /// End-to-end latency, microseconds.
+    pub latency_us: Mutex<Histogram<u64>>,
+    seen: Mutex<Vec<Vec<u64>>>,
+}
+
+impl Stats {
+    /// Stats for `devices` devices.
+    pub fn new(devices: usize) -> Arc<Stats> {
+        Arc::new(Stats {
+            acked: AtomicU64::new(0),
+            consumed: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            device_errors: AtomicU64::new(0),
+            acked_by_device: (0..devices).map(|_| AtomicU64::new(0)).collect(),
+            latency_us: Mutex::new(
+                Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"),
+            ),
+            seen: Mutex::new(vec![Vec::new(); devices]),
+        })
+    }
+
+    fn mark_seen(&self, device: usize, seq: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(bits) = seen.get_mut(device) else {
+            return;
+        };
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if bits.len() <= word {
+            bits.resize(word + 1, 0);
+        }
+        if bits[word] & (1 << bit) != 0 {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+        bits[word] |= 1 << bit;
+    }
+
+    /// Acknowledged publishes that no consumer received.
+    pub fn lost(&self) -> u64 {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lost = 0;
+        for (d, acked) in self.acked_by_device.iter().enumerate() {
+            let n = acked.load(Ordering::Relaxed);
+            for seq in 0..n {
+                let (word, bit) = ((seq / 64) as usize, seq % 64);
+                let hit = seen[d].get(word).is_some_and(|w| w & (1 << bit) != 0);
+                if !hit {
+                    lost += 1;
+                }
+            }
+        }
+        lost
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts `devices` devices against `host:port`. They publish until `stop` is cancelled, then
+/// wait (up to 10 s) for their outstanding acks. `rate` is the total messages/s (None = flat out).
+pub fn start_devices(
+    host: &str,
+    port: u16,
+    devices: usize,
+    rate: Option<u64>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let run_id: u32 = rand::random();
+    (0..devices)
+        .map(|d| {
+            let host = host.to_string();
+            let stats = stats.clone();
+            let stop = stop.clone();
+            let interval = rate.map(|r| Duration::from_secs_f64(devices as f64 / r.max(1) as f64));
+            tokio::spawn(async move {
+                device(d, run_id, &host, port, interval, stats, stop).await;
+            })
+        })
+        .collect()
+}
+
+async fn device(
+    d: usize,
+    run_id: u32,
+    host: &str,
+    port: u16,
+    interval: Option<Duration>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    let mut opts = MqttOptions::new(format!("bench-{run_id:08x}-{d}"), host, port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_clean_session(true);
+    opts.set_inflight(64);
+    let (client, mut eventloop) = AsyncClient::new(opts, 128);
+    let sent = Arc::new(AtomicU64::new(0));
+    let publisher = {
+        let sent = sent.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let topic = format!("/bench/dev{d}/user/update");
+            let mut next = tokio::time::Instant::now();
+            let mut seq = 0u64;
+            while !stop.is_cancelled() {
+                if let Some(interval) = interval {
+                    next += interval;
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(next) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                }
+                let payload = format!(
+                    "{{\"temperature\":40.5,\"humidity\":51,\"location\":{{\"d\":{d},\"s\":{seq},\"t\":{}}}}}",
+                    now_us()
+                );
+                tokio::select! {
+                    r = client.publish(topic.as_str(), QoS::AtLeastOnce, false, payload) => {
+                        if r.is_err() { break; }
+                    }
+                    _ = stop.cancelled() => break,
+                }
+                seq += 1;
+                sent.store(seq, Ordering::Relaxed);
+            }
+            client
+        })
+    };
+    let mut acked = 0u64;
+    let mut draining_since: Option<tokio::time::Instant> = None;
+    loop {
+        if stop.is_cancelled() {
+            let since = *draining_since.get_or_insert_with(tokio::time::Instant::now);
+            if acked >= sent.load(Ordering::Relaxed) && publisher.is_finished()
+                || since.elapsed() > Duration::from_secs(10)
+            {
+                break;
+            }
+        }
+        match tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                acked += 1;
+                stats.acked_by_device[d].store(acked, Ordering::Relaxed);
+                stats.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Ok(_)) | Err(_) => {}
+            Ok(Err(e)) => {
+                stats.device_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("bench device {d}: {e}");
+                break;
+            }
+        }
+    }
+    publisher.abort();
+}
+
+/// Starts `n` consumers that receive from `queue` and delete what they received, until `stop`.
+pub fn start_consumers(
+    http: &str,
+    queue: &str,
+    n: usize,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("HTTP client");
+    (0..n)
+        .map(|_| {
+            let client = client.clone();
+            let base = format!("{http}/v1/queues/{queue}/messages");
+            let stats = stats.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    if let Err(e) = consume_once(&client, &base, &stats).await {
+                        tracing::warn!("bench consumer: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+async fn consume_once(
+    client: &reqwest::Client,
+    base: &str,
+    stats: &Stats,
+) -> Result<(), reqwest::Error> {
+    let v: Value = client
+        .get(format!("{base}?max=16&wait_seconds=1"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let now = now_us();
+    let messages = v["messages"].as_array().cloned().unwrap_or_default();
+    let mut receipts = Vec::with_capacity(messages.len());
+    {
+        let mut hist = stats.latency_us.lock().unwrap_or_else(|e| e.into_inner());
+        for m in &messages {
+            if let Some(r) = m["receipt_handle"].as_str() {
+                receipts.push(r.to_string());
+            }
+            let body: Value = m["body"]
+                .as_str()
+                .and_then(|b| serde_json::from_str(b).ok())
+                .unwrap_or(Value::Null);
+            let loc = &body["location"];
+            if let (Some(d), Some(s), Some(t)) =
+                (loc["d"].as_u64(), loc["s"].as_u64(), loc["t"].as_u64())
+            {
+                let _ = hist.record(now.saturating_sub(t).max(1));
+                stats.mark_seen(d as usize, s);
+            }
+        }
+    }
+    let deletes = receipts
+        .iter()
+        .map(|r| client.delete(format!("{base}/{r}")).send());
+    for r in futures_util::future::join_all(deletes).await {
+        r?.error_for_status()?;
+    }
+    stats
+        .consumed
+        .fetch_add(messages.len() as u64, Ordering::Relaxed);
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! `sluice bench`: a built-in load generator and report. Devices publish JSON telemetry over
+//! MQTT at QoS 1, a rule forwards it to a topic, consumers drain the queue over HTTP; the report
+//! gives ingest, output and consume rates, end-to-end latency percentiles, the server's CPU and
+//! peak memory, and how many acknowledged messages were lost (must be 0). `--baseline` measures
+//! sluice's own MQTT ingest with rules and storage switched off, in the same run, for a ratio.
+
+mod load;
+mod server;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::output;
+use load::Stats;
+use server::Target;
+
+/// Flags of `sluice bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// How long devices publish, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub duration: u64,
+    /// Total publishes per second across all devices [default: flat out].
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Simulated devices (one MQTT connection each).
+    #[arg(long, default_value_t = 100)]
+    pub devices: usize,
+    /// Also measure ingest alone (rules and storage off) and report the ratio.
+    #[arg(long)]
+    pub baseline: bool,
+    /// Publish to this MQTT broker (an external-broker sluice, or a running sluice's listener)
+    /// instead of starting a server: host:port.
+    #[arg(long)]
+    pub mqtt: Option<String>,
+    /// The queue the consumers drain.
+    #[arg(long, default_value = "alerts-q")]
+    pub queue: String,
+    /// Concurrent HTTP consumers.
+    #[arg(long, default_value_t = 4)]
+    pub consumers: usize,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Worst.
+    pub max: f64,
+}
+
+/// The report; the field names are design.md's bench JSON convention.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// QoS 1 publishes acknowledged per second.
+    pub ingested_per_sec: f64,
+    /// Rule outputs committed per second.
+    pub outputs_per_sec: f64,
+    /// Messages received and deleted per second.
+    pub consumed_per_sec: f64,
+    /// End-to-end latency, publish -> consumer.
+    pub latency_ms: Latency,
+    /// Ingest alone (with `--baseline`).
+    pub baseline_per_sec: Option<f64>,
+    /// `ingested_per_sec / baseline_per_sec`.
+    pub ratio_to_baseline: Option<f64>,
+    /// Acknowledged publishes never received.
+    pub lost: u64,
+    /// Messages received more than once.
+    pub duplicates: u64,
+    /// Server CPU use while loaded, in percent of one core.
+    pub server_cpu_percent: Option<f64>,
+    /// Server peak resident memory.
+    pub server_peak_rss_bytes: Option<u64>,
+    /// Publishing time, seconds.
+    pub duration_seconds: f64,
+    /// Devices.
+    pub devices: usize,
+    /// Offered rate, if paced.
+    pub offered_rate: Option<u64>,
+}
+
+struct Measured {
+    acked: u64,
+    consumed: u64,
+    outputs: u64,
+    elapsed: f64,
+    stats: Arc<Stats>,
+    cpu_percent: Option<f64>,
+    peak_rss: Option<u64>,
+}
+
+/// Runs the bench against `server` (a URL) or a server of its own.
+pub async fn run(args: BenchArgs, server: Option<String>, as_json: bool) -> anyhow::Result<()> {
+    let baseline = if args.baseline {
+        eprintln!(
+            "baseline: MQTT ingest alone (rules and storage off) for {} s",
+            args.duration
+        );
+        let target = Target::spawn("baseline", &["--ingest-only"])?;
+        let m = measure(&target, &args, false, "baseline").await?;
+        Some(m.acked as f64 / m.elapsed)
+    } else {
+        None
+    };
+    let target = match (server, &args.mqtt) {
+        (None, None) => Target::spawn("pipeline", &[])?,
+        (server, mqtt) => {
+            let http = server.unwrap_or_else(|| super::client::DEFAULT_SERVER.to_string());
+            let mqtt = mqtt.clone().unwrap_or_else(|| "127.0.0.1:1883".into());
+            let (host, port) = mqtt
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .ok_or_else(|| anyhow::anyhow!("--mqtt {mqtt}: write HOST:PORT"))?;
+            Target::existing(http, host, port)
+        }
+    };
+    eprintln!(
+        "pipeline: {} devices, QoS 1 -> rule -> queue {} -> {} consumers, for {} s",
+        args.devices, args.queue, args.consumers, args.duration
+    );
+    let m = measure(&target, &args, true, "pipeline").await?;
+    let hist = m
+        .stats
+        .latency_us
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let ingested = m.acked as f64 / m.elapsed;
+    let report = Report {
+        ingested_per_sec: ingested,
+        outputs_per_sec: m.outputs as f64 / m.elapsed,
+        consumed_per_sec: m.consumed as f64 / m.elapsed,
+        latency_ms: Latency {
+            p50: ms(0.50),
+            p90: ms(0.90),
+            p99: ms(0.99),
+            max: hist.max() as f64 / 1000.0,
+        },
+        baseline_per_sec: baseline,
+        ratio_to_baseline: baseline.map(|b| ingested / b),
+        lost: m.stats.lost(),
+        duplicates: m.stats.duplicates.load(Ordering::Relaxed),
+        server_cpu_percent: m.cpu_percent,
+        server_peak_rss_bytes: m.peak_rss,
+        duration_seconds: m.elapsed,
+        devices: args.devices,
+        offered_rate: args.rate,
+    };
+    print_report(&report, as_json);
+    if report.lost > 0 {
+        anyhow::bail!("{} acknowledged messages were lost", report.lost);
+    }
+    Ok(())
+}
+
+async fn measure(
+    target: &Target,
+    args: &BenchArgs,
+    with_consumers: bool,
+    label: &str,
+) -> anyhow::Result<Measured> {
+    let http = reqwest::Client::new();
+    let outputs_before = rule_outputs(&http, &target.http).await;
+    let stats = Stats::new(args.devices);
+    let stop_devices = CancellationToken::new();
+    let stop_consumers = CancellationToken::new();
+    let consumers = if with_consumers {
+        load::start_consumers(
+            &target.http,
+            &args.queue,
+            args.consumers,
+            stats.clone(),
+            stop_consumers.clone(),
+        )
+    } else {
+        Vec::new()
+    };
+    let cpu_before = target.cpu_seconds();
+    let started = Instant::now();
+    let devices = load::start_devices(
+        &target.mqtt_host,
+        target.mqtt_port,
+        args.devices,
+        args.rate,
+        stats.clone(),
+        stop_devices.clone(),
+    );
+    let progress = indicatif::ProgressBar::new(args.duration);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len}s {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    progress.set_prefix(label.to_string());
+    let (mut last_acked, mut last_consumed) = (0, 0);
+    for _ in 0..args.duration {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let acked = stats.acked.load(Ordering::Relaxed);
+        let consumed = stats.consumed.load(Ordering::Relaxed);
+        progress.inc(1);
+        progress.set_message(format!(
+            "in {:>7}/s  consumed {:>7}/s",
+            acked - last_acked,
+            consumed - last_consumed
+        ));
+        (last_acked, last_consumed) = (acked, consumed);
+    }
+    stop_devices.cancel();
+    let elapsed = started.elapsed().as_secs_f64();
+    let acked_at_stop = stats.acked.load(Ordering::Relaxed);
+    let consumed_at_stop = stats.consumed.load(Ordering::Relaxed);
+    let cpu_after = target.cpu_seconds();
+    for d in devices {
+        let _ = d.await;
+    }
+    progress.finish_and_clear();
+    let outputs = rule_outputs(&http, &target.http)
+        .await
+        .saturating_sub(outputs_before);
+    if with_consumers {
+        // Drain what was acknowledged, so the loss check sees everything.
+        let mut last = stats.consumed.load(Ordering::Relaxed);
+        let mut quiet_since = Instant::now();
+        while stats.consumed.load(Ordering::Relaxed) < stats.acked.load(Ordering::Relaxed)
+            && quiet_since.elapsed() < Duration::from_secs(15)
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = stats.consumed.load(Ordering::Relaxed);
+            if now != last {
+                last = now;
+                quiet_since = Instant::now();
+            }
+        }
+        stop_consumers.cancel();
+        for c in consumers {
+            let _ = c.await;
+        }
+    }
+    let cpu_percent = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) => Some((b - a) / elapsed * 100.0),
+        _ => None,
+    };
+    Ok(Measured {
+        acked: acked_at_stop,
+        consumed: consumed_at_stop,
+        outputs,
+        elapsed,
+        stats,
+        cpu_percent,
+        peak_rss: target.peak_rss_bytes(),
+    })
+}
+
+/// Sum of the running rules' committed outputs, from the API.
+async fn rule_outputs(http: &reqwest::Client, base: &str) -> u64 {
+    let Ok(r) = http.get(format!("{base}/v1/rules")).send().await else {
+        return 0;
+    };
+    let v: serde_json::Value = r.json().await.unwrap_or_default();
+    v["rules"]
+        .as_array()
+        .map(|rules| {
+            rules
+                .iter()
+                .filter_map(|r| r["counters"]["outputs"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn print_report(r: &Report, as_json: bool) {
+    if as_json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        return;
+    }
+    let rate = |v: f64| format!("{v:.0} /s");
+    let mut rows = vec![
+        vec!["ingested (QoS 1, acked)".into(), rate(r.ingested_per_sec)],
+        vec!["rule outputs committed".into(), rate(r.outputs_per_sec)],
+        vec![
+            "consumed (received + deleted)".into(),
+            rate(r.consumed_per_sec),
+        ],
+        vec![
+            "latency p50 / p90 / p99 / max".into(),
+            format!(
+                "{:.1} / {:.1} / {:.1} / {:.1} ms",
+                r.latency_ms.p50, r.latency_ms.p90, r.latency_ms.p99, r.latency_ms.max
+            ),
+        ],
+    ];
+    if let (Some(b), Some(ratio)) = (r.baseline_per_sec, r.ratio_to_baseline) {
+        rows.push(vec!["baseline: ingest alone".into(), rate(b)]);
+        rows.push(vec!["pipeline / baseline".into(), format!("{ratio:.2}x")]);
+    }
+    if let Some(cpu) = r.server_cpu_percent {
+        rows.push(vec!["server CPU".into(), format!("{cpu:.0} % of a core")]);
+    }
+    if let Some(rss) = r.server_peak_rss_bytes {
+        rows.push(vec![
+            "server peak RSS".into(),
+            format!("{:.1} MiB", rss as f64 / 1048576.0),
+        ]);
+    }
+    rows.push(vec!["lost (must be 0)".into(), r.lost.to_string()]);
+    rows.push(vec!["duplicates".into(), r.duplicates.to_string()]);
+    output::table(&["measure", "value"], rows, "");
+}
