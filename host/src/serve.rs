@@ -48,10 +48,10 @@ pub enum ServeError {
         source: std::io::Error,
     },
     /// The MQTT listener failed to start.
-    #[error("MQTT: {0}")]
+    #[error("MQTT")]
     Ingest(#[from] crate::ingest::IngestError),
     /// The store could not be opened.
-    #[error("store: {0}")]
+    #[error("store")]
     Store(#[from] StoreError),
     /// The rule catalog could not be opened.
     #[error(transparent)]

@@ -42,6 +42,13 @@ const SWEEP_ROWS: i64 = 512;
 const MAX_IDLE: Duration = Duration::from_secs(60);
 /// Prepared statements kept per connection: each queue has about ten.
 const STATEMENT_CACHE: usize = 512;
+/// At `synchronous=FULL`, the longest the writer waits for the requesters it just answered to
+/// come back before it starts the next batch (and never more than an eighth of the last
+/// commit's time). Without it, N concurrent requesters split into two groups that commit
+/// alternately (those answered by commit k are still resubmitting when commit k+1 starts),
+/// halving the messages per fsync: measured 37.5 of 64 publishers per commit with a ~3.8 ms
+/// fsync.
+const GATHER_AT_FULL: Duration = Duration::from_micros(200);
 
 /// A request to the writer with its answer channel.
 pub(crate) struct Op {
@@ -136,6 +143,12 @@ pub(crate) fn spawn(
         clock: opts.clock.clone(),
         ids: IdGenerator::new(opts.node_id),
         max_batch: opts.max_batch_requests.max(1),
+        gather: match opts.synchronous {
+            super::types::Synchronous::Full => GATHER_AT_FULL,
+            super::types::Synchronous::Normal => Duration::ZERO,
+        },
+        last_batch: 0,
+        last_commit: Duration::ZERO,
         cat: Catalog::default(),
         undo: Vec::new(),
         wake: HashSet::new(),
@@ -169,6 +182,12 @@ struct Writer {
     clock: Arc<dyn Clock>,
     ids: IdGenerator,
     max_batch: usize,
+    /// [`GATHER_AT_FULL`] at `synchronous=FULL`, else zero (a NORMAL commit is too cheap).
+    gather: Duration,
+    /// Requests in the previous batch.
+    last_batch: usize,
+    /// How long the previous batch took, commit included.
+    last_commit: Duration,
     cat: Catalog,
     undo: Vec<Undo>,
     /// Queues whose waiters are woken after the commit.
@@ -439,7 +458,23 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if let Some(reply) = self.run_batch(batch) {
+            // Several requesters are active: give the ones answered by the last commit a moment
+            // to come back, so one fsync serves them all (see GATHER_AT_FULL).
+            if batch.len() >= 2 && !self.gather.is_zero() {
+                let target = (batch.len() + self.last_batch).min(self.max_batch);
+                let until = std::time::Instant::now() + self.gather.min(self.last_commit / 8);
+                while batch.len() < target && std::time::Instant::now() < until {
+                    match rx.try_recv() {
+                        Ok(op) => batch.push(op),
+                        Err(_) => std::thread::yield_now(),
+                    }
+                }
+            }
+            self.last_batch = batch.len();
+            let started = std::time::Instant::now();
+            let shutdown = self.run_batch(batch);
+            self.last_commit = started.elapsed();
+            if let Some(reply) = shutdown {
                 rx.close();
                 while let Ok(op) = rx.try_recv() {
                     let _ = op.reply.send(Err(StoreError::Closed));
