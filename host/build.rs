@@ -39,6 +39,12 @@ const MODULES: &[(&str, &str, &str)] = &[
         "sluice_rule_stamp_v2",
         "SLUICE_STAMP_V2_WASM",
     ),
+    // The SQL compiler's runtime: re-encoded into every compiled SQL rule.
+    (
+        "sluice-sql-runtime",
+        "sluice_sql_runtime",
+        "SLUICE_SQL_RUNTIME_WASM",
+    ),
 ];
 
 fn main() {
@@ -46,7 +52,7 @@ fn main() {
     let root = manifest_dir
         .parent()
         .expect("host/ sits in the workspace root");
-    for dir in ["guest-sdk", "rules-examples"] {
+    for dir in ["guest-sdk", "rules-examples", "host/sql-runtime"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!(

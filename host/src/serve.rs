@@ -185,6 +185,11 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
                 let mut cfg = ExternalConfig::new(url.clone(), client_id.clone());
                 cfg.filters = engine.running_filters();
                 let (broker, handle) = ExternalBroker::new(cfg)?;
+                tokio::spawn(follow_rule_filters(
+                    engine.clone(),
+                    handle.clone(),
+                    shutdown.clone(),
+                ));
                 (
                     Arc::new(ExternalRepublisher {
                         handle,
@@ -281,6 +286,35 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     store.close().await?;
     tracing::info!("sluice stopped cleanly");
     Ok(())
+}
+
+/// Keeps the external broker subscribed to exactly the running rules' FROM filters as rules are
+/// created, started, stopped and deleted. It compares in-memory sets once a second, which costs
+/// nothing measurable and needs no hook in the rules stage.
+async fn follow_rule_filters(
+    engine: Arc<RuleEngine>,
+    handle: crate::ingest::ExternalHandle,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let want = engine.running_filters();
+        let have = handle.filters();
+        for filter in want.iter().filter(|f| !have.contains(f)) {
+            if let Err(e) = handle.add_filter(filter).await {
+                tracing::warn!(filter = %filter, "cannot subscribe at the external broker: {e}");
+            }
+        }
+        for filter in have.iter().filter(|f| !want.contains(f)) {
+            if let Err(e) = handle.remove_filter(filter).await {
+                tracing::warn!(filter = %filter, "cannot unsubscribe at the external broker: {e}");
+            }
+        }
+    }
 }
 
 /// The bench baseline's sink: acknowledges every message at once, keeps nothing.

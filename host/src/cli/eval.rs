@@ -68,18 +68,19 @@ pub fn run(args: EvalArgs) -> anyhow::Result<u8> {
         "binary" => DataType::Binary,
         other => anyhow::bail!("--data-type {other}: use json or binary"),
     };
-    let (wasm, from_filter) = match (&args.sql, &args.wasm) {
+    let (wasm, from_filter, raw_output) = match (&args.sql, &args.wasm) {
         (Some(path), _) => {
             let sql = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
             let compiled = crate::rules::compile_sql(&sql, data_type)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            (compiled.wasm, compiled.from_filter)
+            (compiled.wasm, compiled.from_filter, compiled.raw_output)
         }
         (None, Some(path)) => (
             std::fs::read(path)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
             String::new(),
+            false,
         ),
         (None, None) => anyhow::bail!("give the rule with --sql FILE or --wasm FILE"),
     };
@@ -153,17 +154,27 @@ pub fn run(args: EvalArgs) -> anyhow::Result<u8> {
                     Target::Republish { topic, .. } => ("republish", Value::String(topic)),
                     Target::Output => ("forward", Value::String("output".into())),
                 };
-                let payload = match data_type {
-                    DataType::Binary => {
-                        Value::String(base64::engine::general_purpose::STANDARD.encode(&d.payload))
-                    }
-                    DataType::Json => serde_json::from_slice(&d.payload).unwrap_or_else(|_| {
-                        Value::String(String::from_utf8_lossy(&d.payload).into_owned())
-                    }),
+                // JSON output verbatim (its key order is the SELECT order); raw bytes (a binary
+                // rule's `SELECT *`, or anything that is not JSON from a binary rule) as base64.
+                let is_json = !(raw_output && data_type == DataType::Binary)
+                    && serde_json::from_slice::<serde::de::IgnoredAny>(&d.payload).is_ok();
+                let payload = if is_json && !d.payload.contains(&b'\n') {
+                    String::from_utf8_lossy(&d.payload).into_owned()
+                } else if is_json {
+                    serde_json::from_slice::<Value>(&d.payload)
+                        .map(|v| v.to_string())
+                        .unwrap_or_default()
+                } else if data_type == DataType::Binary {
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(&d.payload))
+                        .to_string()
+                } else {
+                    Value::String(String::from_utf8_lossy(&d.payload).into_owned()).to_string()
                 };
                 println!(
-                    "{}",
-                    json!({"kind": kind, "target": target, "payload": payload})
+                    "{{\"kind\":{},\"target\":{},\"payload\":{}}}",
+                    Value::String(kind.into()),
+                    target,
+                    payload.trim()
                 );
             }
             Ok(0)

@@ -10,6 +10,7 @@ pub mod output;
 pub mod queue;
 pub mod rule;
 pub mod serve;
+pub mod sql;
 pub mod sub;
 pub mod topic;
 
@@ -47,6 +48,9 @@ pub enum Command {
     /// Rules: create, start, stop, ...
     #[command(subcommand)]
     Rule(rule::RuleCommand),
+    /// Rule SQL: compile to a Wasm module offline.
+    #[command(subcommand)]
+    Sql(sql::SqlCommand),
     /// Load-test a sluice: devices over MQTT -> rule -> queue -> consumers, with a report.
     Bench(bench::BenchArgs),
     /// Copy the store to FILE (0600) with SQLite's online backup, from the running server or
@@ -63,6 +67,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(cmd) => topic::run_topic(cmd, &client, cli.json).await,
         Command::Sub(cmd) => sub::run(cmd, &client, cli.json).await,
         Command::Rule(cmd) => rule::run(cmd, &client, cli.json).await,
+        Command::Sql(cmd) => sql::run(cmd, cli.json),
         Command::Bench(args) => bench::run(args, cli.server, cli.json).await,
         Command::Backup(args) => backup::run(args, &client, cli.json).await,
     }

@@ -9,6 +9,7 @@
 //! - [`registry`] and [`catalog`]: the lifecycle (create, start, stop, update, delete) and
 //!   where definitions are kept.
 //! - [`view`]: the thing-model platform view rules see.
+//! - [`sql`]: rule SQL compiled to a standalone Wasm module.
 //! - [`time_format`]: Java-style date patterns for `format_time`.
 
 pub mod actions;
@@ -17,6 +18,7 @@ pub mod engine;
 pub mod registry;
 pub mod runtime;
 pub mod spec;
+pub mod sql;
 pub mod time_format;
 pub mod view;
 
@@ -37,11 +39,25 @@ pub struct CompiledSql {
     pub wasm: Vec<u8>,
     /// The FROM filter.
     pub from_filter: String,
+    /// `SELECT *` alone: the output is the payload unchanged (raw bytes for binary rules).
+    pub raw_output: bool,
 }
 
 /// Compiles rule SQL to Wasm; the error carries line and column.
-pub fn compile_sql(_sql: &str, _data_type: DataType) -> Result<CompiledSql, String> {
-    Err("SQL rules need the SQL compiler, which this build does not include yet".into())
+pub fn compile_sql(sql_text: &str, data_type: DataType) -> Result<CompiledSql, String> {
+    let opts = sql::CompileOptions {
+        data_type: match data_type {
+            DataType::Json => sql::DataType::Json,
+            DataType::Binary => sql::DataType::Binary,
+        },
+    };
+    sql::compile(sql_text, &opts)
+        .map(|c| CompiledSql {
+            raw_output: c.raw_output,
+            wasm: c.wasm,
+            from_filter: c.from_filter,
+        })
+        .map_err(|e| e.to_string())
 }
 
 /// The FROM filter of a SQL rule.

@@ -147,6 +147,39 @@ async fn through_mosquitto_as_external_broker_messages_arrive_once_each() {
         expected.len()
     );
     assert_same_once_each(&got, &expected);
+
+    // A SQL rule created and started while running: sluice subscribes to its filter too.
+    let sql = "SELECT level, deviceName() AS device FROM \"/late/+/user/alarm\" WHERE level >= 3";
+    let (status, v) = api
+        .post(
+            "/v1/rules/late",
+            &json!({"sql": sql, "actions": ["forward:alerts"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = api.post("/v1/rules/late/start", &json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let arrived = loop {
+        let report = publish_qos1(
+            broker.port,
+            "late-dev",
+            "/late/dev9/user/alarm",
+            vec![(0, json!({"level": 4}).to_string().into_bytes())],
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(report.acked.len(), 1);
+        let got = api.drain("alerts-q", 1, Duration::from_millis(500)).await;
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new rule's filter was never subscribed"
+        );
+    };
+    assert_eq!(arrived[0], json!({"level": 4, "device": "dev9"}));
     sluice.stop();
 }
 
