@@ -505,22 +505,7 @@ impl Writer {
             }
             s.due.pop_first();
             self.push_undo(PushUndo::DueRemoved(sub, (due, seq)));
-            let row = self
-                .conn
-                .prepare_cached(SELECT_PENDING)?
-                .query_row([seq as i64], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, Vec<u8>>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, Option<i64>>(6)?,
-                        r.get::<_, Option<Vec<u8>>>(7)?,
-                    ))
-                })
-                .optional()?;
+            let row = select_pending(&self.conn, seq)?;
             let Some((message_id, md5, tag, attributes, publish_ms, attempts, body_ref, body)) =
                 row
             else {
@@ -635,22 +620,7 @@ impl Writer {
             .dead_letter_queue
             .as_ref()
             .and_then(|q| self.cat.queue_ids.get(q).copied());
-        let row = self
-            .conn
-            .prepare_cached(SELECT_PENDING)?
-            .query_row([seq as i64], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, Option<i64>>(6)?,
-                    r.get::<_, Option<Vec<u8>>>(7)?,
-                ))
-            })
-            .optional()?;
+        let row = select_pending(&self.conn, seq)?;
         let Some((message_id, md5, tag, attributes, publish_ms, attempts, body_ref, body)) = row
         else {
             return Ok(());
@@ -826,4 +796,35 @@ impl Writer {
         }
         Ok(PushReply::Redriven(n))
     }
+}
+
+/// One pending push row: message id, md5, tag, attributes, publish time, attempts, and the body
+/// (by reference or inline).
+type PendingRow = (
+    String,
+    Vec<u8>,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+    Option<i64>,
+    Option<Vec<u8>>,
+);
+
+/// Reads the pending push `seq` (the claim and the dead-letter paths both need it).
+fn select_pending(conn: &rusqlite::Connection, seq: u64) -> rusqlite::Result<Option<PendingRow>> {
+    conn.prepare_cached(SELECT_PENDING)?
+        .query_row([seq as i64], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ))
+        })
+        .optional()
 }
