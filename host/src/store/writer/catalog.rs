@@ -193,6 +193,30 @@ impl Writer {
         Ok(true)
     }
 
+    /// The topic's id for a new subscription `name`, or `None` when an identical one exists
+    /// (create is idempotent); a different subscription of that name is refused. Shared by
+    /// queue and HTTP subscriptions.
+    pub(super) fn topic_for_new_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+        spec: &SubscriptionSpec,
+    ) -> Result<Option<i64>> {
+        let Some(t) = self.cat.topics.get(topic) else {
+            return Err(StoreError::TopicNotExist {
+                name: topic.to_owned(),
+            });
+        };
+        match t.subs.get(name) {
+            None => Ok(Some(t.id)),
+            Some(existing) if existing.spec == *spec => Ok(None),
+            Some(_) => Err(StoreError::SubscriptionAlreadyExist {
+                topic: topic.to_owned(),
+                name: name.to_owned(),
+            }),
+        }
+    }
+
     pub(super) fn create_subscription(
         &mut self,
         topic: &str,
@@ -200,21 +224,9 @@ impl Writer {
         spec: SubscriptionSpec,
         now: u64,
     ) -> Result<bool> {
-        let Some(t) = self.cat.topics.get(topic) else {
-            return Err(StoreError::TopicNotExist {
-                name: topic.to_owned(),
-            });
+        let Some(topic_id) = self.topic_for_new_subscription(topic, name, &spec)? else {
+            return Ok(false);
         };
-        if let Some(existing) = t.subs.get(name) {
-            return if existing.spec == spec {
-                Ok(false)
-            } else {
-                Err(StoreError::SubscriptionAlreadyExist {
-                    topic: topic.to_owned(),
-                    name: name.to_owned(),
-                })
-            };
-        }
         match &spec.endpoint {
             Endpoint::Queue(queue) => {
                 if !self.cat.queue_ids.contains_key(queue) {
@@ -231,7 +243,6 @@ impl Writer {
                 ))
             }
         }
-        let topic_id = t.id;
         let json = serde_json::to_string(&spec).map_err(|e| StoreError::Internal(e.to_string()))?;
         self.conn
             .prepare_cached(

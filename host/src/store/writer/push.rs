@@ -338,21 +338,9 @@ impl Writer {
         secret: String,
         now: u64,
     ) -> Result<bool> {
-        let Some(t) = self.cat.topics.get(topic) else {
-            return Err(StoreError::TopicNotExist {
-                name: topic.to_owned(),
-            });
+        let Some(topic_id) = self.topic_for_new_subscription(topic, name, &spec)? else {
+            return Ok(false);
         };
-        if let Some(existing) = t.subs.get(name) {
-            return if existing.spec == spec {
-                Ok(false)
-            } else {
-                Err(StoreError::SubscriptionAlreadyExist {
-                    topic: topic.to_owned(),
-                    name: name.to_owned(),
-                })
-            };
-        }
         let Endpoint::Http(push) = &spec.endpoint else {
             return Err(StoreError::invalid("http", "not an HTTP subscription"));
         };
@@ -365,7 +353,6 @@ impl Writer {
             }
         }
         let push = push.clone();
-        let topic_id = t.id;
         let json = serde_json::to_string(&spec).map_err(|e| StoreError::Internal(e.to_string()))?;
         self.conn
             .prepare_cached(
