@@ -55,10 +55,10 @@ fn main() {
     for dir in ["guest-sdk", "rules-examples", "host/sql-runtime"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("Cargo.lock").display()
-    );
+    // The lock file (dependency versions) and the workspace manifest (the wasm-rules profile).
+    for file in ["Cargo.lock", "Cargo.toml"] {
+        println!("cargo:rerun-if-changed={}", root.join(file).display());
+    }
 
     let target_dir = wasm_target_dir(root);
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -98,6 +98,44 @@ pub struct FileConfig {
     /// Rules to create (running) at start.
     #[serde(default)]
     pub rule: Vec<RuleConfig>,
+    /// Accept anonymous MQTT clients from any address, not only loopback.
+    pub mqtt_allow_anonymous: Option<bool>,
+    /// The MQTT over TLS listener address (devices' SDKs default to port 8883).
+    pub mqtt_tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the TLS listener (relative to the config file).
+    pub mqtt_tls_cert: Option<PathBuf>,
+    /// PEM private key of the TLS listener (relative to the config file).
+    pub mqtt_tls_key: Option<PathBuf>,
+    /// Devices to register at start (their secrets are printed to the log once).
+    #[serde(default)]
+    pub device: Vec<DeviceConfig>,
+}
+
+/// `[[device]]`: a device registered at start when absent. Without `secret` one is generated and
+/// logged once; with it, the device keeps the given secret (for fleets provisioned elsewhere).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Product key.
+    pub product_key: String,
+    /// Device name.
+    pub device_name: String,
+    /// The device secret; generated when absent.
+    pub secret: Option<String>,
+    /// Tags for `attribute()`.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+/// The MQTT over TLS listener: address, certificate chain and key files (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttTls {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Certificate chain file.
+    pub cert: PathBuf,
+    /// Private key file.
+    pub key: PathBuf,
 }
 
 /// `[[topic]]`
@@ -192,6 +230,14 @@ pub struct FlagOverrides {
     pub push_deny_private_networks: Option<bool>,
     /// `--ingest-only` (the bench baseline).
     pub ingest_only: bool,
+    /// `--mqtt-allow-anonymous`
+    pub mqtt_allow_anonymous: bool,
+    /// `--mqtt-tls-listen`
+    pub mqtt_tls_listen: Option<SocketAddr>,
+    /// `--mqtt-tls-cert`
+    pub mqtt_tls_cert: Option<PathBuf>,
+    /// `--mqtt-tls-key`
+    pub mqtt_tls_key: Option<PathBuf>,
 }
 
 /// Where devices' messages come from.
@@ -237,6 +283,10 @@ pub struct ServeConfig {
     pub push_retry_scale: f64,
     /// Acknowledge publishes at once with rules and storage off (`sluice bench --baseline`).
     pub ingest_only: bool,
+    /// Accept anonymous MQTT clients from any address (default: loopback only).
+    pub mqtt_allow_anonymous: bool,
+    /// The MQTT over TLS listener, when configured (own listener mode only).
+    pub mqtt_tls: Option<MqttTls>,
 }
 
 impl ServeConfig {
@@ -260,6 +310,7 @@ impl ServeConfig {
             }
             None => (FileConfig::default(), PathBuf::from(".")),
         };
+        let mqtt_tls = mqtt_tls(&flags, &file, &config_dir)?;
         let data_dir = flags
             .data_dir
             .or(file.data_dir.clone())
@@ -309,6 +360,9 @@ impl ServeConfig {
             });
         }
         Ok(ServeConfig {
+            mqtt_allow_anonymous: flags.mqtt_allow_anonymous
+                || file.mqtt_allow_anonymous.unwrap_or(false),
+            mqtt_tls,
             push_deny_private_networks: flags
                 .push_deny_private_networks
                 .or(file.push_deny_private_networks)
@@ -331,6 +385,44 @@ impl ServeConfig {
             config_dir,
             ingest_only: flags.ingest_only,
         })
+    }
+}
+
+/// The TLS listener from flags and file: all three of address, certificate and key, or none.
+/// Paths from the file are relative to it; paths from flags to the working directory.
+fn mqtt_tls(
+    flags: &FlagOverrides,
+    file: &FileConfig,
+    config_dir: &Path,
+) -> Result<Option<MqttTls>, ConfigError> {
+    let from_file = |p: &Option<PathBuf>| p.as_ref().map(|p| config_dir.join(p));
+    let listen = flags.mqtt_tls_listen.or(file.mqtt_tls_listen);
+    let cert = flags
+        .mqtt_tls_cert
+        .clone()
+        .or_else(|| from_file(&file.mqtt_tls_cert));
+    let key = flags
+        .mqtt_tls_key
+        .clone()
+        .or_else(|| from_file(&file.mqtt_tls_key));
+    match (listen, cert, key) {
+        (None, None, None) => Ok(None),
+        (Some(listen), Some(cert), Some(key)) => Ok(Some(MqttTls { listen, cert, key })),
+        (listen, cert, _) => {
+            let missing = if listen.is_none() {
+                "mqtt_tls_listen"
+            } else if cert.is_none() {
+                "mqtt_tls_cert"
+            } else {
+                "mqtt_tls_key"
+            };
+            Err(ConfigError::Invalid {
+                key: missing.into(),
+                message: "the MQTT TLS listener needs all of --mqtt-tls-listen, --mqtt-tls-cert \
+                          and --mqtt-tls-key"
+                    .into(),
+            })
+        }
     }
 }
 

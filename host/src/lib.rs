@@ -6,8 +6,11 @@
 //! - [`rules`]: the Wasm sandbox, the rule set and the thing-model view.
 //! - [`store`]: durable topics, subscriptions and queues in SQLite (group commit).
 //! - [`deliver`]: HTTP push to the HTTP subscriptions of topics (retries, signing, isolation).
+//! - [`devices`]: the device registry (products, devices, secrets, tags), device sign-in,
+//!   per-device topic access and downlink to a device.
 //! - [`pipeline`]: joins ingest -> rules -> store and sends acks back after the commit.
-//! - [`api`]: the HTTP API under `/v1/`, `/healthz`.
+//! - [`api`]: the HTTP API under `/v1/`, the MNS-compatible API, access-key checks, `/healthz`.
+//! - [`credentials`]: the per-user credentials file (a key per server URL).
 //! - [`cli`]: the `sluice` command line (talks to the API, plus offline commands).
 //! - [`serve`]: wires everything for `sluice serve`; [`config`]: `sluice.toml` and flags.
 //! - [`ids`], [`names`], [`topic`]: message ids, object names and MQTT topic rules.
@@ -15,7 +18,10 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod deliver;
+pub mod devices;
+pub mod histogram;
 pub mod ids;
 pub mod ingest;
 pub mod names;

@@ -16,6 +16,7 @@ use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{MqttMode, ServeConfig, SyncLevel};
+use crate::devices::{DevicePolicy, DeviceRegistry, DeviceService, DownlinkPath};
 use crate::ids::IdGenerator;
 use crate::ingest::{ExternalBroker, ExternalConfig, ListenerConfig, MqttListener, SessionRouter};
 use crate::pipeline::{
@@ -23,6 +24,7 @@ use crate::pipeline::{
 };
 use crate::rules::catalog::SqliteRuleCatalog;
 use crate::rules::registry::{RegistryError, RuleRegistry};
+use crate::rules::runtime::TagSource;
 use crate::rules::spec::{RuleDefinition, RuleState};
 use crate::rules::{RuleEngine, RuleRuntime, SandboxConfig};
 use crate::store::{
@@ -62,6 +64,9 @@ pub enum ServeError {
     /// Something in the config file could not be created.
     #[error("config: {0}")]
     Config(String),
+    /// The admin key could not be written to the credentials file.
+    #[error("admin key: {0} (set SLUICE_CONFIG_DIR to a writable directory)")]
+    Credentials(#[from] crate::credentials::CredentialsError),
 }
 
 /// Commits outputs through the store's group-committing writer.
@@ -137,20 +142,46 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
             source,
         })?;
     let http_addr = http.local_addr().unwrap_or(config.http_listen);
-    let listener = match &config.mqtt {
+    let mut listener = match &config.mqtt {
         MqttMode::Listen(addr) => Some(MqttListener::bind(*addr, ListenerConfig::default()).await?),
         MqttMode::External { .. } => None,
     };
+    if let Some(tls) = &config.mqtt_tls {
+        let Some(listener) = listener.as_mut() else {
+            return Err(ServeError::Config(
+                "--mqtt-tls-listen serves sluice's own listener; with --mqtt-url configure TLS at \
+                 the broker"
+                    .into(),
+            ));
+        };
+        let acceptor = crate::ingest::tls::load_acceptor(&tls.cert, &tls.key)
+            .map_err(|e| ServeError::Config(e.to_string()))?;
+        listener.bind_tls(tls.listen, acceptor).await?;
+    }
 
     let fresh = !config.data_dir.join("sluice.db").exists();
     let store = open_store(&config).await?;
+    let admin_key = store.ensure_admin_key().await?;
+    let keys = Arc::new(crate::api::auth::KeyRing::new(store.list_keys().await?));
+    let devices = Arc::new(DeviceRegistry::load(store.clone()).await?);
+    create_configured_devices(&config, &devices).await?;
+    if let Some(listener) = listener.as_mut() {
+        if config.mqtt_allow_anonymous {
+            tracing::warn!("--mqtt-allow-anonymous: anonymous MQTT clients are accepted from any address; they may publish to every topic of unregistered products");
+        }
+        listener.set_policy(Arc::new(DevicePolicy::new(
+            devices.clone(),
+            config.mqtt_allow_anonymous,
+        )));
+    }
     let runtime = RuleRuntime::new(SandboxConfig {
         max_memory_bytes: config.rule_max_memory_bytes,
         call_timeout: std::time::Duration::from_millis(config.rule_call_timeout_ms),
         ..SandboxConfig::default()
     })
     .map_err(|e| ServeError::Sandbox(format!("{e:#}")))?;
-    let engine = Arc::new(RuleEngine::new(Arc::new(runtime), None));
+    let tags: Arc<dyn TagSource> = devices.clone();
+    let engine = Arc::new(RuleEngine::new(Arc::new(runtime), Some(tags)));
     let registry = {
         let engine = engine.clone();
         let dir = config.data_dir.clone();
@@ -168,13 +199,20 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     create_configured_objects(&config, &store, &registry).await?;
 
     let ids = Arc::new(IdGenerator::new(config.node_id));
+    let downlink;
+    let ingest_counters;
     let (republisher, mqtt_task, mqtt_desc): (Arc<dyn Republisher>, _, String) =
         match (listener, &config.mqtt) {
             (Some(listener), _) => {
-                let addr = listener
+                let mut addr = listener
                     .local_addr()
                     .map(|a| a.to_string())
                     .unwrap_or_default();
+                if let Some(tls) = listener.tls_local_addr() {
+                    addr.push_str(&format!(" mqtt_tls={tls}"));
+                }
+                ingest_counters = Some(listener.counters());
+                downlink = DownlinkPath::Local(listener.router());
                 (
                     Arc::new(LocalRepublisher(listener.router())),
                     Some(Intake::Listener(listener)),
@@ -185,6 +223,8 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
                 let mut cfg = ExternalConfig::new(url.clone(), client_id.clone());
                 cfg.filters = engine.running_filters();
                 let (broker, handle) = ExternalBroker::new(cfg)?;
+                ingest_counters = Some(broker.counters());
+                downlink = DownlinkPath::External(handle.clone());
                 tokio::spawn(follow_rule_filters(
                     engine.clone(),
                     handle.clone(),
@@ -251,6 +291,15 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     let app = crate::api::router(crate::api::AppState {
         store: store.clone(),
         rules: registry.clone(),
+        devices: DeviceService {
+            registry: devices.clone(),
+            downlink,
+        },
+        stages: crate::api::metrics::StageCounters {
+            ingest: ingest_counters,
+            pipeline: (!config.ingest_only).then(|| pipeline.counters()),
+        },
+        keys,
     });
     let http_stop = CancellationToken::new();
     let http_stop_wait = http_stop.clone();
@@ -271,6 +320,29 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     tracing::info!(
         "sluice ready: HTTP API on http://{http_addr}, {mqtt_human}, data in {}",
         config.data_dir.display()
+    );
+    // The admin key under this server's URL, for the CLI on this machine (before the ready
+    // line, so whoever waits for it finds the key).
+    let own_url = {
+        let mut a = http_addr;
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{a}")
+    };
+    let config_dir = crate::credentials::config_dir()?;
+    crate::credentials::store(
+        &config_dir,
+        &own_url,
+        &crate::credentials::Entry {
+            key_id: admin_key.id.clone(),
+            secret: admin_key.secret.clone(),
+        },
+    )?;
+    tracing::info!(
+        "admin key {} written for {own_url} to {}",
+        admin_key.id,
+        crate::credentials::path_in(&config_dir).display()
     );
     // One machine-readable line on stdout for scripts and tests that start on port 0.
     println!("sluice ready http={http_addr} {mqtt_desc}");
@@ -452,6 +524,38 @@ async fn create_configured_objects(
         create_running_rule(registry, &r.name, def)
             .await
             .map_err(|e| ServeError::Config(format!("[[rule]] `{}`: {e}", r.name)))?;
+    }
+    Ok(())
+}
+
+/// Registers the config file's `[[device]]` entries that do not exist yet; a generated secret is
+/// logged once, the only place it appears.
+async fn create_configured_devices(
+    config: &ServeConfig,
+    devices: &DeviceRegistry,
+) -> Result<(), ServeError> {
+    for d in &config.objects.device {
+        let name = format!("{}/{}", d.product_key, d.device_name);
+        if devices.lookup(&d.product_key, &d.device_name).is_some() {
+            continue;
+        }
+        let created = devices
+            .create_with_secret(
+                &d.product_key,
+                &d.device_name,
+                d.secret.clone(),
+                d.tags.clone(),
+            )
+            .await
+            .map_err(|e| ServeError::Config(format!("[[device]] `{name}`: {e}")))?;
+        if d.secret.is_none() {
+            tracing::info!(
+                "[[device]] {name} registered; its secret (shown only now): {}",
+                created.secret
+            );
+        } else {
+            tracing::info!("[[device]] {name} registered with the configured secret");
+        }
     }
     Ok(())
 }

@@ -32,6 +32,18 @@ impl ApiError {
         }
     }
 
+    /// A 500 for a failure of sluice itself (logged, since the client cannot fix it).
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        let message = message.into();
+        tracing::error!("{message}");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "InternalError",
+            message,
+            field: None,
+        }
+    }
+
     /// A 400 for a body that is not the JSON expected.
     pub fn malformed(message: impl Into<String>) -> ApiError {
         ApiError {

@@ -1,10 +1,17 @@
-//! The HTTP API: JSON under `/v1/` (queues, topics, subscriptions, rules), `/healthz`.
+//! The HTTP API: JSON under `/v1/` (queues, topics, subscriptions, rules, keys), the
+//! MNS-compatible XML API (`/queues`, `/topics`, see [`mns`]), `/healthz`. Every request but
+//! `/healthz` passes the access-key check of [`auth`] first.
 //! Handlers are thin: they parse, call the store or the rule registry, and shape the answer.
 
+pub mod auth;
 mod backup;
 mod body;
+mod devices;
 pub mod error;
 mod json;
+mod keys;
+pub mod metrics;
+pub mod mns;
 mod queues;
 mod rules;
 mod subscriptions;
@@ -27,6 +34,12 @@ pub struct AppState {
     pub store: Store,
     /// Rule lifecycle.
     pub rules: Arc<RuleRegistry>,
+    /// The device registry and downlink.
+    pub devices: crate::devices::DeviceService,
+    /// The MQTT front end's and the pipeline's counters, for `/metrics`.
+    pub stages: metrics::StageCounters,
+    /// The access keys, checked on every request.
+    pub keys: Arc<auth::KeyRing>,
 }
 
 /// 2 MiB: the largest message (1 MiB) as base64 JSON fits; anything larger is cut off early.
@@ -50,6 +63,15 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_RULE_UPLOAD_BYTES));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics::scrape))
+        .route("/v1/devices", get(devices::list))
+        .route(
+            "/v1/devices/{pk}/{dn}",
+            get(devices::show)
+                .put(devices::create)
+                .delete(devices::remove),
+        )
+        .route("/v1/devices/{pk}/{dn}/messages", post(devices::send))
         .route("/v1/queues", get(queues::list))
         .route(
             "/v1/queues/{queue}",
@@ -71,6 +93,8 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(queues::delete_message).put(queues::change_visibility),
         )
         .route("/v1/backup", get(backup::snapshot))
+        .route("/v1/keys", get(keys::list).post(keys::create))
+        .route("/v1/keys/{id}", get(keys::show).delete(keys::delete))
         .route("/v1/topics", get(topics::list))
         .route(
             "/v1/topics/{topic}",
@@ -106,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .merge(rules)
+        .merge(mns::router())
         .method_not_allowed_fallback(|| async {
             error::ApiError {
                 status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
@@ -122,5 +147,10 @@ pub fn router(state: AppState) -> Router {
                 field: None,
             }
         })
+        // Last, so it guards every route above (and the fallbacks).
+        .layer(axum::middleware::from_fn_with_state(
+            state.keys.clone(),
+            auth::check,
+        ))
         .with_state(state)
 }

@@ -6,13 +6,15 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::{deny_queue, Caller};
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
+use crate::store::keys::Action;
 use crate::store::{
     ContentFormat, Endpoint, HttpPush, NotifyStrategy, StoreError, SubscriptionInfo,
     SubscriptionSpec,
@@ -139,12 +141,24 @@ async fn shown(state: &AppState, info: SubscriptionInfo) -> Result<Value, ApiErr
 /// `PUT /v1/topics/{topic}/subscriptions/{name}`: `201` with the subscription (and, for an HTTP
 /// one, its signing `secret`, shown this once); `200` without a secret when the same
 /// subscription exists; `409 SubscriptionAlreadyExist` when a different one does.
+/// Subscribing a queue writes into it, so the caller's key needs `send` on that queue too.
 pub async fn subscribe(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((topic, name)): Path<(String, String)>,
     JsonBody(req): JsonBody<SubscriptionBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let spec = req.into_spec()?;
+    if let Endpoint::Queue(queue) = &spec.endpoint {
+        if let Some(d) = deny_queue(&caller, queue, Action::Send) {
+            return Err(ApiError {
+                status: d.status,
+                code: d.code,
+                message: d.message,
+                field: Some("queue".into()),
+            });
+        }
+    }
     let (created, secret) = if let Endpoint::Http(_) = &spec.endpoint {
         let c = state
             .store

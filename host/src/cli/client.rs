@@ -59,13 +59,44 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+/// The access key for `server`, as `ID:SECRET`: `explicit` (`--key`, or `SLUICE_KEY` through
+/// clap), else the server's entry in the credentials file (which `serve` writes on its own
+/// machine). `None` when neither has one; the server then answers 401 with what to do.
+pub fn resolve_key(explicit: Option<String>, server: &str) -> Option<String> {
+    if explicit.is_some() {
+        return explicit;
+    }
+    let dir = crate::credentials::config_dir().ok()?;
+    match crate::credentials::lookup(&dir, server) {
+        Ok(entry) => entry.map(|e| format!("{}:{}", e.key_id, e.secret)),
+        Err(e) => {
+            eprintln!("warning: {e}");
+            None
+        }
+    }
+}
+
+/// Default headers carrying `key` (`ID:SECRET`) as `Authorization: Bearer ID:SECRET`.
+pub fn auth_headers(key: Option<&str>) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(Ok(mut v)) =
+        key.map(|k| reqwest::header::HeaderValue::from_str(&format!("Bearer {k}")))
+    {
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    headers
+}
+
 impl Client {
-    /// A client for `server` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(server: &str) -> Client {
+    /// A client for `server` (e.g. `http://127.0.0.1:8080`) sending `key` (`ID:SECRET`, see
+    /// [`resolve_key`]) on every request.
+    pub fn new(server: &str, key: Option<&str>) -> Client {
         Client {
             server: server.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(60))
+                .default_headers(auth_headers(key))
                 .build()
                 .expect("a TLS-capable HTTP client builds"),
         }
@@ -169,8 +200,16 @@ impl Client {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(body) => ClientError::Api {
                     status: status.as_u16(),
+                    message: if body.error.code == "MissingAuthorizationHeader" {
+                        format!(
+                            "{}\nhint: pass --key ID:SECRET or set SLUICE_KEY; on the server's \
+                             machine the admin key is read from $SLUICE_CONFIG_DIR/credentials.toml",
+                            body.error.message
+                        )
+                    } else {
+                        body.error.message
+                    },
                     code: body.error.code,
-                    message: body.error.message,
                     field: body.error.field,
                 },
                 Err(_) => ClientError::Protocol {

@@ -5,7 +5,9 @@
 pub mod backup;
 pub mod bench;
 pub mod client;
+pub mod device;
 pub mod eval;
+pub mod key;
 pub mod output;
 pub mod queue;
 pub mod rule;
@@ -26,6 +28,10 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The access key, ID:SECRET [default: the --server entry of
+    /// $SLUICE_CONFIG_DIR/credentials.toml, which `serve` writes].
+    #[arg(long, global = true, env = "SLUICE_KEY", hide_env_values = true)]
+    pub key: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -48,6 +54,11 @@ pub enum Command {
     /// Rules: create, start, stop, ...
     #[command(subcommand)]
     Rule(rule::RuleCommand),
+    /// Devices: register (prints the secret once), list, show, delete.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+    /// Send a message down to one device through the broker in use.
+    Pub(device::PubArgs),
     /// Rule SQL: compile to a Wasm module offline.
     #[command(subcommand)]
     Sql(sql::SqlCommand),
@@ -56,19 +67,31 @@ pub enum Command {
     /// Copy the store to FILE (0600) with SQLite's online backup, from the running server or
     /// offline with --data-dir.
     Backup(backup::BackupArgs),
+    /// Access keys of the HTTP API: create (prints the secret once), list, delete.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
 }
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = client::Client::new(cli.server.as_deref().unwrap_or(client::DEFAULT_SERVER));
+    let server = cli.server.as_deref().unwrap_or(client::DEFAULT_SERVER);
+    let key = match &cli.command {
+        // Offline commands and `serve` need no key; a bench finds its own server's key.
+        Command::Serve(_) | Command::Sql(_) | Command::Bench(_) => None,
+        _ => client::resolve_key(cli.key.clone(), server),
+    };
+    let client = client::Client::new(server, key.as_deref());
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Queue(cmd) => queue::run(cmd, &client, cli.json).await,
         Command::Topic(cmd) => topic::run_topic(cmd, &client, cli.json).await,
         Command::Sub(cmd) => sub::run(cmd, &client, cli.json).await,
         Command::Rule(cmd) => rule::run(cmd, &client, cli.json).await,
+        Command::Device(cmd) => device::run(cmd, &client, cli.json).await,
+        Command::Pub(args) => device::run_pub(args, &client, cli.json).await,
         Command::Sql(cmd) => sql::run(cmd, cli.json),
-        Command::Bench(args) => bench::run(args, cli.server, cli.json).await,
+        Command::Bench(args) => bench::run(args, cli.server, cli.key, cli.json).await,
         Command::Backup(args) => backup::run(args, &client, cli.json).await,
+        Command::Key(cmd) => key::run(cmd, &client, cli.json).await,
     }
 }

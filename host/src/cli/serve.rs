@@ -39,6 +39,19 @@ pub struct ServeArgs {
     /// are always refused).
     #[arg(long)]
     pub push_deny_private_networks: bool,
+    /// Accept anonymous MQTT clients from any address (default: loopback only). Anyone who can
+    /// reach the port may then publish to unregistered products' topics.
+    #[arg(long)]
+    pub mqtt_allow_anonymous: bool,
+    /// MQTT over TLS listener address, beside the plain one (device SDKs use 8883).
+    #[arg(long, requires_all = ["mqtt_tls_cert", "mqtt_tls_key"])]
+    pub mqtt_tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the TLS listener.
+    #[arg(long)]
+    pub mqtt_tls_cert: Option<PathBuf>,
+    /// PEM private key of the TLS listener.
+    #[arg(long)]
+    pub mqtt_tls_key: Option<PathBuf>,
     /// Benchmark baseline only: acknowledge every publish at once, with rules and storage off.
     #[arg(long, hide = true)]
     pub ingest_only: bool,
@@ -66,6 +79,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             node_id: args.node_id,
             push_deny_private_networks: args.push_deny_private_networks.then_some(true),
             ingest_only: args.ingest_only,
+            mqtt_allow_anonymous: args.mqtt_allow_anonymous,
+            mqtt_tls_listen: args.mqtt_tls_listen,
+            mqtt_tls_cert: args.mqtt_tls_cert,
+            mqtt_tls_key: args.mqtt_tls_key,
         },
     )?;
     let shutdown = tokio_util::sync::CancellationToken::new();

@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::codec::{sniff_connect, Codec, ConnAckCode, ConnectPacket, Inbound, Outbound, Sniff};
 use super::counters::bump;
 use super::router::{Downlink, Registration};
-use super::session::{SessionCtx, FINAL_FLUSH, READ_CHUNK_BYTES};
+use super::session::{DeviceStream, SessionCtx, FINAL_FLUSH, READ_CHUNK_BYTES};
 use super::{ConnectInfo, ConnectRefusal, ProtocolVersion, SessionInfo};
 
 /// An accepted CONNECT: everything the session loop starts from.
@@ -33,7 +32,7 @@ pub(super) struct Connected {
 
 /// Reads until a complete CONNECT is buffered, choosing the codec from its protocol level.
 pub(super) async fn read_connect(
-    stream: &mut TcpStream,
+    stream: &mut impl DeviceStream,
     peer: SocketAddr,
     ctx: &SessionCtx,
     rbuf: &mut BytesMut,
@@ -119,7 +118,7 @@ fn connack(code: ConnAckCode) -> Outbound<'static> {
 /// `Connected::wbuf`) and registers the session with the router (taking over an older one with
 /// the same client id). `None` when the CONNECT was refused (the answer was sent).
 pub(super) async fn accept_connect(
-    stream: &mut TcpStream,
+    stream: &mut impl DeviceStream,
     peer: SocketAddr,
     ctx: &Arc<SessionCtx>,
     mut codec: Codec,

@@ -85,6 +85,8 @@ impl std::fmt::Debug for ListenerConfig {
 /// is a start-up error naming the address, and tests can bind port 0 and read the real port.
 pub struct MqttListener {
     listener: TcpListener,
+    /// The MQTT over TLS socket, when configured: same sessions, router and counters.
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     cfg: Arc<ListenerConfig>,
     router: SessionRouter,
     counters: Arc<IngestCounters>,
@@ -108,10 +110,36 @@ impl MqttListener {
         let counters = Arc::new(IngestCounters::default());
         Ok(MqttListener {
             listener,
+            tls: None,
             cfg: Arc::new(cfg),
             router: SessionRouter::new(counters.clone()),
             counters,
         })
+    }
+
+    /// Replaces the policy before serving (the device registry is loaded after the ports are
+    /// bound, so a port in use fails before the data directory is touched).
+    pub fn set_policy(&mut self, policy: Arc<dyn ConnectPolicy>) {
+        Arc::make_mut(&mut self.cfg).policy = policy;
+    }
+
+    /// Also listens for MQTT over TLS on `addr`; its sessions share this listener's router,
+    /// policy and counters. Fails with [`IngestError::Bind`] naming the address.
+    pub async fn bind_tls(
+        &mut self,
+        addr: SocketAddr,
+        acceptor: tokio_rustls::TlsAcceptor,
+    ) -> Result<(), IngestError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| IngestError::Bind { addr, source })?;
+        self.tls = Some((listener, acceptor));
+        Ok(())
+    }
+
+    /// The TLS socket's address, when there is one.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The address actually bound (the real port when bound to port 0).
@@ -146,15 +174,23 @@ impl MqttListener {
             shutdown: shutdown.clone(),
         });
         loop {
-            let accepted = tokio::select! {
+            let (accepted, acceptor) = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => accepted,
+                accepted = self.listener.accept() => (accepted, None),
+                accepted = accept_tls(&self.tls) => accepted,
             };
             match accepted {
                 Ok((stream, peer)) => {
                     bump(&ctx.counters.connections_total);
                     let _ = stream.set_nodelay(true);
-                    tracker.spawn(run_connection(stream, peer, ctx.clone()));
+                    match acceptor {
+                        None => {
+                            tracker.spawn(run_connection(stream, peer, ctx.clone()));
+                        }
+                        Some(acceptor) => {
+                            tracker.spawn(run_tls_connection(acceptor, stream, peer, ctx.clone()));
+                        }
+                    }
                 }
                 Err(e) => {
                     // Usually out of file descriptors: wait a little instead of spinning.
@@ -164,6 +200,7 @@ impl MqttListener {
             }
         }
         drop(self.listener);
+        drop(self.tls);
         tracker.close();
         // Sessions bound their own drain by `grace`; the margin covers the final writes.
         if tokio::time::timeout(grace + Duration::from_secs(2), tracker.wait())
@@ -173,4 +210,43 @@ impl MqttListener {
             tracing::warn!("MQTT sessions did not finish within the shutdown grace period");
         }
     }
+}
+
+/// Accepts on the TLS socket, or never when there is none.
+async fn accept_tls(
+    tls: &Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+) -> (
+    std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
+    Option<tokio_rustls::TlsAcceptor>,
+) {
+    match tls {
+        Some((listener, acceptor)) => (listener.accept().await, Some(acceptor.clone())),
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the TLS handshake (bounded by the connect timeout, off the accept loop), then the
+/// session as on the plain socket.
+async fn run_tls_connection(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<SessionCtx>,
+) {
+    let handshake = tokio::time::timeout(ctx.cfg.connect_timeout, acceptor.accept(stream));
+    let stream = tokio::select! {
+        _ = ctx.shutdown.cancelled() => return,
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "MQTT TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "MQTT TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    run_connection(stream, peer, ctx).await;
 }

@@ -562,6 +562,10 @@ async fn policy_decides_connack_publish_and_subscribe() {
         ]
     );
 
+    // A signed-in device's session starts with its online status message.
+    let online = recv(&mut h).await;
+    assert_eq!(online.message.topic, "/as/mqtt/status/pk/dev");
+    assert!(!online.ack.is_awaited(), "status messages are QoS 0");
     client
         .publish("/pk/dev/user/update", QoS::AtLeastOnce, false, "{}")
         .await
@@ -589,10 +593,13 @@ async fn policy_decides_connack_publish_and_subscribe() {
     })
     .await;
     assert_eq!(closed, Some(true));
-    assert!(
-        h.sink_rx.try_recv().is_err(),
-        "a refused publish reached the sink"
-    );
+    // Only the device's offline status message may follow, never the refused publish.
+    while let Ok(m) = h.sink_rx.try_recv() {
+        assert_eq!(
+            m.message.topic, "/as/mqtt/status/pk/dev",
+            "a refused publish reached the sink"
+        );
+    }
     assert!(h.counters.snapshot().refused_total >= 2);
 }
 

@@ -39,6 +39,9 @@ pub mod external;
 pub mod listener;
 pub mod router;
 mod session;
+pub mod status;
+mod thing_reply;
+pub mod tls;
 
 #[cfg(test)]
 mod external_tests;
@@ -227,6 +230,9 @@ pub trait ConnectPolicy: Send + Sync + 'static {
     fn may_publish(&self, session: &SessionInfo, topic: &str) -> bool;
     /// May this session subscribe to `filter`?
     fn may_subscribe(&self, session: &SessionInfo, filter: &str) -> bool;
+    /// A session accepted by `on_connect` has ended, so a policy that counts sessions (to tell
+    /// whether a device is online) can uncount it.
+    fn on_disconnect(&self, _session: &SessionInfo) {}
 }
 
 /// The policy until device authentication exists: everyone may connect, publish and subscribe,

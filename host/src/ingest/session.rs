@@ -16,8 +16,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -28,8 +28,15 @@ use super::connect::{accept_connect, read_connect, Connected};
 use super::counters::{bump, IngestCounters};
 use super::listener::ListenerConfig;
 use super::router::{Downlink, SessionRouter};
+use super::status::status_message;
+use super::thing_reply::thing_reply;
 use super::{now_ms, Ack, IngestMessage, IngestSink, Ingested, ProtocolVersion, SessionInfo};
 use crate::topic::{validate_filter, validate_topic, SHARED_PREFIX};
+
+/// A device connection's byte stream: plain TCP or TLS over TCP; sessions do not care which.
+pub(crate) trait DeviceStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> DeviceStream for T {}
 
 /// What every session of one listener shares.
 pub(crate) struct SessionCtx {
@@ -46,7 +53,11 @@ pub(super) const READ_CHUNK_BYTES: usize = 16 * 1024;
 pub(super) const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
 /// Serves one accepted connection to the end; never panics on what the device sends.
-pub(crate) async fn run_connection(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<SessionCtx>) {
+pub(crate) async fn run_connection(
+    mut stream: impl DeviceStream,
+    peer: SocketAddr,
+    ctx: Arc<SessionCtx>,
+) {
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let Some((codec, connect)) = read_connect(&mut stream, peer, &ctx, &mut rbuf).await else {
         return;
@@ -56,11 +67,22 @@ pub(crate) async fn run_connection(mut stream: TcpStream, peer: SocketAddr, ctx:
     };
     let mut session = Session::new(ctx.clone(), connected, rbuf);
     bump(&ctx.counters.sessions_active);
+    let connected_at_ms = now_ms();
+    session.send_status(true, connected_at_ms).await;
     let exit = session.run(&mut stream).await;
+    let taken_over = matches!(exit, Exit::TakenOver);
     session.close(&mut stream, exit).await;
     ctx.router
         .unregister(session.session_id, &session.info.client_id);
+    ctx.cfg.policy.on_disconnect(&session.info);
     ctx.counters.sessions_active.fetch_sub(1, Ordering::Relaxed);
+    // A session taken over by the same device's new connection: the device stays online.
+    if !taken_over {
+        let idle_ms = session.last_read.elapsed().as_millis() as u64;
+        session
+            .send_status(false, now_ms().saturating_sub(idle_ms).max(connected_at_ms))
+            .await;
+    }
 }
 
 /// Why a session ended; decides the log line, the counter and the MQTT 5 DISCONNECT reason.
@@ -129,7 +151,7 @@ impl Session {
         }
     }
 
-    async fn run(&mut self, stream: &mut TcpStream) -> Exit {
+    async fn run(&mut self, stream: &mut impl DeviceStream) -> Exit {
         let ctx = self.ctx.clone();
         let ka_sleep = tokio::time::sleep(self.keep_alive.unwrap_or(Duration::from_secs(3600)));
         tokio::pin!(ka_sleep);
@@ -259,6 +281,29 @@ impl Session {
         Ok(())
     }
 
+    /// Hands the device's status message (online or offline) to the rules, like a QoS 0
+    /// publish; sessions without a signed-in device have none.
+    async fn send_status(&self, online: bool, last_ms: u64) {
+        let Some(identity) = &self.info.identity else {
+            return;
+        };
+        let message = status_message(
+            identity,
+            self.info.client_id.clone(),
+            self.info.peer,
+            online,
+            now_ms(),
+            last_ms,
+        );
+        let ingested = Ingested {
+            message,
+            ack: Ack::detached(),
+        };
+        if self.ctx.sink.send(ingested).await.is_err() {
+            tracing::debug!(client_id = %self.info.client_id, "status message not handed over: pipeline is gone");
+        }
+    }
+
     fn on_publish(&mut self, p: InPublish, received_at_ms: u64) -> Result<(), Exit> {
         if let Err(e) = validate_topic(&p.topic) {
             return Err(Exit::BadTopic(format!("{:?}: {e}", p.topic)));
@@ -280,6 +325,11 @@ impl Session {
             self.pending
                 .push_back(AckWait::ready(p.pkid, 2, Resolved::Duplicate));
             return Ok(());
+        }
+        if let Some(identity) = &self.info.identity {
+            if let Some((topic, body)) = thing_reply(identity, &p.topic, &p.payload) {
+                ctx.router.publish(&topic, body, 0);
+            }
         }
         let (ack, wait) = if p.qos == 0 {
             (Ack::detached(), None)
@@ -412,7 +462,7 @@ impl Session {
         }
     }
 
-    async fn flush(&mut self, stream: &mut TcpStream) -> Result<(), Exit> {
+    async fn flush(&mut self, stream: &mut impl DeviceStream) -> Result<(), Exit> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
@@ -428,7 +478,7 @@ impl Session {
 
     /// Logs and counts the end, says goodbye to MQTT 5 clients, flushes what is left (acks of
     /// commits that already happened) and closes the socket.
-    async fn close(&mut self, stream: &mut TcpStream, exit: Exit) {
+    async fn close(&mut self, stream: &mut impl DeviceStream, exit: Exit) {
         let peer = self.info.peer;
         let client_id = self.info.client_id.clone();
         let counters = &self.ctx.counters;

@@ -20,6 +20,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+pub use crate::histogram::{LatencyHistogram, LatencySnapshot};
+
 use super::actions::Action;
 use super::runtime::{
     Binding, Environment, FailureKind, LoadError, Outcome, RuleFailure, RuleInput, RuleInstance,
@@ -80,6 +82,9 @@ pub struct RuleCounters {
     pub outputs: AtomicU64,
     /// Messages the rule chose not to forward (no decision, or DROP).
     pub dropped: AtomicU64,
+    /// Messages whose payload was not what the rule's data type promises (a json rule given
+    /// bytes that are not a JSON object); also counted in `dropped`.
+    pub invalid_payloads: AtomicU64,
     /// Failures, by [`FailureKind`] (indexed like `FailureKind::ALL`).
     pub failed: [AtomicU64; FailureKind::ALL.len()],
     /// Time spent inside the sandbox, in nanoseconds.
@@ -101,6 +106,8 @@ pub struct CounterSnapshot {
     pub outputs: u64,
     /// Messages the rule chose not to forward.
     pub dropped: u64,
+    /// Of those, messages whose payload was invalid for the rule's data type.
+    pub invalid_payloads: u64,
     /// Failures by kind (only kinds that happened).
     pub failed: std::collections::BTreeMap<&'static str, u64>,
     /// Time spent inside the sandbox, in microseconds.
@@ -125,6 +132,7 @@ impl RuleCounters {
             messages_in: self.messages_in.load(Ordering::Relaxed),
             outputs: self.outputs.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            invalid_payloads: self.invalid_payloads.load(Ordering::Relaxed),
             failed,
             busy_us: self.busy_ns.load(Ordering::Relaxed) / 1000,
             fuel_used: self.fuel_used.load(Ordering::Relaxed),
@@ -144,121 +152,6 @@ impl RuleCounters {
             .unwrap_or_default();
         self.failed[i].fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// Sub-buckets per power of two: 4 keeps every quantile within 25 % of the true value.
-const SUB_BUCKET_BITS: u32 = 2;
-const SUB_BUCKETS: usize = 1 << SUB_BUCKET_BITS;
-/// Enough buckets for any `u64` of nanoseconds.
-const LATENCY_BUCKETS: usize = (64 - SUB_BUCKET_BITS as usize + 1) * SUB_BUCKETS;
-
-/// A lock-free latency histogram: log-linear buckets (4 per power of two) of relaxed atomic
-/// counters. Recording is two atomic adds and a `fetch_max`, so every worker records into the
-/// same histogram without a lock; a quantile is read by walking 252 counters, which is only
-/// done by `rule show`.
-#[derive(Debug)]
-pub struct LatencyHistogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS],
-    max_ns: AtomicU64,
-}
-
-impl Default for LatencyHistogram {
-    fn default() -> Self {
-        LatencyHistogram {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            max_ns: AtomicU64::new(0),
-        }
-    }
-}
-
-/// Latency quantiles in nanoseconds (bucket upper bounds, capped at the largest sample).
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
-pub struct LatencySnapshot {
-    /// How many samples the quantiles are over.
-    pub samples: u64,
-    /// Half of the messages took at most this long.
-    pub p50: u64,
-    /// 99 % of the messages took at most this long.
-    pub p99: u64,
-    /// The slowest message.
-    pub max: u64,
-}
-
-impl LatencyHistogram {
-    /// Records one sample.
-    pub fn record(&self, ns: u64) {
-        self.buckets[bucket_of(ns)].fetch_add(1, Ordering::Relaxed);
-        self.max_ns.fetch_max(ns, Ordering::Relaxed);
-    }
-
-    /// Records one sample from a [`std::time::Duration`].
-    pub fn record_duration(&self, d: std::time::Duration) {
-        self.record(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    }
-
-    /// The quantile `q` (0..=1) in nanoseconds, or 0 with no samples.
-    pub fn quantile(&self, q: f64) -> u64 {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        quantile_of(&counts, q).min(self.max_ns.load(Ordering::Relaxed))
-    }
-
-    /// p50, p99, max and the sample count, read once.
-    pub fn snapshot(&self) -> LatencySnapshot {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let max = self.max_ns.load(Ordering::Relaxed);
-        LatencySnapshot {
-            samples: counts.iter().sum(),
-            p50: quantile_of(&counts, 0.50).min(max),
-            p99: quantile_of(&counts, 0.99).min(max),
-            max,
-        }
-    }
-}
-
-/// The bucket of `ns`: exact below 4, then 4 buckets per power of two.
-fn bucket_of(ns: u64) -> usize {
-    if ns < SUB_BUCKETS as u64 {
-        return ns as usize;
-    }
-    let exp = 63 - ns.leading_zeros(); // >= SUB_BUCKET_BITS
-    let sub = (ns >> (exp - SUB_BUCKET_BITS)) as usize & (SUB_BUCKETS - 1);
-    (exp - SUB_BUCKET_BITS + 1) as usize * SUB_BUCKETS + sub
-}
-
-/// The largest value that falls in bucket `i`.
-fn bucket_upper(i: usize) -> u64 {
-    if i < SUB_BUCKETS {
-        return i as u64;
-    }
-    let exp = (i / SUB_BUCKETS) as u32 + SUB_BUCKET_BITS - 1;
-    let sub = (i % SUB_BUCKETS) as u64;
-    let width = 1u64 << (exp - SUB_BUCKET_BITS);
-    let lower = (SUB_BUCKETS as u64 + sub) << (exp - SUB_BUCKET_BITS);
-    lower.saturating_add(width - 1)
-}
-
-fn quantile_of(counts: &[u64], q: f64) -> u64 {
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return 0;
-    }
-    let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
-    let mut seen = 0;
-    for (i, n) in counts.iter().enumerate() {
-        seen += n;
-        if seen >= rank {
-            return bucket_upper(i);
-        }
-    }
-    bucket_upper(counts.len() - 1)
 }
 
 /// A rule compiled and ready to instantiate.
@@ -644,6 +537,11 @@ impl RuleWorker {
         rule.counters
             .fuel_used
             .fetch_add(instance.last_fuel_used(), Ordering::Relaxed);
+        if instance.last_payload_invalid() {
+            rule.counters
+                .invalid_payloads
+                .fetch_add(1, Ordering::Relaxed);
+        }
         rule.counters.busy_ns.fetch_add(
             u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
@@ -711,32 +609,26 @@ mod tests {
     }
 
     #[test]
-    fn histogram_buckets_are_contiguous_and_quantiles_within_a_quarter() {
-        let mut last = None;
-        for ns in (0..100_000u64).chain([u64::MAX / 3, u64::MAX]) {
-            let b = bucket_of(ns);
-            assert!(ns <= bucket_upper(b), "{ns} above its bucket's bound");
-            if let Some((prev_ns, prev_b)) = last {
-                if ns == prev_ns + 1 {
-                    assert!(b == prev_b || b == prev_b + 1, "buckets skip at {ns}");
-                }
-            }
-            last = Some((ns, b));
+    fn a_json_rule_given_a_payload_that_is_not_json_counts_an_invalid_payload() {
+        let engine = engine(None);
+        let mut worker = engine.worker();
+        let mut rule = spec("hot", Vec::new(), &["forward:out"], DataType::Json);
+        rule.source = RuleSource::Sql {
+            sql: r#"SELECT t FROM "/pk/+/user/update" WHERE t > 1"#.into(),
+        };
+        engine.install(&rule).unwrap();
+        let topic = "/pk/d1/user/update";
+        for payload in [&b"not json"[..], br#"{"t": 5}"#, br#"{"t": 0}"#, b"[1,2]"] {
+            worker.evaluate(&msg("d1", topic, payload));
         }
-        let h = LatencyHistogram::default();
-        for ns in 1..=10_000u64 {
-            h.record(ns * 1000);
-        }
-        let s = h.snapshot();
-        assert_eq!(s.samples, 10_000);
-        assert_eq!(s.max, 10_000_000);
-        let within = |got: u64, want: f64| (got as f64) >= want && (got as f64) <= want * 1.25;
-        assert!(within(s.p50, 5_000_000.0), "p50 {}", s.p50);
-        assert!(within(s.p99, 9_900_000.0), "p99 {}", s.p99);
+        let c = engine.counters_for("hot").snapshot();
+        assert_eq!(c.messages_in, 4);
+        assert_eq!(c.invalid_payloads, 2, "{c:?}");
         assert_eq!(
-            LatencyHistogram::default().snapshot(),
-            LatencySnapshot::default()
+            c.dropped, 3,
+            "two invalid payloads and one false WHERE: {c:?}"
         );
+        assert!(c.failed.is_empty(), "{c:?}");
     }
 
     #[test]

@@ -613,28 +613,31 @@ impl RuleInstance {
             .fuel_budget
             .saturating_sub(self.store.get_fuel().unwrap_or(0));
         let state = self.store.data_mut();
-        let call = std::mem::take(&mut state.call);
         let exceeded = std::mem::replace(&mut state.limits.exceeded, false);
+        // The call state stays in place (its buffers are reused by the next call); only what
+        // the outcome carries is taken out of it.
+        let call = &mut state.call;
         match result {
             Err(err) => {
                 // A trapped instance may hold broken state; the caller replaces it.
                 self.poisoned = true;
-                Err(classify(err, &call, exceeded))
+                Err(classify(err, call, exceeded))
             }
             Ok(status) => {
-                if let Some(violation) = call.violation {
+                if let Some(violation) = call.violation.take() {
                     return Err(RuleFailure {
                         kind: FailureKind::MalformedDecision,
                         message: violation,
                     });
                 }
                 match Status::from_code(status) {
-                    Some(Status::Ok) => Ok(Outcome::Emitted(call.decisions)),
+                    Some(Status::Ok) => Ok(Outcome::Emitted(std::mem::take(&mut call.decisions))),
                     Some(Status::Drop) => Ok(Outcome::Dropped),
                     Some(Status::Failed) => Err(RuleFailure {
                         kind: FailureKind::RuleError,
                         message: call
                             .failure
+                            .take()
                             .unwrap_or_else(|| "the rule failed the message".into()),
                     }),
                     _ => Err(RuleFailure {
@@ -652,6 +655,12 @@ impl RuleInstance {
     /// a CPU cost that does not depend on what else the machine was doing.
     pub fn last_fuel_used(&self) -> u64 {
         self.last_fuel_used
+    }
+
+    /// True when the last [`RuleInstance::call`] found the payload invalid for the rule's data
+    /// type (a json rule given bytes that are not a JSON object).
+    pub fn last_payload_invalid(&self) -> bool {
+        self.store.data().call.invalid_payload
     }
 
     /// True after a trap: the instance should be replaced before the next message.
@@ -764,6 +773,9 @@ struct CallState {
     failure: Option<String>,
     violation: Option<String>,
     bad_pointer: bool,
+    /// The module said the payload was not what its data type promises (the SQL runtime's
+    /// `invalid_payload` debug log): the message is dropped, and counted apart from drops.
+    invalid_payload: bool,
 }
 
 impl CallState {
@@ -784,6 +796,7 @@ impl CallState {
         self.failure = None;
         self.violation = None;
         self.bad_pointer = false;
+        self.invalid_payload = false;
     }
 
     fn tag(&self, key: &str) -> Option<String> {
@@ -1099,6 +1112,9 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         imports::LOG,
         |mut c: Host<'_>, level: i32, p: i32, l: i32| {
             let text = read_guest(&mut c, p, l)?;
+            if level >= 3 && text == crate::rules::sql::INVALID_PAYLOAD_LOG.as_bytes() {
+                c.data_mut().call.invalid_payload = true;
+            }
             let text = String::from_utf8_lossy(&text);
             let topic = &c.data().call.topic;
             match level {

@@ -70,8 +70,11 @@
 //! in-memory index requires a single writer.
 
 mod clock;
+pub mod devices;
 mod error;
 mod index;
+pub mod keys;
+pub mod metrics;
 pub mod push;
 mod read;
 mod receipt;
@@ -90,7 +93,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::StoreError;
@@ -124,7 +127,7 @@ pub struct Store {
 
 #[derive(Debug)]
 struct Inner {
-    tx: Option<mpsc::Sender<Op>>,
+    tx: Option<writer::Lanes>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: read::ReadPool,
     notifiers: Notifiers,
@@ -133,6 +136,7 @@ struct Inner {
     db_path: PathBuf,
     size_cap: u32,
     push_signals: Arc<push::PushSignals>,
+    counters: Arc<metrics::StoreCounters>,
 }
 
 impl Drop for Inner {
@@ -160,6 +164,7 @@ impl Store {
         let notifiers: Notifiers = Arc::default();
         let (commit_tx, commit_rx) = watch::channel(0u64);
         let push_signals = Arc::new(push::PushSignals::default());
+        let counters = Arc::new(metrics::StoreCounters::default());
         let (tx, thread) = writer::spawn(
             opened,
             &paths,
@@ -167,6 +172,7 @@ impl Store {
             notifiers.clone(),
             commit_tx,
             push_signals.clone(),
+            counters.clone(),
         )?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -179,8 +185,14 @@ impl Store {
                 db_path: paths.db,
                 size_cap: opts.message_size_cap.clamp(1024, MAX_MESSAGE_SIZE_CAP),
                 push_signals,
+                counters,
             }),
         })
+    }
+
+    /// What each topic, queue and commit did since start (for `/metrics`).
+    pub fn counters(&self) -> &Arc<metrics::StoreCounters> {
+        &self.inner.counters
     }
 
     /// Finishes the requests already queued, checkpoints the WAL and stops the writer thread.
@@ -406,11 +418,12 @@ impl Store {
             self.check_publish_unit(&items).and_then(|()| {
                 let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
                 let (reply, rx) = oneshot::channel();
-                tx.blocking_send(Op {
-                    kind: OpKind::Publish(items),
-                    reply,
-                })
-                .map_err(|_| StoreError::Closed)?;
+                tx.bulk
+                    .blocking_send(Op {
+                        kind: OpKind::Publish(items),
+                        reply,
+                    })
+                    .map_err(|_| StoreError::Closed)?;
                 Ok(Some(rx))
             })
         };
@@ -616,7 +629,9 @@ impl Store {
 
     // ----- internals -----
 
-    fn size_cap(&self) -> u32 {
+    /// The largest body this store takes (its `message_size_cap`): topic publishes are held to
+    /// it, and the MNS API reports it as a topic's `MaximumMessageSize`.
+    pub fn size_cap(&self) -> u32 {
         self.inner.size_cap
     }
 
@@ -648,7 +663,8 @@ impl Store {
     async fn call(&self, kind: OpKind) -> Result<Reply> {
         let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
         let (reply, rx) = oneshot::channel();
-        tx.send(Op { kind, reply })
+        tx.interactive
+            .send(Op { kind, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?

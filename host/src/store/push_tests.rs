@@ -452,5 +452,5 @@ async fn a_v1_database_migrates_to_push_state_and_keeps_its_catalog() {
     let v: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 2);
+    assert_eq!(v, super::schema::SCHEMA_VERSION);
 }

@@ -18,7 +18,12 @@ use super::types::{StoreOptions, StorePaths, Synchronous};
 pub(crate) type Migration = fn(&Transaction<'_>) -> rusqlite::Result<()>;
 
 /// Every schema step, oldest first.
-pub(crate) const MIGRATIONS: &[Migration] = &[migrate_v1, super::push::migrate_v2_push];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    migrate_v1,
+    super::push::migrate_v2_push,
+    super::devices::migrate_v3_devices,
+    super::keys::migrate_v4_keys,
+];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -2,6 +2,9 @@
 //! HTTP) on free loopback ports with a temporary data directory.
 
 mod common;
+mod devices;
+mod metrics;
+mod mns;
 mod push;
 mod rules_wasm;
 mod skeleton;

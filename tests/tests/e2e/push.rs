@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::common::{free_port, sluice_bin, Sluice};
+use crate::common::{free_port, Sluice};
 
 // ----- a controllable HTTP endpoint -----
 
@@ -199,7 +199,8 @@ fn start_sluice(dir: &Path, scale: f64, extra: &[&str]) -> Sluice {
 }
 
 async fn put(s: &Sluice, path: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = s
+        .client()
         .put(format!("{}{path}", s.http))
         .json(body)
         .send()
@@ -981,12 +982,7 @@ async fn cli_creates_an_http_subscription_shows_the_secret_once_and_rotates_it()
     let s = start_sluice(dir.path(), 0.01, &[]);
     let hook = Hook::start(|_, _| ok()).await;
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(sluice_bin())
-            .arg("--server")
-            .arg(&s.http)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = s.cli().args(args).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(
             out.status.success(),

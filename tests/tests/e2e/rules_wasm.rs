@@ -96,7 +96,8 @@ fn decode_base64(text: &str) -> Vec<u8> {
 
 /// `PUT path` with JSON (the shared `Api` has no PUT).
 async fn put(sluice: &Sluice, path: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = sluice
+        .client()
         .put(format!("{}{path}", sluice.http))
         .json(body)
         .send()

@@ -114,7 +114,12 @@ async fn publisher(id: usize, base_url: Base, history: Arc<History>, stop: Arc<A
         // Recorded as unknown before it is sent, so a message seen by a consumer before this
         // task reads the answer is never "unexpected".
         history.record(&bodies, Outcome::Unknown);
-        let r = http.post(format!("{b}{path}")).json(&body).send().await;
+        let r = http
+            .post(format!("{b}{path}"))
+            .headers(crate::common::auth_for(&b))
+            .json(&body)
+            .send()
+            .await;
         let outcome = match classify(&r) {
             Some(o) => o,
             None => match r.unwrap().bytes().await {
@@ -136,6 +141,7 @@ async fn consume_once(http: &reqwest::Client, b: &str, queue: &str, history: &Hi
         .get(format!(
             "{b}/v1/queues/{queue}/messages?max=16&wait_seconds=1"
         ))
+        .headers(crate::common::auth_for(b))
         .send()
         .await;
     let v: Value = match r {
@@ -167,6 +173,7 @@ async fn consume_once(http: &reqwest::Client, b: &str, queue: &str, history: &Hi
     }
     let r = http
         .post(format!("{b}/v1/queues/{queue}/messages/delete"))
+        .headers(crate::common::auth_for(b))
         .json(&json!({ "receipt_handles": handles }))
         .send()
         .await;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{sluice_bin, Sluice};
+use crate::common::Sluice;
 use crate::store_util::Http;
 
 fn bodies(v: &Value) -> Vec<String> {
@@ -347,14 +347,8 @@ async fn cli_queue_topic_and_backup_verbs_work_against_the_server() {
     // `sluice backup FILE` writes a 0600 copy that a server can open and that holds the messages.
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &[]);
-    let server = sluice.http.clone();
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(sluice_bin())
-            .arg("--server")
-            .arg(&server)
-            .args(args)
-            .output()
-            .expect("run sluice CLI");
+        let out = sluice.cli().args(args).output().expect("run sluice CLI");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         println!("$ sluice {}\n{stdout}{stderr}", args.join(" "));

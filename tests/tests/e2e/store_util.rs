@@ -62,6 +62,7 @@ impl Http {
             base: base.to_string(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
+                .default_headers(crate::common::auth_for(base))
                 .build()
                 .expect("reqwest client"),
         }

@@ -187,12 +187,14 @@ async fn device(
 /// Starts `n` consumers that receive from `queue` and delete what they received, until `stop`.
 pub fn start_consumers(
     http: &str,
+    auth: reqwest::header::HeaderMap,
     queue: &str,
     n: usize,
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let client = reqwest::Client::builder()
+        .default_headers(auth)
         .pool_max_idle_per_host(64)
         .build()
         .expect("HTTP client");
@@ -248,11 +250,22 @@ async fn consume_once(
             }
         }
     }
-    let deletes = receipts
-        .iter()
-        .map(|r| client.delete(format!("{base}/{r}")).send());
-    for r in futures_util::future::join_all(deletes).await {
-        r?.error_for_status()?;
+    if !receipts.is_empty() {
+        // One batch delete per receive, as a real consumer does.
+        let answer: Value = client
+            .post(format!("{base}/delete"))
+            .json(&serde_json::json!({ "receipt_handles": receipts }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let failed = answer["results"]
+            .as_array()
+            .map_or(0, |r| r.iter().filter(|x| x["deleted"] != true).count());
+        if failed > 0 {
+            tracing::warn!("bench consumer: {failed} deletes refused: {answer}");
+        }
     }
     stats
         .consumed

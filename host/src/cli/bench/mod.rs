@@ -41,10 +41,21 @@ pub struct BenchArgs {
     /// The queue the consumers drain.
     #[arg(long, default_value = "alerts-q")]
     pub queue: String,
-    /// Concurrent HTTP consumers.
-    #[arg(long, default_value_t = 4)]
+    /// Concurrent HTTP consumers (each receives up to 16, then deletes them in one batch).
+    #[arg(long, default_value_t = 16)]
     pub consumers: usize,
+    /// Run the default overheat rule as the Rust Wasm module instead of compiled SQL (only
+    /// when the bench starts its own server).
+    #[arg(long)]
+    pub wasm_rule: bool,
 }
+
+/// The rule the bench's own server runs: the overheat filter in SQL (rules-examples/sql/
+/// overheat.sql), forwarding every reading above 38 °C (all of the bench's) to `alerts`.
+const BENCH_SQL: &str = "SELECT temperature AS t, deviceName() AS device, location \
+                         FROM \"/+/+/user/update\" WHERE temperature > 38";
+/// Its name.
+const BENCH_SQL_RULE: &str = "overheat-sql";
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -101,7 +112,12 @@ struct Measured {
 }
 
 /// Runs the bench against `server` (a URL) or a server of its own.
-pub async fn run(args: BenchArgs, server: Option<String>, as_json: bool) -> anyhow::Result<()> {
+pub async fn run(
+    args: BenchArgs,
+    server: Option<String>,
+    key: Option<String>,
+    as_json: bool,
+) -> anyhow::Result<()> {
     let baseline = if args.baseline {
         eprintln!(
             "baseline: MQTT ingest alone (rules and storage off) for {} s",
@@ -114,7 +130,13 @@ pub async fn run(args: BenchArgs, server: Option<String>, as_json: bool) -> anyh
         None
     };
     let target = match (server, &args.mqtt) {
-        (None, None) => Target::spawn("pipeline", &[])?,
+        (None, None) => {
+            let target = Target::spawn("pipeline", &[])?;
+            if !args.wasm_rule {
+                use_sql_rule(&target.http, target.auth_headers()).await?;
+            }
+            target
+        }
         (server, mqtt) => {
             let http = server.unwrap_or_else(|| super::client::DEFAULT_SERVER.to_string());
             let mqtt = mqtt.clone().unwrap_or_else(|| "127.0.0.1:1883".into());
@@ -122,11 +144,17 @@ pub async fn run(args: BenchArgs, server: Option<String>, as_json: bool) -> anyh
                 .rsplit_once(':')
                 .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
                 .ok_or_else(|| anyhow::anyhow!("--mqtt {mqtt}: write HOST:PORT"))?;
-            Target::existing(http, host, port)
+            let key = super::client::resolve_key(key, &http);
+            Target::existing(http, host, port, key)
         }
     };
+    let rule = if args.wasm_rule {
+        "Wasm rule"
+    } else {
+        "SQL rule"
+    };
     eprintln!(
-        "pipeline: {} devices, QoS 1 -> rule -> queue {} -> {} consumers, for {} s",
+        "pipeline: {} devices, QoS 1 -> {rule} -> queue {} -> {} consumers, for {} s",
         args.devices, args.queue, args.consumers, args.duration
     );
     let m = measure(&target, &args, true, "pipeline").await?;
@@ -171,7 +199,9 @@ async fn measure(
     with_consumers: bool,
     label: &str,
 ) -> anyhow::Result<Measured> {
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .default_headers(target.auth_headers())
+        .build()?;
     let outputs_before = rule_outputs(&http, &target.http).await;
     let stats = Stats::new(args.devices);
     let stop_devices = CancellationToken::new();
@@ -179,6 +209,7 @@ async fn measure(
     let consumers = if with_consumers {
         load::start_consumers(
             &target.http,
+            target.auth_headers(),
             &args.queue,
             args.consumers,
             stats.clone(),
@@ -261,6 +292,38 @@ async fn measure(
         cpu_percent,
         peak_rss: target.peak_rss_bytes(),
     })
+}
+
+/// Replaces the default Wasm overheat rule of a fresh server with the same filter in SQL.
+async fn use_sql_rule(base: &str, auth: reqwest::header::HeaderMap) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().default_headers(auth).build()?;
+    let call = |req: reqwest::RequestBuilder, what: &'static str| async move {
+        let r = req.send().await?;
+        if !r.status().is_success() {
+            anyhow::bail!(
+                "{what}: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+        }
+        anyhow::Ok(())
+    };
+    call(
+        http.post(format!("{base}/v1/rules/overheat/stop")),
+        "stopping the Wasm overheat rule",
+    )
+    .await?;
+    call(
+        http.post(format!("{base}/v1/rules/{BENCH_SQL_RULE}"))
+            .json(&serde_json::json!({"sql": BENCH_SQL, "actions": ["forward:alerts"]})),
+        "creating the SQL rule",
+    )
+    .await?;
+    call(
+        http.post(format!("{base}/v1/rules/{BENCH_SQL_RULE}/start")),
+        "starting the SQL rule",
+    )
+    .await
 }
 
 /// Sum of the running rules' committed outputs, from the API.

@@ -16,6 +16,9 @@ pub struct Target {
     pub mqtt_host: String,
     /// Its port.
     pub mqtt_port: u16,
+    /// The access key (`ID:SECRET`) for the API: the bench server's admin key, or the one
+    /// given for an existing server.
+    pub key: Option<String>,
     /// The process, when the bench started it.
     owned: Option<Owned>,
 }
@@ -24,17 +27,29 @@ pub struct Target {
 struct Owned {
     child: Child,
     data_dir: PathBuf,
+    config_dir: PathBuf,
 }
 
 impl Target {
     /// An existing server and broker.
-    pub fn existing(http: String, mqtt_host: String, mqtt_port: u16) -> Target {
+    pub fn existing(
+        http: String,
+        mqtt_host: String,
+        mqtt_port: u16,
+        key: Option<String>,
+    ) -> Target {
         Target {
             http,
             mqtt_host,
             mqtt_port,
+            key,
             owned: None,
         }
+    }
+
+    /// `Authorization` for the API requests of the bench.
+    pub fn auth_headers(&self) -> reqwest::header::HeaderMap {
+        super::super::client::auth_headers(self.key.as_deref())
     }
 
     /// Starts `sluice serve` (this executable) on free loopback ports with a fresh data
@@ -45,6 +60,9 @@ impl Target {
             std::process::id(),
             rand::random::<u32>()
         ));
+        // Its own configuration directory: the server writes its admin key there, and the
+        // user's credentials file is left alone.
+        let config_dir = data_dir.with_extension("config");
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
             .arg("serve")
@@ -58,6 +76,7 @@ impl Target {
             ])
             .args(extra)
             .env("SLUICE_LOG", "warn")
+            .env(crate::credentials::CONFIG_DIR_ENV, &config_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -88,11 +107,18 @@ impl Target {
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
             .ok_or_else(|| anyhow::anyhow!("unexpected ready line: {line}"))?;
+        let key = crate::credentials::lookup(&config_dir, &http)?
+            .map(|e| format!("{}:{}", e.key_id, e.secret));
         Ok(Target {
             http,
             mqtt_host: host,
             mqtt_port: port,
-            owned: Some(Owned { child, data_dir }),
+            key,
+            owned: Some(Owned {
+                child,
+                data_dir,
+                config_dir,
+            }),
         })
     }
 
@@ -135,6 +161,7 @@ impl Drop for Target {
             let _ = owned.child.kill();
             let _ = owned.child.wait();
             let _ = std::fs::remove_dir_all(&owned.data_dir);
+            let _ = std::fs::remove_dir_all(&owned.config_dir);
         }
     }
 }

@@ -142,7 +142,7 @@ async fn a_receive_whose_caller_went_away_is_released() {
     env.store.send("q", text("m")).await.unwrap();
     let (reply, rx) = oneshot::channel();
     drop(rx); // the caller is gone before the answer comes
-    let tx = env.store.inner.tx.clone().unwrap();
+    let tx = env.store.inner.tx.as_ref().unwrap().interactive.clone();
     tx.send(Op {
         kind: OpKind::Receive("q".into(), 1),
         reply,

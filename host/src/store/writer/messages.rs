@@ -43,6 +43,7 @@ impl Writer {
         q.next_sweep_ms = q
             .next_sweep_ms
             .min(now + ms(q.attrs.message_retention_period));
+        self.op_counts.queue(q.id).enqueued += 1;
         Ok(Sent {
             id: MessageId::parse(row.message_id)
                 .ok_or_else(|| StoreError::Internal("bad message id".into()))?,
@@ -87,7 +88,8 @@ impl Writer {
             targets.push((subs, pushes));
         }
         let mut out = Vec::with_capacity(items.len());
-        for ((_, req), (subs, pushes)) in items.iter().zip(targets) {
+        for ((topic, req), (subs, pushes)) in items.iter().zip(targets) {
+            self.op_counts.published(topic);
             let id = self.ids.next_at(now);
             let id_text = id.to_string();
             let md5 = md5_of(&req.body);
@@ -302,6 +304,7 @@ impl Writer {
                         w.journal().add_inflight(q, at, key);
                         let handle = Receipt { seq, gen }.encode();
                         messages.push(w.to_message(row, Some(handle))?);
+                        w.op_counts.queue(q.id).received += 1;
                     }
                     None => match dlq {
                         Some((dlq_id, _)) if w.row_exists(q, seq)? => {
@@ -488,6 +491,7 @@ impl Writer {
                 tracing::error!(queue = %q.name, seq = receipt.seq, "deleted message was not indexed");
             }
             j.add_tombstone(q, receipt.seq, receipt.gen, st.next_visible_ms, now);
+            w.op_counts.queue(q.id).deleted += 1;
             Ok(Ok(()))
         })
     }

@@ -5,10 +5,11 @@
 
 pub mod mqtt;
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -40,11 +41,42 @@ pub fn sluice_bin() -> PathBuf {
     .clone()
 }
 
+/// The admin key (`ID:SECRET`) of every server started by this test binary, by its URL, so
+/// helpers that only know a URL (`store_util::Http::new`) authenticate too.
+fn keys() -> &'static Mutex<HashMap<String, String>> {
+    static KEYS: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    KEYS.get_or_init(Mutex::default)
+}
+
+/// The admin key (`ID:SECRET`) of the server at `base` (`http://127.0.0.1:PORT`).
+pub fn key_for(base: &str) -> String {
+    keys()
+        .lock()
+        .unwrap()
+        .get(base.trim_end_matches('/'))
+        .cloned()
+        .unwrap_or_else(|| panic!("no sluice started at {base} by this test binary"))
+}
+
+/// `Authorization: Bearer ID:SECRET` for the server at `base`.
+pub fn auth_for(base: &str) -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", key_for(base)).parse().expect("header"),
+    );
+    h
+}
+
 /// A running `sluice serve`.
 pub struct Sluice {
     child: Option<Child>,
     /// `http://127.0.0.1:PORT`
     pub http: String,
+    /// Its own configuration directory (`SLUICE_CONFIG_DIR`), where it wrote its admin key.
+    pub config_dir: PathBuf,
+    /// Its admin key, `ID:SECRET` (read from the credentials file after the ready line).
+    pub key: String,
     /// The MQTT listener port (0 with an external broker).
     pub mqtt_port: u16,
     /// The data directory.
@@ -58,6 +90,7 @@ impl Sluice {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Sluice {
         let stderr_log = data_dir.with_extension(format!("stderr-{}.log", rand::random::<u32>()));
         let log = std::fs::File::create(&stderr_log).expect("create stderr log");
+        let config_dir = data_dir.with_extension(format!("config-{}", rand::random::<u32>()));
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--data-dir".into(),
@@ -72,6 +105,7 @@ impl Sluice {
         let mut child = Command::new(sluice_bin())
             .args(&args)
             .env("SLUICE_LOG", "info")
+            .env("SLUICE_CONFIG_DIR", &config_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -101,9 +135,13 @@ impl Sluice {
         let mqtt_port = field("mqtt")
             .and_then(|a| a.rsplit(':').next().and_then(|p| p.parse().ok()))
             .unwrap_or(0);
+        let key = read_admin_key(&config_dir, &http);
+        keys().lock().unwrap().insert(http.clone(), key.clone());
         Sluice {
             child: Some(child),
             http,
+            config_dir,
+            key,
             mqtt_port,
             data_dir: data_dir.to_path_buf(),
             stderr_log,
@@ -151,13 +189,50 @@ impl Sluice {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
-    /// A blocking-free HTTP client for the API.
+    /// A blocking-free HTTP client for the API, sending the admin key.
     pub fn api(&self) -> Api {
         Api {
             base: self.http.clone(),
-            http: reqwest::Client::new(),
+            http: self.client(),
         }
     }
+
+    /// A reqwest client sending the admin key on every request.
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .default_headers(auth_for(&self.http))
+            .build()
+            .expect("reqwest client")
+    }
+
+    /// The `sluice` CLI pointed at this server (`--server`), with its configuration directory,
+    /// so it finds the admin key as a CLI on the server's machine does.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(sluice_bin());
+        cmd.arg("--server")
+            .arg(&self.http)
+            .env("SLUICE_CONFIG_DIR", &self.config_dir)
+            .env_remove("SLUICE_KEY");
+        cmd
+    }
+}
+
+/// The admin key `serve` wrote for `http` to `config_dir/credentials.toml`, as `ID:SECRET`.
+fn read_admin_key(config_dir: &Path, http: &str) -> String {
+    let path = config_dir.join("credentials.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (serve writes it before its ready line)",
+            path.display()
+        )
+    });
+    let file: toml::Value = toml::from_str(&text).expect("credentials.toml is TOML");
+    let entry = &file["servers"][http];
+    format!(
+        "{}:{}",
+        entry["key_id"].as_str().expect("key_id"),
+        entry["secret"].as_str().expect("secret")
+    )
 }
 
 impl Drop for Sluice {
@@ -198,6 +273,29 @@ impl Api {
             .await
             .expect("POST");
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `PUT path` with JSON -> (status, JSON).
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .expect("PUT");
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET path` -> (status, body text), for answers that are not JSON (`/metrics`).
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
     }
 
     /// `DELETE path` -> (status, JSON).

@@ -1,0 +1,351 @@
+//! MNS queue and message operations over the store's queue functions.
+
+use std::time::Duration;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+
+use super::error::MnsError;
+use super::xml::{
+    self, number, to_xml, ChangeVisibilityResp, DeleteErrorResp, DeleteErrorsResp, MessageReq,
+    MessageResp, MessagesReq, MessagesResp, QueueReq, QueueResp, QueueUrl, QueuesResp,
+    ReceiptHandlesReq, SentResp, UserProperties, XmlBody, XMLNS, XML_HEADERS,
+};
+use super::{base_url, check_logging, page, query_map, query_number, seconds};
+use crate::api::AppState;
+use crate::store::{Message, QueueAttributes, QueueInfo, SendRequest, StoreError};
+
+fn xml_ok(status: StatusCode, body: String) -> Response {
+    (status, XML_HEADERS, body).into_response()
+}
+
+/// Applies the attributes of a `<Queue>` document over `a`; names the element on a bad value.
+fn apply_queue(req: &QueueReq, mut a: QueueAttributes) -> Result<QueueAttributes, MnsError> {
+    check_logging(&req.logging_enabled)?;
+    if let Some(v) = number("DelaySeconds", &req.delay_seconds)? {
+        a.delay_seconds = v;
+    }
+    if let Some(v) = number("MaximumMessageSize", &req.maximum_message_size)? {
+        a.maximum_message_size = v;
+    }
+    if let Some(v) = number("MessageRetentionPeriod", &req.message_retention_period)? {
+        a.message_retention_period = v;
+    }
+    if let Some(v) = number("VisibilityTimeout", &req.visibility_timeout)? {
+        a.visibility_timeout = v;
+    }
+    if let Some(v) = number("PollingWaitSeconds", &req.polling_wait_seconds)? {
+        a.polling_wait_seconds = v;
+    }
+    Ok(a)
+}
+
+fn queue_resp(info: QueueInfo, url: Option<String>, root: bool) -> QueueResp {
+    QueueResp {
+        xmlns: root.then_some(XMLNS),
+        queue_url: url,
+        queue_name: info.name,
+        create_time: seconds(info.create_time_ms),
+        last_modify_time: seconds(info.create_time_ms),
+        delay_seconds: info.attributes.delay_seconds,
+        maximum_message_size: info.attributes.maximum_message_size,
+        message_retention_period: info.attributes.message_retention_period,
+        visibility_timeout: info.attributes.visibility_timeout,
+        polling_wait_seconds: info.attributes.polling_wait_seconds,
+        active_messages: info.active_messages,
+        inactive_messages: info.inactive_messages,
+        delay_messages: info.delayed_messages,
+        logging_enabled: "False",
+    }
+}
+
+/// CreateQueue (`201` + `Location`, `204` when it exists with the same attributes, `409
+/// QueueAlreadyExist` when different) or, with `?metaoverride=true`, SetQueueAttributes
+/// (`204`; the attributes given change, the others stay).
+pub async fn create_or_set(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: XmlBody,
+) -> Result<Response, MnsError> {
+    let req: QueueReq = body.parse("Queue")?;
+    let q = query_map(query.as_deref());
+    if q.get("metaoverride")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        let current = state.store.get_queue(&queue).await?.attributes;
+        state
+            .store
+            .set_queue_attributes(&queue, apply_queue(&req, current)?)
+            .await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let created = state
+        .store
+        .create_queue(&queue, apply_queue(&req, QueueAttributes::default())?)
+        .await?;
+    let url = format!("{}/queues/{queue}", base_url(&headers));
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::NO_CONTENT
+    };
+    Ok((status, [(header::LOCATION, url)]).into_response())
+}
+
+/// GetQueueAttributes.
+pub async fn get_attributes(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+) -> Result<Response, MnsError> {
+    let info = state.store.get_queue(&queue).await?;
+    Ok(xml_ok(
+        StatusCode::OK,
+        to_xml(&queue_resp(info, None, true)),
+    ))
+}
+
+/// DeleteQueue: `204`; `404 QueueNotExist` when there is none (as the native API).
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+) -> Result<Response, MnsError> {
+    if !state.store.delete_queue(&queue).await? {
+        return Err(StoreError::QueueNotExist { name: queue }.into());
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// ListQueue, with `x-mns-prefix`, `x-mns-marker`, `x-mns-ret-number` and `x-mns-with-meta`.
+pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, MnsError> {
+    let mut infos = state.store.list_queues().await?;
+    let (names, next) = page(infos.iter().map(|i| i.name.clone()).collect(), &headers)?;
+    let base = base_url(&headers);
+    let url = |n: &str| format!("{base}/queues/{n}");
+    let with_meta = headers
+        .get("x-mns-with-meta")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let body = if with_meta {
+        infos.retain(|i| names.contains(&i.name));
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        to_xml(&QueuesResp {
+            xmlns: XMLNS,
+            queues: infos
+                .into_iter()
+                .map(|i| {
+                    let u = url(&i.name);
+                    queue_resp(i, Some(u), false)
+                })
+                .collect(),
+            next_marker: next,
+        })
+    } else {
+        to_xml(&QueuesResp {
+            xmlns: XMLNS,
+            queues: names.iter().map(|n| QueueUrl { url: url(n) }).collect(),
+            next_marker: next,
+        })
+    };
+    Ok(xml_ok(StatusCode::OK, body))
+}
+
+fn send_request(m: MessageReq, i: Option<usize>) -> Result<SendRequest, MnsError> {
+    let at = |field: &str| match i {
+        Some(i) => format!("Message[{i}].{field}"),
+        None => field.to_string(),
+    };
+    let body = m.message_body.ok_or_else(|| {
+        MnsError::invalid(&at("MessageBody"), "missing: a message needs a MessageBody")
+    })?;
+    Ok(SendRequest {
+        body: body.into_bytes().into(),
+        delay_seconds: number(&at("DelaySeconds"), &m.delay_seconds)?,
+        priority: number(&at("Priority"), &m.priority)?,
+        tag: m.message_tag,
+        attributes: m
+            .user_properties
+            .map(UserProperties::into_attributes)
+            .unwrap_or_default(),
+    })
+}
+
+/// SendMessage (`<Message>`) or BatchSendMessage (`<Messages>`, 1–16, one commit): `201` with
+/// the id and body MD5 of each.
+pub async fn send(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    body: XmlBody,
+) -> Result<Response, MnsError> {
+    if body.root_name().as_deref() == Some("Messages") {
+        let batch: MessagesReq = body.parse("Messages")?;
+        let requests = batch
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| send_request(m, Some(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sent = state.store.send_batch(&queue, requests).await?;
+        let doc = MessagesResp {
+            xmlns: XMLNS,
+            messages: sent
+                .into_iter()
+                .map(|s| SentResp {
+                    xmlns: None,
+                    message_id: s.id.to_string(),
+                    message_body_md5: s.body_md5,
+                })
+                .collect(),
+        };
+        return Ok(xml_ok(StatusCode::CREATED, to_xml(&doc)));
+    }
+    let one: MessageReq = body.parse("Message")?;
+    let sent = state.store.send(&queue, send_request(one, None)?).await?;
+    let doc = SentResp {
+        xmlns: Some(XMLNS),
+        message_id: sent.id.to_string(),
+        message_body_md5: sent.body_md5,
+    };
+    Ok(xml_ok(StatusCode::CREATED, to_xml(&doc)))
+}
+
+/// A stored message as MNS shows it. The body is returned exactly as stored when it is UTF-8
+/// text (XML carries text); other bytes are given as base64.
+fn message_resp(m: Message, root: bool) -> MessageResp {
+    let body = match String::from_utf8(m.body.to_vec()) {
+        Ok(text) => text,
+        Err(_) => base64::engine::general_purpose::STANDARD.encode(&m.body),
+    };
+    let peeked = m.receipt_handle.is_none();
+    MessageResp {
+        xmlns: root.then_some(XMLNS),
+        message_id: m.id.to_string(),
+        receipt_handle: m.receipt_handle,
+        message_body_md5: m.body_md5,
+        message_body: body,
+        enqueue_time: m.enqueue_time_ms,
+        next_visible_time: (!peeked).then_some(m.next_visible_time_ms),
+        first_dequeue_time: m.first_dequeue_time_ms.unwrap_or(0),
+        dequeue_count: m.dequeue_count,
+        priority: m.priority,
+        message_tag: m.tag,
+        user_properties: UserProperties::from_attributes(&m.attributes),
+    }
+}
+
+/// (Batch)ReceiveMessage with `waitseconds` (0–30) and `numOfMessages` (1–16), or with
+/// `peekonly=true` (Batch)PeekMessage. No message after the wait is MNS's `404
+/// MessageNotExist`. A request with `numOfMessages` is a batch and answers `<Messages>`.
+pub async fn receive_or_peek(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, MnsError> {
+    let q = query_map(query.as_deref());
+    let batch = query_number::<u32>(&q, "numOfMessages")?;
+    let max = batch.unwrap_or(1) as usize;
+    let peek = q
+        .get("peekonly")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let messages = if peek {
+        state.store.peek(&queue, max).await?
+    } else {
+        let wait = query_number::<u64>(&q, "waitseconds")?.map(Duration::from_secs);
+        state.store.receive(&queue, max, wait).await?
+    };
+    if messages.is_empty() {
+        return Err(MnsError::new(
+            StatusCode::NOT_FOUND,
+            "MessageNotExist",
+            format!("no message in queue `{queue}`"),
+        ));
+    }
+    let body = if batch.is_some() {
+        to_xml(&MessagesResp {
+            xmlns: XMLNS,
+            messages: messages
+                .into_iter()
+                .map(|m| message_resp(m, false))
+                .collect(),
+        })
+    } else {
+        let m = messages.into_iter().next().expect("not empty");
+        to_xml(&message_resp(m, true))
+    };
+    Ok(xml_ok(StatusCode::OK, body))
+}
+
+/// DeleteMessage (`?ReceiptHandle=`) or BatchDeleteMessage (`<ReceiptHandles>`, 1–16): `204`
+/// when every handle worked; a batch with failures answers `404` with one `<Error>` per failed
+/// handle (the others are deleted), as MNS does.
+pub async fn delete_messages(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    RawQuery(query): RawQuery,
+    body: XmlBody,
+) -> Result<Response, MnsError> {
+    let q = query_map(query.as_deref());
+    if let Some(handle) = q.get("receipthandle") {
+        state.store.delete(&queue, handle).await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let req: ReceiptHandlesReq = body.parse("ReceiptHandles")?;
+    if req.handles.is_empty() {
+        return Err(MnsError::invalid(
+            "ReceiptHandle",
+            "missing: give ?ReceiptHandle= or a <ReceiptHandles> document",
+        ));
+    }
+    let results = state
+        .store
+        .delete_batch(&queue, req.handles.clone())
+        .await?;
+    let errors: Vec<DeleteErrorResp> = req
+        .handles
+        .into_iter()
+        .zip(results)
+        .filter_map(|(handle, r)| {
+            r.err().map(|e| DeleteErrorResp {
+                error_code: e.code().to_string(),
+                error_message: e.to_string(),
+                receipt_handle: handle,
+            })
+        })
+        .collect();
+    if errors.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let doc = DeleteErrorsResp {
+        xmlns: XMLNS,
+        errors,
+    };
+    Ok(xml_ok(StatusCode::NOT_FOUND, to_xml(&doc)))
+}
+
+/// ChangeMessageVisibility: `?ReceiptHandle=&VisibilityTimeout=` (1–43200 s); answers the new
+/// handle and the next visible time (ms).
+pub async fn change_visibility(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, MnsError> {
+    let q = query_map(query.as_deref());
+    let handle = q
+        .get("receipthandle")
+        .ok_or_else(|| MnsError::invalid("ReceiptHandle", "missing"))?;
+    let seconds = query_number::<u32>(&q, "VisibilityTimeout")?
+        .ok_or_else(|| MnsError::invalid("VisibilityTimeout", "missing: seconds, 1 to 43200"))?;
+    let changed = state
+        .store
+        .change_visibility(&queue, handle, seconds)
+        .await?;
+    let doc = ChangeVisibilityResp {
+        xmlns: XMLNS,
+        receipt_handle: changed.receipt_handle,
+        next_visible_time: changed.next_visible_time_ms,
+    };
+    Ok(xml_ok(StatusCode::OK, xml::to_xml(&doc)))
+}
