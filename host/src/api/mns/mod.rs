@@ -90,6 +90,14 @@ async fn add_request_id(mut r: axum::response::Response) -> axum::response::Resp
 }
 
 /// `http://{Host}`: the base of the URLs MNS answers carry (QueueURL, Location, ...).
+/// `x-mns-with-meta: true` on a List request: answer full attributes, not just names.
+fn with_meta(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-mns-with-meta")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
 fn base_url(headers: &HeaderMap) -> String {
     let host = headers
         .get(axum::http::header::HOST)

@@ -116,10 +116,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<R
     let (names, next) = page(infos.iter().map(|i| i.name.clone()).collect(), &headers)?;
     let base = base_url(&headers);
     let url = |n: &str| format!("{base}/topics/{n}");
-    let with_meta = headers
-        .get("x-mns-with-meta")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let with_meta = super::with_meta(&headers);
     let cap = state.store.size_cap();
     let body = if with_meta {
         infos.retain(|i| names.contains(&i.name));

@@ -252,61 +252,40 @@ pub struct Api {
 }
 
 impl Api {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends `request` and reads the answer as JSON (`null` when it is not JSON).
+    async fn call(request: reqwest::RequestBuilder, what: &str) -> (u16, Value) {
+        let r = request.send().await.expect(what);
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
     /// `GET path` -> (status, JSON).
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("GET");
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+        Api::call(self.http.get(self.url(path)), "GET").await
     }
 
     /// `POST path` with JSON -> (status, JSON).
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .expect("POST");
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+        Api::call(self.http.post(self.url(path)).json(body), "POST").await
     }
 
     /// `PUT path` with JSON -> (status, JSON).
     pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = self
-            .http
-            .put(format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .expect("PUT");
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+        Api::call(self.http.put(self.url(path)).json(body), "PUT").await
     }
 
     /// `GET path` -> (status, body text), for answers that are not JSON (`/metrics`).
     pub async fn get_text(&self, path: &str) -> (u16, String) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("GET");
+        let r = self.http.get(self.url(path)).send().await.expect("GET");
         (r.status().as_u16(), r.text().await.unwrap_or_default())
     }
 
     /// `DELETE path` -> (status, JSON).
     pub async fn delete(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .delete(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("DELETE");
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+        Api::call(self.http.delete(self.url(path)), "DELETE").await
     }
 
     /// Receives and deletes messages from `queue` until `want` arrived or `timeout` passed
