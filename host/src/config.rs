@@ -69,6 +69,8 @@ pub struct FileConfig {
     pub mqtt_url: Option<String>,
     /// Client id toward the external broker.
     pub mqtt_client_id: Option<String>,
+    /// Shared-subscription group toward the external broker.
+    pub mqtt_share_group: Option<String>,
     /// Store durability.
     pub synchronous: Option<SyncLevel>,
     /// Rule worker threads (default: one per core).
@@ -222,6 +224,8 @@ pub struct FlagOverrides {
     pub mqtt_url: Option<String>,
     /// `--mqtt-client-id`
     pub mqtt_client_id: Option<String>,
+    /// `--mqtt-share-group`
+    pub mqtt_share_group: Option<String>,
     /// `--synchronous`
     pub synchronous: Option<SyncLevel>,
     /// `--node-id`
@@ -251,6 +255,9 @@ pub enum MqttMode {
         url: String,
         /// Stable client id.
         client_id: String,
+        /// Subscribe as `$share/{group}/...`, splitting the traffic with the group's other
+        /// processes.
+        share_group: Option<String>,
     },
 }
 
@@ -332,7 +339,28 @@ impl ServeConfig {
                     .mqtt_client_id
                     .or(file.mqtt_client_id.clone())
                     .unwrap_or_else(|| default_client_id(&data_dir));
-                MqttMode::External { url, client_id }
+                let share_group = flags.mqtt_share_group.or(file.mqtt_share_group.clone());
+                if let Some(group) = &share_group {
+                    crate::ingest::external::validate_share_group(group).map_err(|e| {
+                        ConfigError::Invalid {
+                            key: "mqtt_share_group".into(),
+                            message: e.to_string(),
+                        }
+                    })?;
+                }
+                MqttMode::External {
+                    url,
+                    client_id,
+                    share_group,
+                }
+            }
+            None if flags.mqtt_share_group.is_some() || file.mqtt_share_group.is_some() => {
+                return Err(ConfigError::Invalid {
+                    key: "mqtt_share_group".into(),
+                    message: "a share group splits an external broker's traffic; \
+                              give --mqtt-url (or mqtt_url) too"
+                        .into(),
+                });
             }
             None => MqttMode::Listen(
                 flags
@@ -504,6 +532,34 @@ mod tests {
         assert_ne!(
             default_client_id(Path::new("/a")),
             default_client_id(Path::new("/b"))
+        );
+    }
+
+    #[test]
+    fn a_share_group_needs_an_external_broker_and_a_valid_name() {
+        let load = |url: Option<&str>, group: &str| {
+            ServeConfig::load(
+                None,
+                FlagOverrides {
+                    mqtt_url: url.map(str::to_owned),
+                    mqtt_share_group: Some(group.to_owned()),
+                    ..Default::default()
+                },
+            )
+        };
+        let cfg = load(Some("mqtt://127.0.0.1:1883"), "fleet").unwrap();
+        assert!(matches!(
+            cfg.mqtt,
+            MqttMode::External { share_group: Some(ref g), .. } if g == "fleet"
+        ));
+        let err = load(None, "fleet").unwrap_err().to_string();
+        assert!(err.contains("--mqtt-url"), "{err}");
+        let err = load(Some("mqtt://127.0.0.1:1883"), "a/b")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mqtt_share_group") && err.contains("'/'"),
+            "{err}"
         );
     }
 }

@@ -219,9 +219,17 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
                     format!("mqtt={addr}"),
                 )
             }
-            (None, MqttMode::External { url, client_id }) => {
+            (
+                None,
+                MqttMode::External {
+                    url,
+                    client_id,
+                    share_group,
+                },
+            ) => {
                 let mut cfg = ExternalConfig::new(url.clone(), client_id.clone());
                 cfg.filters = engine.running_filters();
+                cfg.share_group = share_group.clone();
                 let (broker, handle) = ExternalBroker::new(cfg)?;
                 ingest_counters = Some(broker.counters());
                 downlink = DownlinkPath::External(handle.clone());
@@ -313,9 +321,16 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         MqttMode::Listen(_) => {
             format!("MQTT listener on {}", mqtt_desc.trim_start_matches("mqtt="))
         }
-        MqttMode::External { url, client_id } => {
-            format!("MQTT through the broker at {url} as client {client_id}")
-        }
+        MqttMode::External {
+            url,
+            client_id,
+            share_group,
+        } => match share_group {
+            Some(group) => format!(
+                "MQTT through the broker at {url} as client {client_id} in share group {group}"
+            ),
+            None => format!("MQTT through the broker at {url} as client {client_id}"),
+        },
     };
     tracing::info!(
         "sluice ready: HTTP API on http://{http_addr}, {mqtt_human}, data in {}",

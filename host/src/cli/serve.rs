@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// [default: derived from the data directory].
     #[arg(long)]
     pub mqtt_client_id: Option<String>,
+    /// With --mqtt-url: subscribe as the MQTT 5 shared subscription $share/GROUP/..., so the
+    /// sluice processes of one group split the broker's traffic (each message handled once).
+    #[arg(long, value_name = "GROUP")]
+    pub mqtt_share_group: Option<String>,
     /// Store durability: full (survives power loss) or normal (survives a process crash).
     #[arg(long, value_parser = parse_sync)]
     pub synchronous: Option<SyncLevel>,
@@ -75,6 +79,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             mqtt_listen: args.mqtt_listen,
             mqtt_url: args.mqtt_url,
             mqtt_client_id: args.mqtt_client_id,
+            mqtt_share_group: args.mqtt_share_group,
             synchronous: args.synchronous,
             node_id: args.node_id,
             push_deny_private_networks: args.push_deny_private_networks.then_some(true),

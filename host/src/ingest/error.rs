@@ -42,7 +42,21 @@ pub enum IngestError {
     /// The external broker client is gone (its task stopped).
     #[error("the MQTT broker connection is closed")]
     Closed,
-    /// The external broker client refused a request.
+    /// The external broker client refused a request (boxed: it carries the whole request).
     #[error("MQTT client error: {0}")]
-    Client(#[from] rumqttc::ClientError),
+    Client(Box<rumqttc::v5::ClientError>),
+    /// `--mqtt-share-group` is not a valid MQTT 5 share name.
+    #[error("invalid MQTT share group {group:?}: {reason}")]
+    BadShareGroup {
+        /// The group as given.
+        group: String,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+impl From<rumqttc::v5::ClientError> for IngestError {
+    fn from(e: rumqttc::v5::ClientError) -> IngestError {
+        IngestError::Client(Box::new(e))
+    }
 }

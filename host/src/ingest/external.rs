@@ -1,8 +1,13 @@
 //! External broker mode: sluice as a client of an existing MQTT broker (Mosquitto, EMQX, ...).
 //!
-//! Selected with `--mqtt-url mqtt://host:port`. The client uses manual acks and clean session
-//! off with a stable client id, so whatever sluice received but never acknowledged is sent again
-//! by the broker after a restart or reconnect: duplicates are possible, loss is not.
+//! Selected with `--mqtt-url mqtt://host:port`. The client speaks MQTT 5 with manual acks, clean
+//! start off, a session that never expires and a stable client id, so whatever sluice received
+//! but never acknowledged is sent again by the broker after a restart or reconnect: duplicates
+//! are possible, loss is not.
+//!
+//! With a share group (`--mqtt-share-group G`) every filter is subscribed as the MQTT 5 shared
+//! subscription `$share/G/filter`: several sluice processes, each with its own client id, then
+//! split the broker's traffic so each message is handled by one of them.
 //!
 //! Shape (rumqttc's `async_manual_acks` pattern): one task polls the event loop and hands each
 //! publish to the bounded sink (waiting there is the back-pressure that reaches the broker); a
@@ -15,7 +20,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::Outgoing;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +43,9 @@ const ACK_QUEUE_LEN: usize = 65_536;
 /// How long the ack task retries a full request channel before giving the ack up (the broker
 /// then resends the message after the next reconnect: a duplicate, not a loss).
 const ACK_RETRY_BUDGET: Duration = Duration::from_secs(5);
+/// MQTT 5's "the session never expires": what MQTT 3.1.1's clean session off meant, so the
+/// broker keeps queueing QoS 1 messages for sluice while it is down.
+const SESSION_NEVER_EXPIRES: u32 = u32::MAX;
 
 /// How to reach and use the external broker.
 #[derive(Debug, Clone)]
@@ -45,6 +56,9 @@ pub struct ExternalConfig {
     pub client_id: String,
     /// Topic filters to subscribe to at QoS 1 from the start (more can be added at run time).
     pub filters: Vec<String>,
+    /// The shared-subscription group: filters are subscribed as `$share/{group}/{filter}`, so
+    /// the processes of one group split the traffic. `None`: every process gets every message.
+    pub share_group: Option<String>,
     /// Keep-alive with the broker.
     pub keep_alive: Duration,
     /// Optional user name and password.
@@ -68,6 +82,7 @@ impl ExternalConfig {
             url: url.into(),
             client_id: client_id.into(),
             filters: Vec::new(),
+            share_group: None,
             keep_alive: DEFAULT_KEEP_ALIVE,
             credentials: None,
             backoff_min: Duration::from_millis(200),
@@ -123,13 +138,48 @@ pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), IngestError> {
     Ok((host.to_owned(), port))
 }
 
+/// Checks a shared-subscription group name: MQTT 5 forbids `/`, `+` and `#` in it.
+pub fn validate_share_group(group: &str) -> Result<(), IngestError> {
+    let bad = |reason: &str| IngestError::BadShareGroup {
+        group: group.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if group.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if group.contains(['/', '+', '#']) {
+        return Err(bad("it may not contain '/', '+' or '#'"));
+    }
+    if group.contains('\0') {
+        return Err(bad("it may not contain a NUL character"));
+    }
+    Ok(())
+}
+
+/// The filters sluice wants and the form they take at the broker (shared or not).
+#[derive(Debug)]
+struct Subscriptions {
+    filters: BTreeSet<String>,
+    share_group: Option<String>,
+}
+
+impl Subscriptions {
+    /// The filter as subscribed at the broker.
+    fn at_broker(&self, filter: &str) -> String {
+        match &self.share_group {
+            Some(group) => format!("$share/{group}/{filter}"),
+            None => filter.to_owned(),
+        }
+    }
+}
+
 /// The broker client before it runs. [`ExternalBroker::run`] polls it until shutdown.
 pub struct ExternalBroker {
     client: AsyncClient,
     eventloop: EventLoop,
     cfg: ExternalConfig,
     client_id: Arc<str>,
-    filters: Arc<Mutex<BTreeSet<String>>>,
+    subscriptions: Arc<Mutex<Subscriptions>>,
     counters: Arc<IngestCounters>,
 }
 
@@ -146,7 +196,7 @@ impl std::fmt::Debug for ExternalBroker {
 #[derive(Clone)]
 pub struct ExternalHandle {
     client: AsyncClient,
-    filters: Arc<Mutex<BTreeSet<String>>>,
+    subscriptions: Arc<Mutex<Subscriptions>>,
 }
 
 impl std::fmt::Debug for ExternalHandle {
@@ -158,42 +208,43 @@ impl std::fmt::Debug for ExternalHandle {
 }
 
 impl ExternalHandle {
-    /// Subscribes to `filter` at QoS 1 (now and after every reconnect). Adding a filter twice
-    /// is harmless.
+    /// Subscribes to `filter` at QoS 1 (now and after every reconnect), shared within the
+    /// share group if there is one. Adding a filter twice is harmless.
     pub async fn add_filter(&self, filter: &str) -> Result<(), IngestError> {
         validate_filter(filter).map_err(|source| IngestError::Topic {
             topic: filter.to_owned(),
             source,
         })?;
-        self.filters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(filter.to_owned());
-        self.client.subscribe(filter, QoS::AtLeastOnce).await?;
+        let at_broker = {
+            let mut subs = self.subscriptions();
+            subs.filters.insert(filter.to_owned());
+            subs.at_broker(filter)
+        };
+        self.client.subscribe(at_broker, QoS::AtLeastOnce).await?;
         Ok(())
     }
 
     /// Unsubscribes from `filter` (a no-op for unknown filters).
     pub async fn remove_filter(&self, filter: &str) -> Result<(), IngestError> {
-        let removed = self
-            .filters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(filter);
-        if removed {
-            self.client.unsubscribe(filter).await?;
+        let at_broker = {
+            let mut subs = self.subscriptions();
+            subs.filters.remove(filter).then(|| subs.at_broker(filter))
+        };
+        if let Some(at_broker) = at_broker {
+            self.client.unsubscribe(at_broker).await?;
         }
         Ok(())
     }
 
-    /// The filters currently subscribed (sorted).
+    /// The filters currently subscribed (sorted, without the `$share/{group}/` prefix).
     pub fn filters(&self) -> Vec<String> {
-        self.filters
+        self.subscriptions().filters.iter().cloned().collect()
+    }
+
+    fn subscriptions(&self) -> std::sync::MutexGuard<'_, Subscriptions> {
+        self.subscriptions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect()
     }
 
     /// Publishes through the broker (downlink and republish). Returns once the request is
@@ -230,6 +281,9 @@ impl ExternalBroker {
         if cfg.client_id.is_empty() {
             return Err(IngestError::MissingClientId);
         }
+        if let Some(group) = &cfg.share_group {
+            validate_share_group(group)?;
+        }
         let mut filters = BTreeSet::new();
         for f in &cfg.filters {
             validate_filter(f).map_err(|source| IngestError::Topic {
@@ -239,19 +293,24 @@ impl ExternalBroker {
             filters.insert(f.clone());
         }
         let mut opts = MqttOptions::new(cfg.client_id.clone(), host, port);
+        let max_packet = u32::try_from(cfg.max_packet_size_bytes).unwrap_or(u32::MAX);
         opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)))
             .set_manual_acks(true)
-            .set_clean_session(false)
-            .set_max_packet_size(cfg.max_packet_size_bytes, cfg.max_packet_size_bytes)
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(SESSION_NEVER_EXPIRES))
+            .set_max_packet_size(Some(max_packet))
             .set_request_channel_capacity(cfg.request_capacity.max(16));
         if let Some((user, pass)) = &cfg.credentials {
             opts.set_credentials(user.clone(), pass.clone());
         }
         let (client, eventloop) = AsyncClient::new(opts, cfg.request_capacity.max(16));
-        let filters = Arc::new(Mutex::new(filters));
+        let subscriptions = Arc::new(Mutex::new(Subscriptions {
+            filters,
+            share_group: cfg.share_group.clone(),
+        }));
         let handle = ExternalHandle {
             client: client.clone(),
-            filters: filters.clone(),
+            subscriptions: subscriptions.clone(),
         };
         Ok((
             ExternalBroker {
@@ -259,7 +318,7 @@ impl ExternalBroker {
                 eventloop,
                 client_id: Arc::from(cfg.client_id.as_str()),
                 cfg,
-                filters,
+                subscriptions,
                 counters: Arc::new(IngestCounters::default()),
             },
             handle,
@@ -280,7 +339,7 @@ impl ExternalBroker {
             mut eventloop,
             cfg,
             client_id,
-            filters,
+            subscriptions,
             counters,
         } = self;
         let epoch = Arc::new(AtomicU64::new(0));
@@ -305,9 +364,19 @@ impl ExternalBroker {
                     epoch.fetch_add(1, Ordering::SeqCst);
                     tracing::info!(url = %cfg.url, session_present = connack.session_present, "connected to MQTT broker");
                     // Always: the broker's stored session may predate filters added since.
-                    resubscribe(&client, &filters);
+                    resubscribe(&client, &subscriptions);
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let Ok(topic) = std::str::from_utf8(&publish.topic).map(str::to_owned) else {
+                        // MQTT requires UTF-8 topics; a broker relaying anything else is broken,
+                        // and resending it would not help: count it and let it go.
+                        bump(&counters.rejected_total);
+                        tracing::warn!("broker sent a publish whose topic is not UTF-8; dropped");
+                        if publish.qos != QoS::AtMostOnce {
+                            try_ack(&client, &publish).await;
+                        }
+                        continue;
+                    };
                     let qos = publish.qos as u8;
                     let (ack, rx) = if qos == 0 {
                         (Ack::detached(), None)
@@ -317,7 +386,7 @@ impl ExternalBroker {
                     };
                     let ingested = Ingested {
                         message: IngestMessage {
-                            topic: publish.topic.clone(),
+                            topic,
                             payload: publish.payload.clone(),
                             qos,
                             retain: publish.retain,
@@ -382,13 +451,11 @@ impl ExternalBroker {
     }
 }
 
-fn resubscribe(client: &AsyncClient, filters: &Mutex<BTreeSet<String>>) {
-    let filters: Vec<String> = filters
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .cloned()
-        .collect();
+fn resubscribe(client: &AsyncClient, subscriptions: &Mutex<Subscriptions>) {
+    let filters: Vec<String> = {
+        let subs = subscriptions.lock().unwrap_or_else(PoisonError::into_inner);
+        subs.filters.iter().map(|f| subs.at_broker(f)).collect()
+    };
     if filters.is_empty() {
         return;
     }
@@ -397,7 +464,7 @@ fn resubscribe(client: &AsyncClient, filters: &Mutex<BTreeSet<String>>) {
     tokio::spawn(async move {
         let topics = filters
             .into_iter()
-            .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+            .map(|f| Filter::new(f, QoS::AtLeastOnce));
         if let Err(e) = client.subscribe_many(topics).await {
             tracing::warn!(error = %e, "MQTT resubscribe failed");
         }
@@ -429,7 +496,7 @@ async fn ack_in_order(
                     Ok(AckOutcome::Rejected(reason)) => reason,
                     _ => "ack dropped without an outcome".to_owned(),
                 };
-                tracing::warn!(topic = %pending.publish.topic, %reason, "message not committed; reconnecting so the broker resends it");
+                tracing::warn!(topic = %String::from_utf8_lossy(&pending.publish.topic), %reason, "message not committed; reconnecting so the broker resends it");
                 let _ = client.try_disconnect();
             }
         }
@@ -502,5 +569,30 @@ mod tests {
             ExternalBroker::new(ExternalConfig::new("mqtt://127.0.0.1:1", "")).unwrap_err(),
             IngestError::MissingClientId
         ));
+    }
+
+    #[test]
+    fn share_groups_are_checked_and_prefix_filters() {
+        validate_share_group("sluice").unwrap();
+        for bad in ["", "a/b", "a+", "#", "a\0"] {
+            let err = validate_share_group(bad).unwrap_err();
+            assert!(err.to_string().contains("share group"), "{err}");
+        }
+        let mut cfg = ExternalConfig::new("mqtt://127.0.0.1:1", "id");
+        cfg.share_group = Some("a/b".into());
+        assert!(matches!(
+            ExternalBroker::new(cfg).unwrap_err(),
+            IngestError::BadShareGroup { .. }
+        ));
+        let subs = Subscriptions {
+            filters: BTreeSet::new(),
+            share_group: Some("g".into()),
+        };
+        assert_eq!(subs.at_broker("/pk/+/user/#"), "$share/g//pk/+/user/#");
+        let plain = Subscriptions {
+            filters: BTreeSet::new(),
+            share_group: None,
+        };
+        assert_eq!(plain.at_broker("a/b"), "a/b");
     }
 }

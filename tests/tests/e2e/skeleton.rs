@@ -103,6 +103,93 @@ async fn thousand_qos1_messages_from_ten_devices_arrive_in_the_queue_once_each()
     sluice.stop();
 }
 
+/// Publishes overheat probes to the broker until every one of `servers` has received one (each
+/// probe alert drained from its `alerts-q`): then their subscriptions are in place.
+async fn wait_until_subscribed(broker_port: u16, servers: &[&Sluice]) {
+    let mut seen = vec![false; servers.len()];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.contains(&false) {
+        let probe = json!({"temperature": 99.0, "location": "probe"}).to_string();
+        let report = publish_qos1(
+            broker_port,
+            "probe",
+            "/probe/probe/user/update",
+            vec![(0, probe.into_bytes())],
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(report.acked.len(), 1, "mosquitto acks the probe");
+        for (server, seen) in servers.iter().zip(seen.iter_mut()) {
+            let got = server
+                .api()
+                .drain("alerts-q", 1, Duration::from_millis(300))
+                .await;
+            *seen |= !got.is_empty();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every sluice subscribed to mosquitto; logs:\n{}",
+            servers
+                .iter()
+                .map(|s| s.log())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+    }
+}
+
+/// Drains `alerts-q`, leaving out late probe alerts of [`wait_until_subscribed`].
+async fn drain_alerts(sluice: &Sluice, want: usize, timeout: Duration) -> Vec<Value> {
+    let got = sluice.api().drain("alerts-q", want, timeout).await;
+    got.into_iter()
+        .filter(|m| m["location"] != "probe")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_sluice_processes_in_one_share_group_split_mosquittos_traffic_once_each() {
+    // Scaling ingest out: two processes subscribe as $share/fleet/..., so each message is
+    // handled by exactly one of them, and both take a share.
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let args = ["--mqtt-url", &url, "--mqtt-share-group", "fleet"];
+    let started = Instant::now();
+    let a = Sluice::start(&dir.path().join("a"), &args);
+    let b = Sluice::start(&dir.path().join("b"), &args);
+    println!("both started in {:?}", started.elapsed());
+    wait_until_subscribed(broker.port, &[&a, &b]).await;
+    println!("both subscribed after {:?}", started.elapsed());
+
+    let expected = publish_fleet(broker.port, 10, 100).await;
+    println!("fleet published after {:?}", started.elapsed());
+    let mut got_a = Vec::new();
+    let mut got_b = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got_a.len() + got_b.len() < expected.len() && Instant::now() < deadline {
+        got_a.extend(drain_alerts(&a, expected.len(), Duration::from_millis(500)).await);
+        got_b.extend(drain_alerts(&b, expected.len(), Duration::from_millis(500)).await);
+    }
+    println!(
+        "share group of two after {:?}: process a handled {}, process b {}, {} expected in all",
+        started.elapsed(),
+        got_a.len(),
+        got_b.len(),
+        expected.len()
+    );
+    assert!(
+        !got_a.is_empty() && !got_b.is_empty(),
+        "both processes take a share ({} and {})",
+        got_a.len(),
+        got_b.len()
+    );
+    let mut all = got_a;
+    all.extend(got_b);
+    assert_same_once_each(&all, &expected);
+    a.stop();
+    b.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn through_mosquitto_as_external_broker_messages_arrive_once_each() {
     // Proves external-broker mode: sluice subscribes to Mosquitto with manual acks.
@@ -111,36 +198,9 @@ async fn through_mosquitto_as_external_broker_messages_arrive_once_each() {
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
     let sluice = Sluice::start(&dir.path().join("data"), &["--mqtt-url", &url]);
     let api = sluice.api();
-    // Wait until sluice's subscription is in place: a probe must come through.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let probe = json!({"temperature": 99.0, "location": "probe"}).to_string();
-        let report = publish_qos1(
-            broker.port,
-            "probe",
-            "/probe/probe/user/update",
-            vec![(0, probe.into_bytes())],
-            Duration::from_secs(5),
-        )
-        .await;
-        assert_eq!(report.acked.len(), 1, "mosquitto acks the probe");
-        if !api
-            .drain("alerts-q", 1, Duration::from_millis(500))
-            .await
-            .is_empty()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sluice never subscribed to mosquitto; log:\n{}",
-            sluice.log()
-        );
-    }
+    wait_until_subscribed(broker.port, &[&sluice]).await;
     let expected = publish_fleet(broker.port, 10, 100).await;
-    let got = api
-        .drain("alerts-q", expected.len(), Duration::from_secs(15))
-        .await;
+    let got = drain_alerts(&sluice, expected.len(), Duration::from_secs(15)).await;
     println!(
         "through mosquitto: {} of {} expected alerts received",
         got.len(),
