@@ -108,6 +108,10 @@ pub struct FileConfig {
     pub mqtt_tls_cert: Option<PathBuf>,
     /// PEM private key of the TLS listener (relative to the config file).
     pub mqtt_tls_key: Option<PathBuf>,
+    /// PEM certificate chain for HTTPS on the API port (relative to the config file).
+    pub http_tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS on the API port (relative to the config file).
+    pub http_tls_key: Option<PathBuf>,
     /// Devices to register at start (their secrets are printed to the log once).
     #[serde(default)]
     pub device: Vec<DeviceConfig>,
@@ -242,6 +246,10 @@ pub struct FlagOverrides {
     pub mqtt_tls_cert: Option<PathBuf>,
     /// `--mqtt-tls-key`
     pub mqtt_tls_key: Option<PathBuf>,
+    /// `--http-tls-cert`
+    pub http_tls_cert: Option<PathBuf>,
+    /// `--http-tls-key`
+    pub http_tls_key: Option<PathBuf>,
 }
 
 /// Where devices' messages come from.
@@ -294,6 +302,8 @@ pub struct ServeConfig {
     pub mqtt_allow_anonymous: bool,
     /// The MQTT over TLS listener, when configured (own listener mode only).
     pub mqtt_tls: Option<MqttTls>,
+    /// HTTPS for the API: certificate chain and key files (PEM); plain HTTP when `None`.
+    pub http_tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl ServeConfig {
@@ -318,6 +328,7 @@ impl ServeConfig {
             None => (FileConfig::default(), PathBuf::from(".")),
         };
         let mqtt_tls = mqtt_tls(&flags, &file, &config_dir)?;
+        let http_tls = http_tls(&flags, &file, &config_dir)?;
         let data_dir = flags
             .data_dir
             .or(file.data_dir.clone())
@@ -391,6 +402,7 @@ impl ServeConfig {
             mqtt_allow_anonymous: flags.mqtt_allow_anonymous
                 || file.mqtt_allow_anonymous.unwrap_or(false),
             mqtt_tls,
+            http_tls,
             push_deny_private_networks: flags
                 .push_deny_private_networks
                 .or(file.push_deny_private_networks)
@@ -451,6 +463,36 @@ fn mqtt_tls(
                     .into(),
             })
         }
+    }
+}
+
+/// HTTPS for the API from flags and file: certificate and key, or neither.
+fn http_tls(
+    flags: &FlagOverrides,
+    file: &FileConfig,
+    config_dir: &Path,
+) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    let from_file = |p: &Option<PathBuf>| p.as_ref().map(|p| config_dir.join(p));
+    let cert = flags
+        .http_tls_cert
+        .clone()
+        .or_else(|| from_file(&file.http_tls_cert));
+    let key = flags
+        .http_tls_key
+        .clone()
+        .or_else(|| from_file(&file.http_tls_key));
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some((cert, key))),
+        (cert, _) => Err(ConfigError::Invalid {
+            key: if cert.is_none() {
+                "http_tls_cert"
+            } else {
+                "http_tls_key"
+            }
+            .into(),
+            message: "HTTPS needs both --http-tls-cert and --http-tls-key".into(),
+        }),
     }
 }
 

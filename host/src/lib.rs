@@ -29,4 +29,5 @@ pub mod pipeline;
 pub mod rules;
 pub mod serve;
 pub mod store;
+pub mod tls;
 pub mod topic;

@@ -130,6 +130,21 @@ impl Republisher for ExternalRepublisher {
     }
 }
 
+/// Serves the API on `listener` (plain TCP or TLS) until `stop`.
+async fn serve_http<L>(
+    listener: L,
+    app: axum::Router,
+    stop: CancellationToken,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
 /// Runs sluice until `shutdown` is cancelled.
 pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
     // Ports first: a port in use must fail before the data directory is touched.
@@ -142,6 +157,14 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
             source,
         })?;
     let http_addr = http.local_addr().unwrap_or(config.http_listen);
+    let https = match &config.http_tls {
+        Some((cert, key)) => Some(
+            crate::tls::load_acceptor(crate::tls::HTTP, cert, key)
+                .map_err(|e| ServeError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let scheme = if https.is_some() { "https" } else { "http" };
     let mut listener = match &config.mqtt {
         MqttMode::Listen(addr) => Some(MqttListener::bind(*addr, ListenerConfig::default()).await?),
         MqttMode::External { .. } => None,
@@ -154,7 +177,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
                     .into(),
             ));
         };
-        let acceptor = crate::ingest::tls::load_acceptor(&tls.cert, &tls.key)
+        let acceptor = crate::tls::load_acceptor(crate::tls::MQTT, &tls.cert, &tls.key)
             .map_err(|e| ServeError::Config(e.to_string()))?;
         listener.bind_tls(tls.listen, acceptor).await?;
     }
@@ -311,11 +334,13 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     });
     let http_stop = CancellationToken::new();
     let http_stop_wait = http_stop.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(http, app)
-            .with_graceful_shutdown(async move { http_stop_wait.cancelled().await })
-            .await
-    });
+    let http_task = match https {
+        Some(acceptor) => {
+            let listener = crate::api::tls::TlsListener::new(http, http_addr, acceptor);
+            tokio::spawn(serve_http(listener, app, http_stop_wait))
+        }
+        None => tokio::spawn(serve_http(http, app, http_stop_wait)),
+    };
 
     let mqtt_human = match &config.mqtt {
         MqttMode::Listen(_) => {
@@ -333,7 +358,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         },
     };
     tracing::info!(
-        "sluice ready: HTTP API on http://{http_addr}, {mqtt_human}, data in {}",
+        "sluice ready: HTTP API on {scheme}://{http_addr}, {mqtt_human}, data in {}",
         config.data_dir.display()
     );
     // The admin key under this server's URL, for the CLI on this machine (before the ready
@@ -343,7 +368,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         if a.ip().is_unspecified() {
             a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        format!("http://{a}")
+        format!("{scheme}://{a}")
     };
     let config_dir = crate::credentials::config_dir()?;
     crate::credentials::store(
@@ -360,7 +385,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         crate::credentials::path_in(&config_dir).display()
     );
     // One machine-readable line on stdout for scripts and tests that start on port 0.
-    println!("sluice ready http={http_addr} {mqtt_desc}");
+    println!("sluice ready {scheme}={http_addr} {mqtt_desc}");
 
     shutdown.cancelled().await;
     let _ = intake.await;

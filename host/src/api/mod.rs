@@ -15,6 +15,7 @@ pub mod mns;
 mod queues;
 mod rules;
 mod subscriptions;
+pub mod tls;
 mod topics;
 
 use std::sync::Arc;

@@ -30,6 +30,14 @@ pub enum ClientError {
         /// The offending field.
         field: Option<String>,
     },
+    /// The `--ca-cert` file could not be used.
+    #[error("CA certificate {path}: {detail}\nhint: give the PEM file of the certificate that `sluice serve --http-tls-cert` uses (or of the CA that signed it)")]
+    CaCert {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// The server answered something that is not sluice's API.
     #[error("unexpected answer from {url}: {detail}")]
     Protocol {
@@ -90,16 +98,35 @@ pub fn auth_headers(key: Option<&str>) -> reqwest::header::HeaderMap {
 
 impl Client {
     /// A client for `server` (e.g. `http://127.0.0.1:8080`) sending `key` (`ID:SECRET`, see
-    /// [`resolve_key`]) on every request.
-    pub fn new(server: &str, key: Option<&str>) -> Client {
-        Client {
-            server: server.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(60))
-                .default_headers(auth_headers(key))
-                .build()
-                .expect("a TLS-capable HTTP client builds"),
+    /// [`resolve_key`]) on every request. `ca_cert` is a PEM file of extra certificates to
+    /// trust for an `https://` server (a self-signed `--http-tls-cert`, or a private CA).
+    pub fn new(
+        server: &str,
+        key: Option<&str>,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<Client, ClientError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .default_headers(auth_headers(key));
+        if let Some(path) = ca_cert {
+            let ca_err = |detail: String| ClientError::CaCert {
+                path: path.to_path_buf(),
+                detail,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ca_err(format!("not a PEM certificate bundle: {e}")))?;
+            if certs.is_empty() {
+                return Err(ca_err("no PEM certificate in the file".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
         }
+        Ok(Client {
+            server: server.trim_end_matches('/').to_string(),
+            http: builder.build().expect("a TLS-capable HTTP client builds"),
+        })
     }
 
     /// The server URL.

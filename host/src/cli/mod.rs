@@ -32,6 +32,10 @@ pub struct Cli {
     /// $SLUICE_CONFIG_DIR/credentials.toml, which `serve` writes].
     #[arg(long, global = true, env = "SLUICE_KEY", hide_env_values = true)]
     pub key: Option<String>,
+    /// Extra PEM certificates to trust for an https:// --server (its self-signed
+    /// --http-tls-cert, or a private CA).
+    #[arg(long, global = true, env = "SLUICE_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -80,7 +84,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(_) | Command::Sql(_) | Command::Bench(_) => None,
         _ => client::resolve_key(cli.key.clone(), server),
     };
-    let client = client::Client::new(server, key.as_deref());
+    let client = client::Client::new(server, key.as_deref(), cli.ca_cert.as_deref())?;
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Queue(cmd) => queue::run(cmd, &client, cli.json).await,

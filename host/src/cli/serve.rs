@@ -56,6 +56,13 @@ pub struct ServeArgs {
     /// PEM private key of the TLS listener.
     #[arg(long)]
     pub mqtt_tls_key: Option<PathBuf>,
+    /// Serve the HTTP API over HTTPS with this PEM certificate chain (MNS signatures over plain
+    /// HTTP can be replayed by anyone on the path).
+    #[arg(long, requires = "http_tls_key")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// PEM private key for --http-tls-cert.
+    #[arg(long, requires = "http_tls_cert")]
+    pub http_tls_key: Option<PathBuf>,
     /// Benchmark baseline only: acknowledge every publish at once, with rules and storage off.
     #[arg(long, hide = true)]
     pub ingest_only: bool,
@@ -88,6 +95,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             mqtt_tls_listen: args.mqtt_tls_listen,
             mqtt_tls_cert: args.mqtt_tls_cert,
             mqtt_tls_key: args.mqtt_tls_key,
+            http_tls_cert: args.http_tls_cert,
+            http_tls_key: args.http_tls_key,
         },
     )?;
     let shutdown = tokio_util::sync::CancellationToken::new();

@@ -41,7 +41,6 @@ pub mod router;
 mod session;
 pub mod status;
 mod thing_reply;
-pub mod tls;
 
 #[cfg(test)]
 mod external_tests;

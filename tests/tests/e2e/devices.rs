@@ -10,25 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{free_port, Api, Sluice};
+use crate::common::{free_port, self_signed_cert, Api, Sluice};
 
 const SDK_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/devices_sdk.py");
-
-/// A self-signed certificate for 127.0.0.1 and localhost, written as PEM files; returns the
-/// certificate text (the device's CA) and the two paths.
-fn make_cert(dir: &Path) -> (String, String, String) {
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
-        .expect("generate certificate");
-    let cert = dir.join("mqtt-cert.pem");
-    let key = dir.join("mqtt-key.pem");
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-    (
-        ck.cert.pem(),
-        cert.display().to_string(),
-        key.display().to_string(),
-    )
-}
 
 /// The config file: a queue fed by three SQL rules (custom topic with a device tag, property
 /// posts, status messages) and the device `pk/dev1` with a known secret.
@@ -140,7 +124,7 @@ async fn sdk_device_signs_in_posts_and_receives_downlink_over_tcp_and_tls() {
     // downlink through the API, and that a publish to another device's topic closes the
     // connection and is not forwarded.
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_cert(dir.path());
+    let (ca, cert, key) = self_signed_cert(dir.path(), "mqtt");
     let config = write_config(dir.path());
     let tls_port = free_port();
     let tls_listen = format!("127.0.0.1:{tls_port}");

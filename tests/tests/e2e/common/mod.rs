@@ -68,11 +68,29 @@ pub fn auth_for(base: &str) -> reqwest::header::HeaderMap {
     h
 }
 
+/// A self-signed certificate for 127.0.0.1 and localhost, written as `{name}-cert.pem` and
+/// `{name}-key.pem` in `dir`; returns the certificate text and the two paths.
+pub fn self_signed_cert(dir: &Path, name: &str) -> (String, String, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("generate certificate");
+    let cert = dir.join(format!("{name}-cert.pem"));
+    let key = dir.join(format!("{name}-key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    (
+        ck.cert.pem(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    )
+}
+
 /// A running `sluice serve`.
 pub struct Sluice {
     child: Option<Child>,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` when started with `--http-tls-cert`)
     pub http: String,
+    /// The `--http-tls-cert` it was started with: the test clients trust it.
+    pub ca_cert: Option<PathBuf>,
     /// Its own configuration directory (`SLUICE_CONFIG_DIR`), where it wrote its admin key.
     pub config_dir: PathBuf,
     /// Its admin key, `ID:SECRET` (read from the credentials file after the ready line).
@@ -131,7 +149,15 @@ impl Sluice {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_string))
         };
-        let http = format!("http://{}", field("http").expect("http= in ready line"));
+        let http = match (field("http"), field("https")) {
+            (Some(addr), _) => format!("http://{addr}"),
+            (None, Some(addr)) => format!("https://{addr}"),
+            (None, None) => panic!("no http= or https= in the ready line: {line}"),
+        };
+        let ca_cert = extra
+            .windows(2)
+            .find(|w| w[0] == "--http-tls-cert")
+            .map(|w| PathBuf::from(w[1]));
         let mqtt_port = field("mqtt")
             .and_then(|a| a.rsplit(':').next().and_then(|p| p.parse().ok()))
             .unwrap_or(0);
@@ -140,6 +166,7 @@ impl Sluice {
         Sluice {
             child: Some(child),
             http,
+            ca_cert,
             config_dir,
             key,
             mqtt_port,
@@ -197,12 +224,16 @@ impl Sluice {
         }
     }
 
-    /// A reqwest client sending the admin key on every request.
+    /// A reqwest client sending the admin key on every request (and trusting the server's
+    /// certificate when it serves HTTPS).
     pub fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .default_headers(auth_for(&self.http))
-            .build()
-            .expect("reqwest client")
+        let mut builder = reqwest::Client::builder().default_headers(auth_for(&self.http));
+        if let Some(ca) = &self.ca_cert {
+            let pem = std::fs::read(ca).expect("read the --http-tls-cert file");
+            builder = builder
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM cert"));
+        }
+        builder.build().expect("reqwest client")
     }
 
     /// The `sluice` CLI pointed at this server (`--server`), with its configuration directory,
@@ -212,7 +243,11 @@ impl Sluice {
         cmd.arg("--server")
             .arg(&self.http)
             .env("SLUICE_CONFIG_DIR", &self.config_dir)
-            .env_remove("SLUICE_KEY");
+            .env_remove("SLUICE_KEY")
+            .env_remove("SLUICE_CA_CERT");
+        if let Some(ca) = &self.ca_cert {
+            cmd.arg("--ca-cert").arg(ca);
+        }
         cmd
     }
 }
