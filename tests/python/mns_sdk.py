@@ -147,6 +147,15 @@ def ops(endpoint, key_id, secret):
     sattrs = sub.get_attributes()
     assert sattrs.endpoint.endswith(":queues/sdk-q") and sattrs.filter_tag == "hot", vars(sattrs)
     sub.set_attributes(SubscriptionMeta(notify_strategy="BACKOFF_RETRY"))
+    expect_error("InvalidArgument", sub.set_attributes,
+                 SubscriptionMeta(notify_strategy="EXPONENTIAL_DECAY_RETRY"))  # queues are never retried
+    hsub = t.get_subscription("sdk-t-to-http")
+    hsub.subscribe(SubscriptionMeta("http://127.0.0.1:9/hook", notify_strategy="BACKOFF_RETRY"))
+    hsub.set_attributes(SubscriptionMeta(notify_strategy="EXPONENTIAL_DECAY_RETRY"))
+    hattrs = hsub.get_attributes()
+    assert hattrs.notify_strategy == "EXPONENTIAL_DECAY_RETRY", vars(hattrs)
+    expect_error("InvalidArgument", hsub.set_attributes, SubscriptionMeta(notify_strategy="SOMETIMES"))
+    hsub.unsubscribe()
     expect_error("SubscriptionAlreadyExist", sub.subscribe, SubscriptionMeta("acs:mns:r:1:queues/sdk-q2"))
     expect_error("InvalidArgument", t.get_subscription("bad").subscribe, SubscriptionMeta("ftp://x"))
     urls, _ = t.list_subscription()

@@ -611,6 +611,11 @@ pub(crate) enum PushOp {
         secret: String,
         grace_ms: u64,
     },
+    SetStrategy {
+        topic: String,
+        name: String,
+        strategy: NotifyStrategy,
+    },
     Status {
         topic: String,
         name: String,
@@ -719,6 +724,27 @@ impl Store {
                 topic: topic.to_owned(),
                 name: name.to_owned(),
                 enabled,
+            })
+            .await?
+        {
+            PushReply::Unit => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Changes an HTTP subscription's retry strategy (MNS SetSubscriptionAttributes). Pending
+    /// messages keep the attempts they have made; their next retry follows the new strategy.
+    pub async fn set_push_strategy(
+        &self,
+        topic: &str,
+        name: &str,
+        strategy: NotifyStrategy,
+    ) -> Result<()> {
+        match self
+            .push_call(PushOp::SetStrategy {
+                topic: topic.to_owned(),
+                name: name.to_owned(),
+                strategy,
             })
             .await?
         {

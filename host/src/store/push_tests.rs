@@ -454,3 +454,62 @@ async fn a_v1_database_migrates_to_push_state_and_keeps_its_catalog() {
         .unwrap();
     assert_eq!(v, super::schema::SCHEMA_VERSION);
 }
+
+#[tokio::test]
+async fn a_strategy_change_reaches_reads_the_worker_and_a_restart() {
+    // Proves: set_push_strategy updates the stored spec (reads), the push state (the worker's
+    // next retry) and survives a reopen; a queue subscription is refused with the field named.
+    let mut env = Env::new();
+    env.store.create_topic("t").await.unwrap();
+    env.store
+        .create_subscription("t", "h", http_spec("http://127.0.0.1:9/", |_| {}))
+        .await
+        .unwrap();
+    let strategy = |info: super::SubscriptionInfo| match info.spec.endpoint {
+        Endpoint::Http(p) => p.strategy,
+        other => panic!("not HTTP: {other:?}"),
+    };
+    let before = strategy(env.store.get_subscription("t", "h").await.unwrap());
+    assert_eq!(before, NotifyStrategy::BackoffRetry);
+    env.store
+        .set_push_strategy("t", "h", NotifyStrategy::ExponentialDecayRetry)
+        .await
+        .unwrap();
+    let worker_view = env.store.push_subscriptions().await.unwrap();
+    assert_eq!(
+        worker_view[0].push.strategy,
+        NotifyStrategy::ExponentialDecayRetry
+    );
+    env.reopen().await;
+    let after = strategy(env.store.get_subscription("t", "h").await.unwrap());
+    assert_eq!(after, NotifyStrategy::ExponentialDecayRetry);
+    assert_eq!(
+        env.store.push_subscriptions().await.unwrap()[0]
+            .push
+            .strategy,
+        NotifyStrategy::ExponentialDecayRetry
+    );
+
+    env.store
+        .create_queue("q", Default::default())
+        .await
+        .unwrap();
+    env.store
+        .create_subscription(
+            "t",
+            "toq",
+            SubscriptionSpec {
+                endpoint: Endpoint::Queue("q".into()),
+                filter_tag: None,
+                base64_body: false,
+            },
+        )
+        .await
+        .unwrap();
+    let err = env
+        .store
+        .set_push_strategy("t", "toq", NotifyStrategy::ExponentialDecayRetry)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidArgument { .. }), "{err}");
+}

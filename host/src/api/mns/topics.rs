@@ -298,9 +298,8 @@ pub async fn subscribe_or_set(
     Ok((status, [(header::LOCATION, url)]).into_response())
 }
 
-/// SetSubscriptionAttributes: MNS lets only NotifyStrategy change. The store keeps a
-/// subscription's settings for its life (its pending pushes were scheduled with them), so the
-/// current strategy is accepted and any other is refused with what to do instead.
+/// SetSubscriptionAttributes: MNS lets only NotifyStrategy change. It applies to HTTP
+/// subscriptions (queue endpoints are not retried); the same strategy again is a no-op.
 async fn set_subscription(
     state: &AppState,
     topic: &str,
@@ -314,19 +313,19 @@ async fn set_subscription(
         .map(parse_strategy)
         .transpose()?
     {
-        let current = match &info.spec.endpoint {
-            Endpoint::Http(p) => p.strategy,
-            _ => NotifyStrategy::default(),
-        };
-        if wanted != current {
-            return Err(MnsError::invalid(
-                "NotifyStrategy",
-                format!(
-                    "subscription `{name}` keeps the strategy it was created with ({}); \
-                     unsubscribe and subscribe again to change it",
-                    strategy_name(current)
-                ),
-            ));
+        match &info.spec.endpoint {
+            Endpoint::Http(_) => state.store.set_push_strategy(topic, name, wanted).await?,
+            _ if wanted == NotifyStrategy::default() => {}
+            _ => {
+                return Err(MnsError::invalid(
+                    "NotifyStrategy",
+                    format!(
+                        "subscription `{name}` pushes to a queue, which is never retried; \
+                         only HTTP subscriptions take {}",
+                        strategy_name(wanted)
+                    ),
+                ))
+            }
         }
     }
     Ok(StatusCode::NO_CONTENT.into_response())

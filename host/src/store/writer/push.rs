@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use rusqlite::{params, OptionalExtension};
 
 use super::super::push::{
-    overdue_spacing, HttpPush, PushCounters, PushCycle, PushDelivery, PushMeta, PushOp,
-    PushOutcome, PushReply, PushResult, PushSubState, PushSubscription, PushUndo,
+    overdue_spacing, HttpPush, NotifyStrategy, PushCounters, PushCycle, PushDelivery, PushMeta,
+    PushOp, PushOutcome, PushReply, PushResult, PushSubState, PushSubscription, PushUndo,
 };
 use super::*;
 use crate::store::index::ROW_COLS;
@@ -280,6 +280,14 @@ impl Writer {
                 tracing::info!(topic = %topic, subscription = %name, grace_ms, "push secret rotated");
                 Ok(PushReply::Unit)
             }
+            PushOp::SetStrategy {
+                topic,
+                name,
+                strategy,
+            } => {
+                self.push_set_strategy(&topic, &name, strategy)?;
+                Ok(PushReply::Unit)
+            }
             PushOp::Status { topic, name } => {
                 let id = self.push_sub_id(&topic, &name)?;
                 self.cat
@@ -295,6 +303,44 @@ impl Writer {
                 redrive,
             } => self.push_dead_letters(&topic, &name, max, redrive, now),
         }
+    }
+
+    /// The strategy lives in two places that must agree: the subscription's stored spec (what
+    /// reads and restarts see) and the push state (what the worker's next retry uses).
+    fn push_set_strategy(
+        &mut self,
+        topic: &str,
+        name: &str,
+        strategy: NotifyStrategy,
+    ) -> Result<()> {
+        let id = self.push_sub_id(topic, name)?;
+        let s = self.push_state(id)?;
+        if s.meta.push.strategy == strategy {
+            return Ok(());
+        }
+        let old = s.meta.clone();
+        let mut meta = old.clone();
+        meta.push.strategy = strategy;
+        self.snapshot_topics();
+        let sub = self
+            .cat
+            .topics
+            .get_mut(topic)
+            .and_then(|t| t.subs.get_mut(name))
+            .ok_or_else(|| StoreError::Internal("subscription vanished".into()))?;
+        if let Endpoint::Http(p) = &mut sub.spec.endpoint {
+            p.strategy = strategy;
+        }
+        let json =
+            serde_json::to_string(&sub.spec).map_err(|e| StoreError::Internal(e.to_string()))?;
+        self.conn
+            .prepare_cached("UPDATE subscriptions SET spec = ?1 WHERE id = ?2")?
+            .execute(params![json, id])?;
+        self.push_state(id)?.meta = meta;
+        self.push_undo(PushUndo::Meta(id, Box::new(old)));
+        self.cat.push.catalog_changed = true;
+        tracing::info!(topic = %topic, subscription = %name, ?strategy, "push strategy changed");
+        Ok(())
     }
 
     fn push_state(&mut self, id: i64) -> Result<&mut PushSubState> {
