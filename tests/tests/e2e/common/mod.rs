@@ -27,11 +27,23 @@ pub fn sluice_bin() -> PathBuf {
             .to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "sluice", "--bin", "sluice"]);
+        // The whole workspace's tests and binaries, as `cargo test --workspace` builds them:
+        // the same feature set, so this is a no-op after it (building `-p sluice` alone
+        // resolves other features and would rebuild half the dependency tree, twice).
+        cmd.args(["build", "--quiet", "--workspace", "--tests", "--bins"]);
         if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
             cmd.arg("--release");
         }
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+        // `cargo test` gives this process its package's CARGO_MANIFEST_DIR, CARGO_PKG_*, ...;
+        // ring's build script watches CARGO_MANIFEST_DIR, so passing them on would rebuild the
+        // TLS stack here and again in the next `cargo test`.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR" {
+                cmd.env_remove(name.as_ref());
+            }
+        }
         let status = cmd.status().expect("run cargo build for the sluice binary");
         assert!(status.success(), "building the sluice binary failed");
         let bin = profile_dir.join("sluice");
