@@ -435,16 +435,9 @@ fn mqtt_tls(
     file: &FileConfig,
     config_dir: &Path,
 ) -> Result<Option<MqttTls>, ConfigError> {
-    let from_file = |p: &Option<PathBuf>| p.as_ref().map(|p| config_dir.join(p));
     let listen = flags.mqtt_tls_listen.or(file.mqtt_tls_listen);
-    let cert = flags
-        .mqtt_tls_cert
-        .clone()
-        .or_else(|| from_file(&file.mqtt_tls_cert));
-    let key = flags
-        .mqtt_tls_key
-        .clone()
-        .or_else(|| from_file(&file.mqtt_tls_key));
+    let cert = path_setting(&flags.mqtt_tls_cert, &file.mqtt_tls_cert, config_dir);
+    let key = path_setting(&flags.mqtt_tls_key, &file.mqtt_tls_key, config_dir);
     match (listen, cert, key) {
         (None, None, None) => Ok(None),
         (Some(listen), Some(cert), Some(key)) => Ok(Some(MqttTls { listen, cert, key })),
@@ -466,21 +459,25 @@ fn mqtt_tls(
     }
 }
 
+/// A file path setting: the flag as given (relative to the working directory), else the file's
+/// (relative to the config file).
+fn path_setting(
+    flag: &Option<PathBuf>,
+    file: &Option<PathBuf>,
+    config_dir: &Path,
+) -> Option<PathBuf> {
+    flag.clone()
+        .or_else(|| file.as_ref().map(|p| config_dir.join(p)))
+}
+
 /// HTTPS for the API from flags and file: certificate and key, or neither.
 fn http_tls(
     flags: &FlagOverrides,
     file: &FileConfig,
     config_dir: &Path,
 ) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
-    let from_file = |p: &Option<PathBuf>| p.as_ref().map(|p| config_dir.join(p));
-    let cert = flags
-        .http_tls_cert
-        .clone()
-        .or_else(|| from_file(&file.http_tls_cert));
-    let key = flags
-        .http_tls_key
-        .clone()
-        .or_else(|| from_file(&file.http_tls_key));
+    let cert = path_setting(&flags.http_tls_cert, &file.http_tls_cert, config_dir);
+    let key = path_setting(&flags.http_tls_key, &file.http_tls_key, config_dir);
     match (cert, key) {
         (None, None) => Ok(None),
         (Some(cert), Some(key)) => Ok(Some((cert, key))),

@@ -46,6 +46,15 @@ async fn sub_id(env: &Env, topic: &str, name: &str) -> i64 {
         .id
 }
 
+/// Topic `t` with the HTTP subscription `h` (defaults, an endpoint nobody listens on).
+async fn topic_t_with_http_sub_h(env: &Env) {
+    env.store.create_topic("t").await.unwrap();
+    env.store
+        .create_subscription("t", "h", http_spec("http://127.0.0.1:9/", |_| {}))
+        .await
+        .unwrap();
+}
+
 fn retry(seq: u64, due_ms: u64) -> PushOutcome {
     PushOutcome {
         seq,
@@ -265,11 +274,7 @@ async fn a_restart_keeps_stored_times_spreads_overdue_retries_and_redelivers_unr
     // Proves: after a reopen, future retries keep their time, overdue ones come one at a time
     // 100 ms apart, and a push leased but never reported is due again with the same id.
     let mut env = Env::new();
-    env.store.create_topic("t").await.unwrap();
-    env.store
-        .create_subscription("t", "h", http_spec("http://127.0.0.1:9/", |_| {}))
-        .await
-        .unwrap();
+    topic_t_with_http_sub_h(&env).await;
     let id = sub_id(&env, "t", "h").await;
     let mut ids = vec![];
     for i in 0..6 {
@@ -329,11 +334,7 @@ async fn gone_disables_drop_is_counted_rotation_keeps_the_old_secret_for_the_gra
     // schedule that runs out without a dead-letter queue is a counted drop; rotation keeps the
     // old secret for its grace period; deleting the subscription drops its pending rows.
     let env = Env::new();
-    env.store.create_topic("t").await.unwrap();
-    env.store
-        .create_subscription("t", "h", http_spec("http://127.0.0.1:9/", |_| {}))
-        .await
-        .unwrap();
+    topic_t_with_http_sub_h(&env).await;
     let id = sub_id(&env, "t", "h").await;
     publish(&env, "t", "x").await;
     let d = env
@@ -460,11 +461,7 @@ async fn a_strategy_change_reaches_reads_the_worker_and_a_restart() {
     // Proves: set_push_strategy updates the stored spec (reads), the push state (the worker's
     // next retry) and survives a reopen; a queue subscription is refused with the field named.
     let mut env = Env::new();
-    env.store.create_topic("t").await.unwrap();
-    env.store
-        .create_subscription("t", "h", http_spec("http://127.0.0.1:9/", |_| {}))
-        .await
-        .unwrap();
+    topic_t_with_http_sub_h(&env).await;
     let strategy = |info: super::SubscriptionInfo| match info.spec.endpoint {
         Endpoint::Http(p) => p.strategy,
         other => panic!("not HTTP: {other:?}"),
