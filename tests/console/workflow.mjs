@@ -82,7 +82,7 @@ try {
   await page.getByLabel('Subscription name').fill('hot-to-q');
   await page.getByLabel('Endpoint type').selectOption('queue');
   await page.getByLabel('Queue name or URL').fill('hot-q');
-  await page.getByRole('button', { name: 'Subscribe' }).click();
+  await page.getByRole('button', { name: 'Subscribe', exact: true }).click();
   await page.locator('section[aria-label="Topic hot"] td', { hasText: 'queue hot-q' }).waitFor();
   await shot('03-topics');
 

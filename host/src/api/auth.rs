@@ -519,4 +519,113 @@ mod tests {
         assert_eq!(c(Method::GET, "/v1/keys", None).0, Resource::Admin);
         assert_eq!(c(Method::GET, "/metrics", None).0, Resource::Admin);
     }
+
+    fn ring_with(grant: &str) -> (KeyRing, AccessKey) {
+        let key = AccessKey::generate(
+            "k",
+            vec![crate::store::keys::Grant::parse(grant).unwrap()],
+            0,
+        );
+        (KeyRing::new(vec![key.clone()]), key)
+    }
+
+    fn request(method: Method, path: &str, cookie: Option<&str>, csrf: Option<&str>) -> Request {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(c) = cookie {
+            b = b.header("cookie", format!("{}={c}", session::COOKIE_NAME));
+        }
+        if let Some(t) = csrf {
+            b = b.header(session::CSRF_HEADER, t);
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    /// A console session stands for its key: reads pass, writes need the CSRF token, the key's
+    /// policy still applies, and deleting the key ends the session.
+    #[tokio::test]
+    async fn a_session_cookie_is_the_key_with_csrf_on_writes() {
+        let (ring, key) = ring_with("queues/q*:read,send");
+        let (token, s) = ring.sessions().create(&key.id);
+        let ok = |r: Result<Request, Denied>| r.map(|_| ()).map_err(|d| d.code);
+        assert_eq!(
+            ok(authorize(
+                &ring,
+                request(Method::GET, "/v1/queues/q1", Some(&token), None)
+            )
+            .await),
+            Ok(())
+        );
+        assert_eq!(
+            ok(authorize(
+                &ring,
+                request(Method::POST, "/v1/queues/q1/messages", Some(&token), None)
+            )
+            .await),
+            Err("InvalidCsrfToken")
+        );
+        assert_eq!(
+            ok(authorize(
+                &ring,
+                request(
+                    Method::POST,
+                    "/v1/queues/q1/messages",
+                    Some(&token),
+                    Some("bad")
+                )
+            )
+            .await),
+            Err("InvalidCsrfToken")
+        );
+        assert_eq!(
+            ok(authorize(
+                &ring,
+                request(
+                    Method::POST,
+                    "/v1/queues/q1/messages",
+                    Some(&token),
+                    Some(&s.csrf)
+                )
+            )
+            .await),
+            Ok(())
+        );
+        // The policy still applies: no admin endpoints, no other queues.
+        assert_eq!(
+            ok(authorize(&ring, request(Method::GET, "/v1/rules", Some(&token), None)).await),
+            Err("AccessDenied")
+        );
+        assert_eq!(
+            ok(authorize(
+                &ring,
+                request(Method::GET, "/console/history", Some(&token), None)
+            )
+            .await),
+            Err("AccessDenied")
+        );
+        assert_eq!(
+            ok(authorize(
+                &ring,
+                request(Method::GET, "/console/events/queue/q1", Some(&token), None)
+            )
+            .await),
+            Ok(())
+        );
+        assert_eq!(
+            ok(authorize(
+                &ring,
+                request(Method::GET, "/v1/queues/q1", Some("forged"), None)
+            )
+            .await),
+            Err("MissingAuthorizationHeader")
+        );
+        ring.remove(&key.id);
+        assert_eq!(
+            ok(authorize(
+                &ring,
+                request(Method::GET, "/v1/queues/q1", Some(&token), None)
+            )
+            .await),
+            Err("MissingAuthorizationHeader")
+        );
+    }
 }

@@ -154,10 +154,9 @@ pub async fn test(
             return Err(sql_error(&e));
         }
     }
-    let spec = req
-        .rule
-        .into_spec(&name)
-        .map_err(|e| ApiError::from(crate::rules::registry::RegistryError::from(e)).into_response())?;
+    let spec = req.rule.into_spec(&name).map_err(|e| {
+        ApiError::from(crate::rules::registry::RegistryError::from(e)).into_response()
+    })?;
     let trial = Trial {
         source: match spec.source {
             crate::rules::RuleSource::Sql { sql } => TrialSource::Sql(sql),

@@ -2,9 +2,9 @@
 //! `serve`, and prints each decision as one JSON object per line. The clock, randomness and
 //! message id are fixed by flags, so `--sql` and its compiled `--wasm` give the same output.
 
-use std::path::PathBuf;
 use clap::Args;
 use serde_json::{json, Value};
+use std::path::PathBuf;
 
 use crate::rules::spec::DataType;
 use crate::rules::trial::{self, Trial, TrialError, TrialOutcome, TrialSource};

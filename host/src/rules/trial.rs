@@ -65,7 +65,7 @@ pub struct TrialDecision {
 pub enum TrialOutcome {
     /// The decisions, in order.
     Emitted(Vec<TrialDecision>),
-    /// The rule chose not to forward (WHERE was false).
+    /// The rule forwarded nothing (WHERE was false, or it dropped the message).
     Dropped,
     /// The rule failed the message (trap, timeout, malformed decision).
     Failed {
@@ -122,13 +122,9 @@ pub fn run(runtime: &RuleRuntime, trial: &Trial) -> Result<TrialOutcome, TrialEr
         .map_err(|e| TrialError::Module(e.to_string()))?;
     let (pk, dn) = crate::pipeline::device_from_topic(&trial.topic);
     let view = match trial.data_type {
-        DataType::Json => super::view::platform_view(
-            &trial.topic,
-            &trial.payload,
-            pk,
-            dn,
-            trial.timestamp_ms,
-        ),
+        DataType::Json => {
+            super::view::platform_view(&trial.topic, &trial.payload, pk, dn, trial.timestamp_ms)
+        }
         DataType::Binary => None,
     };
     let input = RuleInput {
@@ -142,6 +138,8 @@ pub fn run(runtime: &RuleRuntime, trial: &Trial) -> Result<TrialOutcome, TrialEr
         tags: None::<&Arc<dyn super::runtime::TagSource>>,
     };
     Ok(match instance.call(&input) {
+        // A WHERE that is false emits nothing: for the person testing, that is a drop.
+        Ok(Outcome::Emitted(decisions)) if decisions.is_empty() => TrialOutcome::Dropped,
         Ok(Outcome::Emitted(decisions)) => TrialOutcome::Emitted(
             decisions
                 .into_iter()

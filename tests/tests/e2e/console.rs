@@ -98,7 +98,10 @@ async fn console_runs_the_whole_forwarding_workflow_in_a_browser() {
     // The browser has set everything up and follows the rule's output.
     match rx.recv_timeout(Duration::from_secs(60)) {
         Ok(line) if line == "READY" => {}
-        Ok(line) => fail(&format!("unexpected line from the browser: {line}"), &mut child),
+        Ok(line) => fail(
+            &format!("unexpected line from the browser: {line}"),
+            &mut child,
+        ),
         Err(_) => {
             let _ = child.kill();
             let log = stderr_log.join().unwrap_or_default();

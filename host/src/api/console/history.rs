@@ -191,7 +191,12 @@ pub async fn take(state: &AppState) -> Result<(Sample, Vec<(String, RuleSample)>
         .stages
         .pipeline
         .as_ref()
-        .map(|p| (p.messages_in.load(Relaxed), p.outputs_committed.load(Relaxed)))
+        .map(|p| {
+            (
+                p.messages_in.load(Relaxed),
+                p.outputs_committed.load(Relaxed),
+            )
+        })
         .unwrap_or_default();
     let connected = state
         .stages

@@ -95,7 +95,9 @@ pub fn escape(s: &str) -> String {
 }
 
 /// Scripts and styles from this server only, no framing: an injected string can neither run
-/// inline script nor load anything from elsewhere.
+/// inline script nor load anything from elsewhere. (Referrer policy `same-origin`, not
+/// `no-referrer`: with the latter the browser sends `Origin: null` on the sign-in form, which the
+/// sign-in's cross-site check must refuse.)
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
@@ -106,7 +108,7 @@ fn html(status: StatusCode, body: String) -> Response {
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CONTENT_SECURITY_POLICY, CSP),
             (header::X_FRAME_OPTIONS, "DENY"),
-            (header::REFERRER_POLICY, "no-referrer"),
+            (header::REFERRER_POLICY, "same-origin"),
             (header::CACHE_CONTROL, "no-store"),
         ],
         body,
@@ -124,7 +126,14 @@ fn head(title: &str) -> String {
     )
 }
 
-fn layout(current: Option<Page>, title: &str, body: &str, csrf: &str, key_id: &str, admin: bool) -> String {
+fn layout(
+    current: Option<Page>,
+    title: &str,
+    body: &str,
+    csrf: &str,
+    key_id: &str,
+    admin: bool,
+) -> String {
     let mut nav = String::new();
     for p in ALL {
         let aria = if Some(p) == current {
@@ -353,6 +362,9 @@ mod tests {
     /// Text from outside is escaped before it reaches the HTML.
     #[test]
     fn escape_covers_html_specials() {
-        assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 }

@@ -99,8 +99,9 @@ function table(caption, columns, rows, empty) {
     h('tbody', {}, rows.map((r) => h('tr', {}, columns.map((c) => h('td', {}, c[1](r))))))));
 }
 
-function button(label, onclick, cls) {
-  return h('button', { type: 'button', class: cls, onclick }, label);
+/** A button; `aria` names what it acts on, for rows of identical buttons. */
+function button(label, onclick, cls, aria) {
+  return h('button', { type: 'button', class: cls, onclick, 'aria-label': aria }, label);
 }
 
 // ---------- charts: inline SVG polylines ----------
@@ -384,15 +385,11 @@ async function rulesList() {
     ['p99', (r) => fmtNs(r.counters.latency_ns && r.counters.latency_ns.p99)],
     ['', (r) => h('span', { class: 'buttons' },
       r.state === 'running'
-        ? button('Stop', () => act('stop', r), null)
-        : button('Start', () => act('start', r), null),
-      button('Edit', () => editRule(r)),
-      button('Delete', () => act('delete', r), 'danger'))],
+        ? button('Stop', () => act('stop', r), null, `Stop rule ${r.name}`)
+        : button('Start', () => act('start', r), null, `Start rule ${r.name}`),
+      button('Edit', () => editRule(r), null, `Edit rule ${r.name}`),
+      button('Delete', () => act('delete', r), 'danger', `Delete rule ${r.name}`))],
   ], rules, 'No rules yet — create one with the form below.'));
-  for (const b of $('rules-list').querySelectorAll('button')) {
-    const row = b.closest('tr');
-    if (row) b.setAttribute('aria-label', `${b.textContent} rule ${row.querySelector('code').textContent}`);
-  }
 }
 
 function syncKind() {
@@ -436,7 +433,7 @@ async function topicsList() {
       await topicsList();
     });
     parts.push(h('section', { class: 'topic', 'aria-label': `Topic ${t.name}` },
-      h('h3', {}, h('code', {}, t.name), ' ', button('Delete topic', del, 'danger small')),
+      h('h3', {}, h('code', {}, t.name), ' ', button('Delete topic', del, 'danger small', `Delete topic ${t.name}`)),
       table(`Subscriptions of ${t.name}`, [
         ['Name', (s) => h('code', {}, s.name)],
         ['Endpoint', (s) => (s.endpoint.queue ? `queue ${s.endpoint.queue}` : `HTTP ${s.endpoint.http.url}`)],
@@ -449,11 +446,11 @@ async function topicsList() {
           s.endpoint.http ? button('Redrive dead letters', () => attempt('Redrive', async () => {
             const r = await api('POST', `/v1/topics/${enc(t.name)}/subscriptions/${enc(s.name)}/dead-letters/redrive`, {});
             flash(`${r.redriven} dead letter(s) sent again.`);
-          })) : '',
+          }), null, `Redrive dead letters of ${s.name}`) : '',
           button('Unsubscribe', () => attempt('Unsubscribing', async () => {
             await api('DELETE', `/v1/topics/${enc(t.name)}/subscriptions/${enc(s.name)}`);
             await topicsList();
-          }), 'danger'))],
+          }), 'danger', `Unsubscribe ${s.name}`))],
       ], subscriptions, 'No subscriptions yet — add a queue or HTTP subscription above.')));
   }
   box.replaceChildren(...parts);
@@ -510,12 +507,12 @@ async function queuesList() {
     ['Dead-lettered', (q) => fmtNum(q.dead_lettered_total)],
     ['Dead-letter queue', (q) => (q.attributes && q.attributes.dead_letter_queue) || '—'],
     ['', (q) => h('span', { class: 'buttons' },
-      button('Peek', () => { sel.value = q.name; peek(); }),
+      button('Peek', () => { sel.value = q.name; peek(); }, null, `Peek queue ${q.name}`),
       button('Delete', () => attempt(`Deleting queue ${q.name}`, async () => {
         if (!confirm(`Delete queue ${q.name} and its messages?`)) return;
         await api('DELETE', `/v1/queues/${enc(q.name)}`);
         await queuesList();
-      }), 'danger'))],
+      }), 'danger', `Delete queue ${q.name}`))],
   ], queues, 'No queues yet — create one above, then subscribe it to a topic.'));
 }
 
@@ -652,7 +649,7 @@ async function devicesList() {
       if (!confirm(`Delete device ${d.product_key}/${d.device_name}?`)) return;
       await api('DELETE', `/v1/devices/${enc(d.product_key)}/${enc(d.device_name)}`);
       await devicesList();
-    }), 'danger')],
+    }), 'danger', `Delete device ${d.product_key}/${d.device_name}`)],
   ], devices, 'No devices yet — register one above (anonymous loopback devices need none).'));
 }
 
@@ -682,7 +679,7 @@ async function keysList() {
       if (!confirm(`Delete key ${k.name} (${k.id})? Clients using it stop working.`)) return;
       await api('DELETE', `/v1/keys/${enc(k.id)}`);
       await keysList();
-    }), 'danger')],
+    }), 'danger', `Delete key ${k.name}`)],
   ], keys, 'No keys yet — create one above.'));
 }
 
