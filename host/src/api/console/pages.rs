@@ -225,7 +225,7 @@ const OVERVIEW: &str = r##"
 "##;
 
 const RULES: &str = r##"
-<section aria-labelledby="list-h"><h2 id="list-h">Rules</h2>
+<section aria-labelledby="list-h"><h2 id="list-h">All rules</h2>
 <div id="rules-list"></div></section>
 <section aria-labelledby="edit-h" class="editor"><h2 id="edit-h">Create or update a rule</h2>
 <form id="rule-form">
@@ -289,7 +289,7 @@ const QUEUES: &str = r##"
 <div><label for="queue-name">Queue name</label><input id="queue-name" required placeholder="alerts-q"></div>
 <div><label for="queue-dlq">Dead-letter queue</label><input id="queue-dlq" placeholder="optional"></div>
 <div class="buttons"><button type="submit">Create queue</button></div></form></section>
-<section aria-labelledby="queues-h"><h2 id="queues-h">Queues</h2>
+<section aria-labelledby="queues-h"><h2 id="queues-h">All queues</h2>
 <div id="queues-list"></div></section>
 <section aria-labelledby="queue-tools-h" class="editor"><h2 id="queue-tools-h">Messages</h2>
 <form id="queue-send-form"><div class="row">
@@ -321,7 +321,7 @@ const DEVICES: &str = r##"
 <div><label for="device-dn">Device name</label><input id="device-dn" required placeholder="dev1"></div>
 <div class="buttons"><button type="submit">Register</button></div></form>
 <div id="device-secret" role="status"></div></section>
-<section aria-labelledby="devices-h"><h2 id="devices-h">Devices</h2><div id="devices-list"></div></section>
+<section aria-labelledby="devices-h"><h2 id="devices-h">Registered devices</h2><div id="devices-list"></div></section>
 "##;
 
 const KEYS: &str = r##"
@@ -331,7 +331,7 @@ const KEYS: &str = r##"
 <div class="wide"><label for="key-allow">Grants, one per line</label><textarea id="key-allow" rows="2" class="code" required placeholder="queues/alerts-q:consume"></textarea></div>
 </div><div class="buttons"><button type="submit">Create key</button></div></form>
 <div id="key-secret" role="status"></div></section>
-<section aria-labelledby="keys-h"><h2 id="keys-h">Access keys</h2><div id="keys-list"></div></section>
+<section aria-labelledby="keys-h"><h2 id="keys-h">All keys</h2><div id="keys-list"></div></section>
 "##;
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ function table(caption, columns, rows, empty) {
   return h('div', { class: 'table-wrap' }, h('table', {},
     h('caption', { class: 'sr-only' }, caption),
     h('thead', {}, h('tr', {}, columns.map((c) => h('th', { scope: 'col' }, c[0])))),
-    h('tbody', {}, rows.map((r) => h('tr', {}, columns.map((c) => h('td', {}, c[1](r))))))));
+    h('tbody', {}, rows.map((r) => h('tr', {}, columns.map((c) => h('td', { 'data-label': c[0] }, c[1](r))))))));
 }
 
 /** A button; `aria` names what it acts on, for rows of identical buttons. */
@@ -125,11 +125,12 @@ function chart(title, series, unit) {
   const all = series.flatMap((s) => s.points);
   const fig = h('figure', { class: 'chart' }, h('figcaption', {}, title));
   if (all.length < 1) {
-    fig.append(h('p', { class: 'empty' }, 'No samples yet — the first arrive within 10 s.'));
+    fig.append(h('p', { class: 'empty' }, 'Not enough samples yet — a rate needs two, taken 10 s apart.'));
     return fig;
   }
   const t0 = Math.min(...all.map((p) => p.t)), t1 = Math.max(...all.map((p) => p.t));
-  const vmax = Math.max(1e-9, ...all.map((p) => p.v)) * 1.1;
+  const top = Math.max(...all.map((p) => p.v));
+  const vmax = (top > 0 ? top : 1) * 1.1;
   const x = (t) => L + (t1 === t0 ? (W - L - R) : ((t - t0) / (t1 - t0)) * (W - L - R));
   const y = (v) => T + (1 - v / vmax) * (H - T - B);
   const ns = 'http://www.w3.org/2000/svg';
@@ -149,8 +150,8 @@ function chart(title, series, unit) {
     add('line', { x1: L, x2: W - R, y1: y(v), y2: y(v), class: 'grid' });
     add('text', { x: L - 4, y: y(v) + 4, 'text-anchor': 'end', class: 'axis' }, fmtNum(v));
   }
-  const mins = Math.round((t1 - t0) / 60000);
-  add('text', { x: L, y: H - 4, class: 'axis' }, mins ? `-${mins} min` : 'now');
+  const span = Math.round((t1 - t0) / 1000);
+  add('text', { x: L, y: H - 4, class: 'axis' }, span >= 120 ? `-${Math.round(span / 60)} min` : `-${span} s`);
   add('text', { x: W - R, y: H - 4, 'text-anchor': 'end', class: 'axis' }, 'now');
   series.forEach((s, i) => {
     if (!s.points.length) return;
