@@ -495,6 +495,13 @@ function topicsPage() {
 
 async function queuesList() {
   const { queues } = await api('GET', '/v1/queues');
+  // Which queues dead-letter into each queue: a dead-letter queue with one source can be
+  // redriven back to it.
+  const sources = {};
+  for (const q of queues) {
+    const dlq = q.attributes && q.attributes.dead_letter_queue;
+    if (dlq) (sources[dlq] = sources[dlq] || []).push(q.name);
+  }
   const sel = $('tool-queue');
   const chosen = sel.value;
   sel.replaceChildren(...queues.map((q) => h('option', { value: q.name }, q.name)));
@@ -509,12 +516,40 @@ async function queuesList() {
     ['Dead-letter queue', (q) => (q.attributes && q.attributes.dead_letter_queue) || '—'],
     ['', (q) => h('span', { class: 'buttons' },
       button('Peek', () => { sel.value = q.name; peek(); }, null, `Peek queue ${q.name}`),
+      (sources[q.name] || []).length === 1
+        ? button(`Redrive to ${sources[q.name][0]}`, () => redrive(q.name, sources[q.name][0]), null, `Redrive dead letters of ${q.name} to ${sources[q.name][0]}`)
+        : '',
       button('Delete', () => attempt(`Deleting queue ${q.name}`, async () => {
         if (!confirm(`Delete queue ${q.name} and its messages?`)) return;
         await api('DELETE', `/v1/queues/${enc(q.name)}`);
         await queuesList();
       }), 'danger', `Delete queue ${q.name}`))],
   ], queues, 'No queues yet — create one above, then subscribe it to a topic.'));
+}
+
+/** Moves a dead-letter queue's messages back to their source queue: receive, send, then
+ * delete (at least once: a failure in between leaves a copy in both, never none). */
+async function redrive(dlq, source) {
+  if (!confirm(`Move every message of ${dlq} back to ${source}?`)) return;
+  await attempt(`Redriving ${dlq}`, async () => {
+    let n = 0;
+    for (let round = 0; round < 200; round++) {
+      const r = await api('GET', `/v1/queues/${enc(dlq)}/messages?max=16`);
+      if (!r.messages.length) break;
+      await api('POST', `/v1/queues/${enc(source)}/messages`, {
+        messages: r.messages.map((m) => {
+          const out = m.body_base64 !== undefined ? { body_base64: m.body_base64 } : { body: m.body };
+          if (m.tag) out.tag = m.tag;
+          if (m.attributes && Object.keys(m.attributes).length) out.attributes = m.attributes;
+          return out;
+        }),
+      });
+      await api('POST', `/v1/queues/${enc(dlq)}/messages/delete`, { receipt_handles: r.messages.map((m) => m.receipt_handle) });
+      n += r.messages.length;
+    }
+    flash(`Redrove ${n} message(s) from ${dlq} to ${source}.`);
+    await queuesList();
+  });
 }
 
 async function peek() {
