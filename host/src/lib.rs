@@ -9,7 +9,8 @@
 //! - [`devices`]: the device registry (products, devices, secrets, tags), device sign-in,
 //!   per-device topic access and downlink to a device.
 //! - [`pipeline`]: joins ingest -> rules -> store and sends acks back after the commit.
-//! - [`api`]: the HTTP API under `/v1/`, the MNS-compatible API, access-key checks, `/healthz`.
+//! - [`api`]: the HTTP API under `/v1/`, the MNS-compatible API, access-key checks, `/healthz`,
+//!   and the web console under `/console/`.
 //! - [`credentials`]: the per-user credentials file (a key per server URL).
 //! - [`cli`]: the `sluice` command line (talks to the API, plus offline commands).
 //! - [`serve`]: wires everything for `sluice serve`; [`config`]: `sluice.toml` and flags.

@@ -79,9 +79,80 @@ pub struct PipelineConfig {
 /// 1,024 messages per stage: enough to keep group commits full, small enough to bound memory.
 pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
 
+/// One event seen by the console's live tail: a device message as it entered the rules, or a
+/// rule's forward decision.
+#[derive(Debug, Clone)]
+pub enum TapEvent {
+    /// A device message handed to the rules.
+    Ingested {
+        /// Its MQTT topic.
+        topic: String,
+        /// Its payload.
+        payload: Bytes,
+        /// Ingest time, ms since the epoch.
+        at_ms: u64,
+    },
+    /// A rule's forward to a sluice topic (before its commit).
+    Output {
+        /// The rule.
+        rule: String,
+        /// The sluice topic.
+        topic: String,
+        /// The payload.
+        payload: Bytes,
+        /// Ingest time of the source message, ms since the epoch.
+        at_ms: u64,
+    },
+}
+
+/// 256 events: a live tail that falls further behind than this skips ahead (it is a view, not
+/// a delivery path), so a slow browser never holds up the pipeline.
+pub const TAP_CAPACITY: usize = 256;
+
+/// A lossy broadcast of [`TapEvent`]s for live views. Sending costs one atomic load when nobody
+/// watches.
+#[derive(Debug, Clone)]
+pub struct Tap(
+    tokio::sync::broadcast::Sender<TapEvent>,
+    tokio_util::sync::CancellationToken,
+);
+
+impl Default for Tap {
+    fn default() -> Self {
+        Tap(
+            tokio::sync::broadcast::channel(TAP_CAPACITY).0,
+            tokio_util::sync::CancellationToken::new(),
+        )
+    }
+}
+
+impl Tap {
+    /// Cancelled when the pipeline has finished (shutdown): live views end then, so the HTTP
+    /// server's graceful shutdown does not wait on an open tail.
+    pub fn closed(&self) -> tokio_util::sync::CancellationToken {
+        self.1.clone()
+    }
+
+    /// A new watcher, seeing events from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<TapEvent> {
+        self.0.subscribe()
+    }
+
+    /// True when someone watches (build events only then).
+    pub fn watched(&self) -> bool {
+        self.0.receiver_count() > 0
+    }
+
+    fn send(&self, event: TapEvent) {
+        let _ = self.0.send(event);
+    }
+}
+
 /// Pipeline-wide counters, for `/metrics` and the bench.
 #[derive(Debug, Default)]
 pub struct PipelineCounters {
+    /// Live view of messages and rule outputs, for the console's tail.
+    pub tap: Tap,
     /// Messages handed over by ingest.
     pub messages_in: AtomicU64,
     /// Messages acknowledged after their outputs committed (or with nothing to commit).
@@ -191,6 +262,7 @@ impl Pipeline {
     /// Waits until every message handed over has been acked or rejected. Call after ingest has
     /// stopped (every other clone of the sink is dropped).
     pub async fn finish(self) {
+        self.counters.tap.1.cancel();
         drop(self.sink);
         for task in self.tasks.into_iter().rev() {
             let _ = task.await;
@@ -273,6 +345,14 @@ impl Worker {
             device_name: dn,
             timestamp_ms: message.received_at_ms as i64,
         };
+        let tap = &self.counters.tap;
+        if tap.watched() {
+            tap.send(TapEvent::Ingested {
+                topic: message.topic.clone(),
+                payload: message.payload.clone(),
+                at_ms: message.received_at_ms,
+            });
+        }
         let evaluations = self.rules.evaluate(&ctx);
         if evaluations.is_empty() {
             self.counters.unmatched.fetch_add(1, Ordering::Relaxed);
@@ -314,8 +394,23 @@ impl Worker {
         match result {
             Ok(Outcome::Emitted(decisions)) => {
                 let mut republished = 0;
+                let tap = &self.counters.tap;
                 for decision in decisions {
                     match decision.target {
+                        Target::Forward(topic) if tap.watched() => {
+                            let body = Bytes::from(decision.payload);
+                            tap.send(TapEvent::Output {
+                                rule: rule.to_string(),
+                                topic: topic.clone(),
+                                payload: body.clone(),
+                                at_ms: ctx.timestamp_ms as u64,
+                            });
+                            unit.push(Output {
+                                topic,
+                                body,
+                                attributes: attributes(ctx, &rule),
+                            })
+                        }
                         Target::Forward(topic) => unit.push(Output {
                             topic,
                             body: Bytes::from(decision.payload),

@@ -18,6 +18,11 @@
 //!
 //! Keys are looked up in memory ([`KeyRing`], loaded at start and changed only by the key API
 //! after its commit), so a request costs no database read.
+//!
+//! The web console is a third way in: a browser signed in with an access key carries a session
+//! cookie ([`super::console::session`]) that resolves to that same key, so the console can do
+//! exactly what the key's policy allows and nothing more. A state-changing request on a session
+//! must echo the session's CSRF token in `X-CSRF-Token` (a cross-site form cannot set headers).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -31,6 +36,8 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 
+use super::console::session::{self, Sessions};
+use super::console::ConsoleSession;
 use super::error::ApiError;
 use super::mns::error::MnsError;
 use crate::store::keys::{AccessKey, Action, Resource};
@@ -45,6 +52,8 @@ const MAX_DIGEST_BODY_BYTES: usize = super::MAX_REQUEST_BYTES;
 #[derive(Debug, Default)]
 pub struct KeyRing {
     keys: RwLock<HashMap<String, Arc<AccessKey>>>,
+    /// Console sign-ins, each standing for one of the keys above.
+    sessions: Sessions,
 }
 
 impl KeyRing {
@@ -69,11 +78,24 @@ impl KeyRing {
         }
     }
 
-    /// Forgets a key after its deletion committed.
+    /// Forgets a key after its deletion committed, and signs out its console sessions.
     pub fn remove(&self, id: &str) {
         if let Ok(mut keys) = self.keys.write() {
             keys.remove(id);
         }
+        self.sessions.remove_key(id);
+    }
+
+    /// The console's signed-in sessions (kept beside the keys they stand for, so deleting a
+    /// key ends them).
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// The key with this id if `secret` is its secret (the console's sign-in check).
+    pub fn verify(&self, id: &str, secret: &str) -> Option<Arc<AccessKey>> {
+        self.get(id)
+            .filter(|k| constant_time_eq(secret.as_bytes(), k.secret.as_bytes()))
     }
 }
 
@@ -112,12 +134,15 @@ pub fn is_mns_path(path: &str) -> bool {
 /// The middleware: authenticates, checks the policy, then runs the request.
 pub async fn check(State(keys): State<Arc<KeyRing>>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    if path == "/healthz" {
+    if path == "/healthz" || super::console::is_open_path(&path) {
         return next.run(req).await;
     }
     let mns = is_mns_path(&path);
+    let console_page = req.method() == Method::GET && super::console::is_page_path(&path);
     match authorize(&keys, req).await {
         Ok(req) => next.run(req).await,
+        // A console page without a session: the browser goes to the sign-in page.
+        Err(_) if console_page => super::console::to_sign_in(),
         Err(d) if mns => MnsError::new(d.status, d.code, d.message).into_response(),
         Err(d) => {
             let mut r = ApiError {
@@ -138,7 +163,48 @@ pub async fn check(State(keys): State<Arc<KeyRing>>, req: Request, next: Next) -
     }
 }
 
-async fn authorize(keys: &KeyRing, req: Request) -> Result<Request, Denied> {
+/// Resolves a console session cookie to its key; state-changing requests must carry the
+/// session's CSRF token.
+fn authorize_session(keys: &KeyRing, req: &mut Request) -> Result<Arc<AccessKey>, Denied> {
+    let signed_out = || {
+        denied(
+            StatusCode::UNAUTHORIZED,
+            "MissingAuthorizationHeader",
+            "this endpoint needs an access key: send `Authorization: Bearer ID:SECRET` or an \
+             MNS signature (create keys with `sluice key create`), or sign in to the console",
+        )
+    };
+    let token = session::token_from_cookies(req.headers()).ok_or_else(signed_out)?;
+    let s = keys.sessions.get(&token).ok_or_else(signed_out)?;
+    let key = keys.get(&s.key_id).ok_or_else(signed_out)?;
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe {
+        let given = header(req.headers(), session::CSRF_HEADER);
+        if !constant_time_eq(given.as_bytes(), s.csrf.as_bytes()) {
+            return Err(denied(
+                StatusCode::FORBIDDEN,
+                "InvalidCsrfToken",
+                "a console request that changes something must carry the session's \
+                 X-CSRF-Token header (reload the page)",
+            ));
+        }
+    }
+    req.extensions_mut().insert(ConsoleSession {
+        token,
+        csrf: s.csrf,
+    });
+    Ok(key)
+}
+
+async fn authorize(keys: &KeyRing, mut req: Request) -> Result<Request, Denied> {
+    if req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .is_none()
+    {
+        let key = authorize_session(keys, &mut req)?;
+        return check_policy(key, req);
+    }
     let header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -165,7 +231,7 @@ async fn authorize(keys: &KeyRing, req: Request) -> Result<Request, Denied> {
             format!("access key `{id}` does not exist"),
         )
     })?;
-    let mut req = match scheme {
+    let req = match scheme {
         "Bearer" => {
             if !constant_time_eq(proof.as_bytes(), key.secret.as_bytes()) {
                 return Err(denied(
@@ -196,7 +262,20 @@ async fn authorize(keys: &KeyRing, req: Request) -> Result<Request, Denied> {
         }
         _ => return Err(invalid_header()),
     };
-    let (resource, action) = classify(req.method(), req.uri().path(), req.uri().query());
+    check_policy(key, req)
+}
+
+/// Whether the key's policy allows what the request does.
+fn check_policy(key: Arc<AccessKey>, mut req: Request) -> Result<Request, Denied> {
+    let (resource, action) = match super::console::policy(req.uri().path(), req.uri().query()) {
+        // A console page: any signed-in key may see the page; its data comes from `/v1/`.
+        Some(None) => {
+            req.extensions_mut().insert(Caller(key));
+            return Ok(req);
+        }
+        Some(Some(needs)) => needs,
+        None => classify(req.method(), req.uri().path(), req.uri().query()),
+    };
     if !key.allows(&resource, action) {
         let what = match &resource {
             Resource::Queue(Some(n)) => format!("{} on queue `{n}`", action.as_str()),
@@ -223,7 +302,8 @@ fn invalid_header() -> Denied {
     )
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares secrets without an early exit, so timing does not reveal how much matched.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -438,5 +518,114 @@ mod tests {
         assert_eq!(c(Method::GET, "/v1/rules", None).0, Resource::Admin);
         assert_eq!(c(Method::GET, "/v1/keys", None).0, Resource::Admin);
         assert_eq!(c(Method::GET, "/metrics", None).0, Resource::Admin);
+    }
+
+    fn ring_with(grant: &str) -> (KeyRing, AccessKey) {
+        let key = AccessKey::generate(
+            "k",
+            vec![crate::store::keys::Grant::parse(grant).unwrap()],
+            0,
+        );
+        (KeyRing::new(vec![key.clone()]), key)
+    }
+
+    fn request(method: Method, path: &str, cookie: Option<&str>, csrf: Option<&str>) -> Request {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(c) = cookie {
+            b = b.header("cookie", format!("{}={c}", session::COOKIE_NAME));
+        }
+        if let Some(t) = csrf {
+            b = b.header(session::CSRF_HEADER, t);
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    /// A console session stands for its key: reads pass, writes need the CSRF token, the key's
+    /// policy still applies, and deleting the key ends the session.
+    #[tokio::test]
+    async fn a_session_cookie_is_the_key_with_csrf_on_writes() {
+        let (ring, key) = ring_with("queues/q*:read,send");
+        let (token, s) = ring.sessions().create(&key.id);
+        let ok = |r: Result<Request, Denied>| r.map(|_| ()).map_err(|d| d.code);
+        assert_eq!(
+            ok(authorize(
+                &ring,
+                request(Method::GET, "/v1/queues/q1", Some(&token), None)
+            )
+            .await),
+            Ok(())
+        );
+        assert_eq!(
+            ok(authorize(
+                &ring,
+                request(Method::POST, "/v1/queues/q1/messages", Some(&token), None)
+            )
+            .await),
+            Err("InvalidCsrfToken")
+        );
+        assert_eq!(
+            ok(authorize(
+                &ring,
+                request(
+                    Method::POST,
+                    "/v1/queues/q1/messages",
+                    Some(&token),
+                    Some("bad")
+                )
+            )
+            .await),
+            Err("InvalidCsrfToken")
+        );
+        assert_eq!(
+            ok(authorize(
+                &ring,
+                request(
+                    Method::POST,
+                    "/v1/queues/q1/messages",
+                    Some(&token),
+                    Some(&s.csrf)
+                )
+            )
+            .await),
+            Ok(())
+        );
+        // The policy still applies: no admin endpoints, no other queues.
+        assert_eq!(
+            ok(authorize(&ring, request(Method::GET, "/v1/rules", Some(&token), None)).await),
+            Err("AccessDenied")
+        );
+        assert_eq!(
+            ok(authorize(
+                &ring,
+                request(Method::GET, "/console/history", Some(&token), None)
+            )
+            .await),
+            Err("AccessDenied")
+        );
+        assert_eq!(
+            ok(authorize(
+                &ring,
+                request(Method::GET, "/console/events/queue/q1", Some(&token), None)
+            )
+            .await),
+            Ok(())
+        );
+        assert_eq!(
+            ok(authorize(
+                &ring,
+                request(Method::GET, "/v1/queues/q1", Some("forged"), None)
+            )
+            .await),
+            Err("MissingAuthorizationHeader")
+        );
+        ring.remove(&key.id);
+        assert_eq!(
+            ok(authorize(
+                &ring,
+                request(Method::GET, "/v1/queues/q1", Some(&token), None)
+            )
+            .await),
+            Err("MissingAuthorizationHeader")
+        );
     }
 }

@@ -1,11 +1,13 @@
 //! The HTTP API: JSON under `/v1/` (queues, topics, subscriptions, rules, keys), the
-//! MNS-compatible XML API (`/queues`, `/topics`, see [`mns`]), `/healthz`. Every request but
-//! `/healthz` passes the access-key check of [`auth`] first.
+//! MNS-compatible XML API (`/queues`, `/topics`, see [`mns`]), `/healthz`, and the web
+//! [`console`] under `/console/`. Every request but `/healthz` and the console's sign-in page and
+//! assets passes the access-key check of [`auth`] first.
 //! Handlers are thin: they parse, call the store or the rule registry, and shape the answer.
 
 pub mod auth;
 mod backup;
 mod body;
+pub mod console;
 mod devices;
 pub mod error;
 mod json;
@@ -61,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/rules/{name}/start", post(rules::start))
         .route("/v1/rules/{name}/stop", post(rules::stop))
+        .route("/v1/rules/{name}/test", post(rules::test))
         .layer(DefaultBodyLimit::max(MAX_RULE_UPLOAD_BYTES));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -132,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .merge(rules)
         .merge(mns::router())
+        .merge(console::router(state.clone()))
         .method_not_allowed_fallback(|| async {
             error::ApiError {
                 status: axum::http::StatusCode::METHOD_NOT_ALLOWED,

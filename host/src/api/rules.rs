@@ -1,4 +1,5 @@
-//! `/v1/rules`: create (stopped), update, list, show, start, stop, delete.
+//! `/v1/rules`: create (stopped), update, list, show, start, stop, delete, and test a definition
+//! on a sample message.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -93,4 +94,108 @@ fn join_error(e: tokio::task::JoinError) -> ApiError {
         message: format!("rule operation failed: {e}"),
         field: None,
     }
+}
+
+/// The body of `POST /v1/rules/{name}/test`: a rule definition (as for create; the rule need
+/// not exist) and a sample message.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestRequest {
+    /// The rule as it would be created or updated.
+    pub rule: crate::rules::spec::RuleDefinition,
+    /// The MQTT topic the sample arrived on.
+    pub topic: String,
+    /// The sample payload (text; JSON for JSON rules).
+    #[serde(default)]
+    pub payload: String,
+    /// The clock the rule sees, ms since the epoch [default: now].
+    pub timestamp_ms: Option<i64>,
+}
+
+/// `POST /v1/rules/{name}/test`: runs the definition on the sample through the same compiler
+/// and sandbox as `sluice rule eval` (one shared function, [`crate::rules::trial::run`]) and
+/// answers the decisions. A SQL error is a 400 whose error carries `line` and `column`, so the
+/// console's editor can point at it. Nothing is stored and nothing is forwarded.
+pub async fn test(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<TestRequest>,
+) -> Result<Json<Value>, axum::response::Response> {
+    use crate::rules::trial::{self, Trial, TrialError, TrialOutcome, TrialSource};
+    use axum::response::IntoResponse;
+    let sql_error = |e: &crate::rules::sql::SqlError| {
+        let (line, column) = e.position().unwrap_or((1, 1));
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {
+                "code": "InvalidRuleSql",
+                "message": e.to_string(),
+                "field": "sql",
+                "kind": e.kind(),
+                "line": line,
+                "column": column,
+            }})),
+        )
+            .into_response()
+    };
+    let data_type = match req.rule.data_type.as_deref() {
+        Some("binary") => crate::rules::DataType::Binary,
+        _ => crate::rules::DataType::Json,
+    };
+    // Compile first: the spec check below would report the same error without its position.
+    if let Some(sql) = &req.rule.sql {
+        let opts = crate::rules::sql::CompileOptions {
+            data_type: match data_type {
+                crate::rules::DataType::Json => crate::rules::sql::DataType::Json,
+                crate::rules::DataType::Binary => crate::rules::sql::DataType::Binary,
+            },
+        };
+        if let Err(e) = crate::rules::sql::compile(sql, &opts) {
+            return Err(sql_error(&e));
+        }
+    }
+    let spec = req.rule.into_spec(&name).map_err(|e| {
+        ApiError::from(crate::rules::registry::RegistryError::from(e)).into_response()
+    })?;
+    let trial = Trial {
+        source: match spec.source {
+            crate::rules::RuleSource::Sql { sql } => TrialSource::Sql(sql),
+            crate::rules::RuleSource::Wasm { module } => TrialSource::Wasm(module),
+        },
+        data_type: spec.data_type,
+        topic: req.topic,
+        payload: req.payload.into_bytes(),
+        timestamp_ms: req
+            .timestamp_ms
+            .unwrap_or_else(|| crate::ids::now_ms() as i64),
+        message_id: "0".repeat(32),
+        seed: 0,
+        utc_offset_seconds: spec.utc_offset_seconds,
+        actions: spec.actions,
+        grant: spec.grant,
+    };
+    let runtime = state.rules.engine().runtime().clone();
+    let outcome = tokio::task::spawn_blocking(move || trial::run(&runtime, &trial))
+        .await
+        .map_err(|e| join_error(e).into_response())?
+        .map_err(|e| match e {
+            TrialError::Sql(e) => sql_error(&e),
+            TrialError::Module(m) => ApiError::invalid("module_base64", m).into_response(),
+        })?;
+    Ok(Json(match outcome {
+        TrialOutcome::Emitted(decisions) => json!({
+            "outcome": "emitted",
+            "decisions": decisions.into_iter().map(|d| json!({
+                "kind": d.kind,
+                "target": d.target,
+                "payload": serde_json::from_str::<Value>(&d.payload_json).unwrap_or(Value::Null),
+            })).collect::<Vec<_>>(),
+        }),
+        TrialOutcome::Dropped => json!({"outcome": "dropped", "decisions": []}),
+        TrialOutcome::Failed { kind, message } => json!({
+            "outcome": "failed",
+            "decisions": [],
+            "failure": {"kind": kind, "message": message},
+        }),
+    }))
 }

@@ -2,16 +2,13 @@
 //! `serve`, and prints each decision as one JSON object per line. The clock, randomness and
 //! message id are fixed by flags, so `--sql` and its compiled `--wasm` give the same output.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use base64::Engine as _;
 use clap::Args;
 use serde_json::{json, Value};
+use std::path::PathBuf;
 
-use crate::rules::runtime::{Binding, Environment};
 use crate::rules::spec::DataType;
-use crate::rules::{Action, Grant, Outcome, RuleInput, RuleRuntime, SandboxConfig, Target};
+use crate::rules::trial::{self, Trial, TrialError, TrialOutcome, TrialSource};
+use crate::rules::{Action, Grant, RuleRuntime, SandboxConfig};
 
 /// Flags of `rule eval`.
 #[derive(Debug, Args)]
@@ -68,19 +65,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<u8> {
         "binary" => DataType::Binary,
         other => anyhow::bail!("--data-type {other}: use json or binary"),
     };
-    let (wasm, from_filter, raw_output) = match (&args.sql, &args.wasm) {
-        (Some(path), _) => {
-            let sql = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-            let compiled = crate::rules::compile_sql(&sql, data_type)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            (compiled.wasm, compiled.from_filter, compiled.raw_output)
-        }
-        (None, Some(path)) => (
+    let source = match (&args.sql, &args.wasm) {
+        (Some(path), _) => TrialSource::Sql(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+        ),
+        (None, Some(path)) => TrialSource::Wasm(
             std::fs::read(path)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
-            String::new(),
-            false,
         ),
         (None, None) => anyhow::bail!("give the rule with --sql FILE or --wasm FILE"),
     };
@@ -113,77 +105,39 @@ pub fn run(args: EvalArgs) -> anyhow::Result<u8> {
 
     let runtime = RuleRuntime::new(SandboxConfig::default())
         .map_err(|e| anyhow::anyhow!("cannot start the sandbox: {e:#}"))?;
-    let module = runtime
-        .load(&wasm)
-        .map_err(|e| anyhow::anyhow!("module {e}"))?;
-    let mut instance = runtime
-        .instantiate(
-            &module,
-            Binding {
-                actions,
-                grant,
-                from_filter,
-            },
-            Environment {
-                fixed_now_ms: Some(now),
-                seed: Some(args.seed),
-                utc_offset_seconds,
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("module {e}"))?;
-    let (pk, dn) = crate::pipeline::device_from_topic(&args.topic);
-    let view = match data_type {
-        DataType::Json => crate::rules::view::platform_view(&args.topic, &payload, pk, dn, now),
-        DataType::Binary => None,
-    };
-    let input = RuleInput {
-        topic: &args.topic,
-        payload: view.as_deref().unwrap_or(&payload),
-        raw_payload: &payload,
-        message_id: &message_id,
-        product_key: pk,
-        device_name: dn,
+    let trial = Trial {
+        source,
+        data_type,
+        topic: args.topic.clone(),
+        payload,
         timestamp_ms: now,
-        tags: None::<&Arc<dyn crate::rules::runtime::TagSource>>,
+        message_id,
+        seed: args.seed,
+        utc_offset_seconds,
+        actions,
+        grant,
     };
-    match instance.call(&input) {
-        Ok(Outcome::Emitted(decisions)) => {
+    let outcome = trial::run(&runtime, &trial).map_err(|e| match (e, &args.sql) {
+        (TrialError::Sql(e), Some(path)) => anyhow::anyhow!("{}: {e}", path.display()),
+        (e, _) => anyhow::anyhow!("{e}"),
+    })?;
+    match outcome {
+        TrialOutcome::Emitted(decisions) => {
             for d in decisions {
-                let (kind, target) = match d.target {
-                    Target::Forward(t) => ("forward", Value::String(t)),
-                    Target::Republish { topic, .. } => ("republish", Value::String(topic)),
-                    Target::Output => ("forward", Value::String("output".into())),
-                };
-                // JSON output verbatim (its key order is the SELECT order); raw bytes (a binary
-                // rule's `SELECT *`, or anything that is not JSON from a binary rule) as base64.
-                let is_json = !(raw_output && data_type == DataType::Binary)
-                    && serde_json::from_slice::<serde::de::IgnoredAny>(&d.payload).is_ok();
-                let payload = if is_json && !d.payload.contains(&b'\n') {
-                    String::from_utf8_lossy(&d.payload).into_owned()
-                } else if is_json {
-                    serde_json::from_slice::<Value>(&d.payload)
-                        .map(|v| v.to_string())
-                        .unwrap_or_default()
-                } else if data_type == DataType::Binary {
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(&d.payload))
-                        .to_string()
-                } else {
-                    Value::String(String::from_utf8_lossy(&d.payload).into_owned()).to_string()
-                };
                 println!(
                     "{{\"kind\":{},\"target\":{},\"payload\":{}}}",
-                    Value::String(kind.into()),
-                    target,
-                    payload.trim()
+                    Value::String(d.kind.into()),
+                    Value::String(d.target),
+                    d.payload_json
                 );
             }
             Ok(0)
         }
-        Ok(Outcome::Dropped) => Ok(0),
-        Err(failure) => {
+        TrialOutcome::Dropped => Ok(0),
+        TrialOutcome::Failed { kind, message } => {
             println!(
                 "{}",
-                json!({"kind": "error", "target": null, "payload": {"error": failure.to_string(), "failure_kind": failure.kind.as_str()}})
+                json!({"kind": "error", "target": null, "payload": {"error": message, "failure_kind": kind}})
             );
             Ok(EXIT_RULE_FAILED)
         }

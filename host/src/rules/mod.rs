@@ -11,6 +11,7 @@
 //! - [`view`]: the thing-model platform view rules see.
 //! - [`sql`]: rule SQL compiled to a standalone Wasm module.
 //! - [`time_format`]: Java-style date patterns for `format_time`.
+//! - [`trial`]: one rule run on one sample message (`rule eval`, the console's test panel).
 
 pub mod actions;
 pub mod catalog;
@@ -20,6 +21,7 @@ pub mod runtime;
 pub mod spec;
 pub mod sql;
 pub mod time_format;
+pub mod trial;
 pub mod view;
 
 #[cfg(test)]

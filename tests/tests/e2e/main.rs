@@ -2,6 +2,7 @@
 //! HTTP) on free loopback ports with a temporary data directory.
 
 mod common;
+mod console;
 mod devices;
 mod metrics;
 mod mns;

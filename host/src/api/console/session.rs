@@ -1,0 +1,174 @@
+//! Console sessions: signing in with an access key gives the browser an opaque session token in
+//! an HttpOnly, SameSite=Strict cookie, and the page a per-session CSRF token. The auth
+//! middleware ([`crate::api::auth`]) resolves the cookie to the same key (and so the same
+//! policy) as `Authorization: Bearer`, and refuses a state-changing request whose
+//! `X-CSRF-Token` header does not match the session's token.
+//!
+//! Sessions live in memory only: a restart signs everyone out, which is the safe default for a
+//! console of a self-hosted daemon, and nothing secret is written to disk.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The cookie holding the session token.
+pub const COOKIE_NAME: &str = "sluice_session";
+
+/// The header carrying the CSRF token on every state-changing request.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// 12 hours: a working day at the console without signing in again, short enough that a
+/// forgotten browser does not stay signed in for long.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// 10,000 sessions at most (a few MB); past it the oldest is dropped, so repeated sign-ins
+/// cannot grow memory without bound.
+pub const MAX_SESSIONS: usize = 10_000;
+
+/// One signed-in browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The access key it signed in with; the key's policy applies to everything it does.
+    pub key_id: String,
+    /// The token every state-changing request must echo in `X-CSRF-Token`.
+    pub csrf: String,
+    /// When it stops being accepted.
+    pub expires_at: Instant,
+}
+
+/// The signed-in sessions by token.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    by_token: Mutex<HashMap<String, Session>>,
+}
+
+/// A fresh random token: 32 bytes from the OS-seeded generator, hex.
+fn token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+impl Sessions {
+    /// Opens a session for `key_id`; returns its cookie token and the session.
+    pub fn create(&self, key_id: &str) -> (String, Session) {
+        self.create_at(key_id, Instant::now())
+    }
+
+    fn create_at(&self, key_id: &str, now: Instant) -> (String, Session) {
+        let session = Session {
+            key_id: key_id.to_string(),
+            csrf: token(),
+            expires_at: now + SESSION_TTL,
+        };
+        let token = token();
+        let mut map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, s| s.expires_at > now);
+        if map.len() >= MAX_SESSIONS {
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, s)| s.expires_at)
+                .map(|(t, _)| t.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(token.clone(), session.clone());
+        (token, session)
+    }
+
+    /// The live session for a cookie token.
+    pub fn get(&self, token: &str) -> Option<Session> {
+        self.get_at(token, Instant::now())
+    }
+
+    fn get_at(&self, token: &str, now: Instant) -> Option<Session> {
+        let map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(token).filter(|s| s.expires_at > now).cloned()
+    }
+
+    /// Signs a session out.
+    pub fn remove(&self, token: &str) {
+        let mut map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(token);
+    }
+
+    /// Signs out every session of a key (the key was deleted).
+    pub fn remove_key(&self, key_id: &str) {
+        let mut map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, s| s.key_id != key_id);
+    }
+}
+
+/// The session token in a `Cookie` header, if any.
+pub fn token_from_cookies(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE_NAME)
+        .map(|(_, value)| value.to_string())
+}
+
+/// The `Set-Cookie` value for a new session: HttpOnly (scripts cannot read it),
+/// SameSite=Strict (other sites cannot make the browser send it), Path=/ (the console and the
+/// `/v1/` API it calls).
+pub fn set_cookie(token: &str) -> String {
+    format!(
+        "{COOKIE_NAME}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        SESSION_TTL.as_secs()
+    )
+}
+
+/// The `Set-Cookie` value that signs the browser out.
+pub fn clear_cookie() -> String {
+    format!("{COOKIE_NAME}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session resolves to its key until it expires or is removed, and deleting the key
+    /// signs out all of its sessions.
+    #[test]
+    fn sessions_expire_and_die_with_their_key() {
+        let s = Sessions::default();
+        let now = Instant::now();
+        let (t1, s1) = s.create_at("k1", now);
+        let (t2, _) = s.create_at("k2", now);
+        assert_eq!(s.get_at(&t1, now).unwrap().key_id, "k1");
+        assert_ne!(t1, s1.csrf, "the CSRF token is not the cookie token");
+        assert_eq!(t1.len(), 64);
+        assert!(s.get_at(&t1, now + SESSION_TTL).is_none());
+        assert!(s.get_at("nope", now).is_none());
+        s.remove_key("k2");
+        assert!(s.get_at(&t2, now).is_none());
+        s.remove(&t1);
+        assert!(s.get_at(&t1, now).is_none());
+    }
+
+    /// The cookie carries the hardening attributes and is found among others.
+    #[test]
+    fn cookie_is_httponly_strict_and_parsed_back() {
+        let c = set_cookie("abc");
+        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Path=/"));
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(
+            axum::http::header::COOKIE,
+            "a=1; sluice_session=abc; b=2".parse().unwrap(),
+        );
+        assert_eq!(token_from_cookies(&h).as_deref(), Some("abc"));
+    }
+
+    /// The table never grows past its cap.
+    #[test]
+    fn session_table_is_bounded() {
+        let s = Sessions::default();
+        let now = Instant::now();
+        for i in 0..MAX_SESSIONS + 5 {
+            s.create_at(&format!("k{i}"), now + Duration::from_millis(i as u64));
+        }
+        assert_eq!(s.by_token.lock().unwrap().len(), MAX_SESSIONS);
+    }
+}
