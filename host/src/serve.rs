@@ -331,6 +331,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
             pipeline: (!config.ingest_only).then(|| pipeline.counters()),
         },
         keys,
+        https: https.is_some(),
     });
     let http_stop = CancellationToken::new();
     let http_stop_wait = http_stop.clone();

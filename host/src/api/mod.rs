@@ -43,6 +43,8 @@ pub struct AppState {
     pub stages: metrics::StageCounters,
     /// The access keys, checked on every request.
     pub keys: Arc<auth::KeyRing>,
+    /// Served over HTTPS (`--http-tls-cert`): the console's session cookie is then `Secure`.
+    pub https: bool,
 }
 
 /// 2 MiB: the largest message (1 MiB) as base64 JSON fits; anything larger is cut off early.

@@ -159,7 +159,10 @@ async fn sign_in(
             (
                 StatusCode::SEE_OTHER,
                 [
-                    (header::SET_COOKIE, session::set_cookie(&token)),
+                    (
+                        header::SET_COOKIE,
+                        session::set_cookie(&token, state.app.https),
+                    ),
                     (header::LOCATION, "/console/".to_string()),
                 ],
             )
@@ -180,7 +183,7 @@ async fn sign_out(
         state.app.keys.sessions().remove(&s.token);
     }
     (
-        [(header::SET_COOKIE, session::clear_cookie())],
+        [(header::SET_COOKIE, session::clear_cookie(state.app.https))],
         Json(serde_json::json!({"signed_out": true})),
     )
         .into_response()

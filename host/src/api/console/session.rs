@@ -112,17 +112,30 @@ pub fn token_from_cookies(headers: &axum::http::HeaderMap) -> Option<String> {
 
 /// The `Set-Cookie` value for a new session: HttpOnly (scripts cannot read it),
 /// SameSite=Strict (other sites cannot make the browser send it), Path=/ (the console and the
-/// `/v1/` API it calls).
-pub fn set_cookie(token: &str) -> String {
+/// `/v1/` API it calls); Secure when the server speaks HTTPS (the browser then never sends it
+/// over plain HTTP).
+pub fn set_cookie(token: &str, secure: bool) -> String {
     format!(
-        "{COOKIE_NAME}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        SESSION_TTL.as_secs()
+        "{COOKIE_NAME}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        SESSION_TTL.as_secs(),
+        secure_attr(secure)
     )
 }
 
 /// The `Set-Cookie` value that signs the browser out.
-pub fn clear_cookie() -> String {
-    format!("{COOKIE_NAME}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
+pub fn clear_cookie(secure: bool) -> String {
+    format!(
+        "{COOKIE_NAME}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+        secure_attr(secure)
+    )
+}
+
+fn secure_attr(secure: bool) -> &'static str {
+    if secure {
+        "; Secure"
+    } else {
+        ""
+    }
 }
 
 #[cfg(test)]
@@ -151,7 +164,10 @@ mod tests {
     /// The cookie carries the hardening attributes and is found among others.
     #[test]
     fn cookie_is_httponly_strict_and_parsed_back() {
-        let c = set_cookie("abc");
+        assert!(set_cookie("abc", true).ends_with("; Secure"));
+        assert!(clear_cookie(true).ends_with("; Secure"));
+        let c = set_cookie("abc", false);
+        assert!(!c.contains("Secure"), "{c}");
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Path=/"));
         let mut h = axum::http::HeaderMap::new();
         h.insert(
