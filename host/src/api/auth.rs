@@ -540,91 +540,80 @@ mod tests {
         b.body(Body::empty()).unwrap()
     }
 
+    /// Method, path, session cookie, CSRF header, and the expected outcome.
+    type Case<'a> = (
+        Method,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Result<(), &'static str>,
+    );
+
+    /// What the middleware makes of one request with the session cookie `cookie` and the CSRF
+    /// header `csrf`: `Ok(())` or the refusal's code.
+    async fn outcome(
+        ring: &KeyRing,
+        method: Method,
+        path: &str,
+        cookie: &str,
+        csrf: Option<&str>,
+    ) -> Result<(), &'static str> {
+        authorize(ring, request(method, path, Some(cookie), csrf))
+            .await
+            .map(|_| ())
+            .map_err(|d| d.code)
+    }
+
     /// A console session stands for its key: reads pass, writes need the CSRF token, the key's
     /// policy still applies, and deleting the key ends the session.
     #[tokio::test]
     async fn a_session_cookie_is_the_key_with_csrf_on_writes() {
         let (ring, key) = ring_with("queues/q*:read,send");
         let (token, s) = ring.sessions().create(&key.id);
-        let ok = |r: Result<Request, Denied>| r.map(|_| ()).map_err(|d| d.code);
-        assert_eq!(
-            ok(authorize(
-                &ring,
-                request(Method::GET, "/v1/queues/q1", Some(&token), None)
-            )
-            .await),
-            Ok(())
-        );
-        assert_eq!(
-            ok(authorize(
-                &ring,
-                request(Method::POST, "/v1/queues/q1/messages", Some(&token), None)
-            )
-            .await),
-            Err("InvalidCsrfToken")
-        );
-        assert_eq!(
-            ok(authorize(
-                &ring,
-                request(
-                    Method::POST,
-                    "/v1/queues/q1/messages",
-                    Some(&token),
-                    Some("bad")
-                )
-            )
-            .await),
-            Err("InvalidCsrfToken")
-        );
-        assert_eq!(
-            ok(authorize(
-                &ring,
-                request(
-                    Method::POST,
-                    "/v1/queues/q1/messages",
-                    Some(&token),
-                    Some(&s.csrf)
-                )
-            )
-            .await),
-            Ok(())
-        );
-        // The policy still applies: no admin endpoints, no other queues.
-        assert_eq!(
-            ok(authorize(&ring, request(Method::GET, "/v1/rules", Some(&token), None)).await),
-            Err("AccessDenied")
-        );
-        assert_eq!(
-            ok(authorize(
-                &ring,
-                request(Method::GET, "/console/history", Some(&token), None)
-            )
-            .await),
-            Err("AccessDenied")
-        );
-        assert_eq!(
-            ok(authorize(
-                &ring,
-                request(Method::GET, "/console/events/queue/q1", Some(&token), None)
-            )
-            .await),
-            Ok(())
-        );
-        assert_eq!(
-            ok(authorize(
-                &ring,
-                request(Method::GET, "/v1/queues/q1", Some("forged"), None)
-            )
-            .await),
-            Err("MissingAuthorizationHeader")
-        );
+        let post = Method::POST;
+        let send = "/v1/queues/q1/messages";
+        let cases: [Case; 8] = [
+            (Method::GET, "/v1/queues/q1", &token, None, Ok(())),
+            (post.clone(), send, &token, None, Err("InvalidCsrfToken")),
+            (
+                post.clone(),
+                send,
+                &token,
+                Some("bad"),
+                Err("InvalidCsrfToken"),
+            ),
+            (post.clone(), send, &token, Some(&s.csrf), Ok(())),
+            // The policy still applies: no admin endpoints, no other queues.
+            (Method::GET, "/v1/rules", &token, None, Err("AccessDenied")),
+            (
+                Method::GET,
+                "/console/history",
+                &token,
+                None,
+                Err("AccessDenied"),
+            ),
+            (
+                Method::GET,
+                "/console/events/queue/q1",
+                &token,
+                None,
+                Ok(()),
+            ),
+            (
+                Method::GET,
+                "/v1/queues/q1",
+                "forged",
+                None,
+                Err("MissingAuthorizationHeader"),
+            ),
+        ];
+        for (method, path, cookie, csrf, want) in cases {
+            let got = outcome(&ring, method.clone(), path, cookie, csrf).await;
+            assert_eq!(got, want, "{method} {path} cookie={cookie} csrf={csrf:?}");
+        }
         ring.remove(&key.id);
         assert_eq!(
-            ok(authorize(
-                &ring,
-                request(Method::GET, "/v1/queues/q1", Some(&token), None)
-            )
-            .await),
+            outcome(&ring, Method::GET, "/v1/queues/q1", &token, None).await,
             Err("MissingAuthorizationHeader")
         );
     }
