@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -110,19 +110,42 @@ pub enum TapEvent {
 pub const TAP_CAPACITY: usize = 256;
 
 /// A lossy broadcast of [`TapEvent`]s for live views. Sending costs one atomic load when nobody
-/// watches.
+/// watches (the broadcast's own receiver count sits behind a mutex, so watchers are counted
+/// here).
 #[derive(Debug, Clone)]
-pub struct Tap(
-    tokio::sync::broadcast::Sender<TapEvent>,
-    tokio_util::sync::CancellationToken,
-);
+pub struct Tap {
+    sender: tokio::sync::broadcast::Sender<TapEvent>,
+    closed: tokio_util::sync::CancellationToken,
+    watchers: Arc<AtomicUsize>,
+}
 
 impl Default for Tap {
     fn default() -> Self {
-        Tap(
-            tokio::sync::broadcast::channel(TAP_CAPACITY).0,
-            tokio_util::sync::CancellationToken::new(),
-        )
+        Tap {
+            sender: tokio::sync::broadcast::channel(TAP_CAPACITY).0,
+            closed: tokio_util::sync::CancellationToken::new(),
+            watchers: Arc::default(),
+        }
+    }
+}
+
+/// One watcher of a [`Tap`]; it stops counting as a watcher when dropped.
+#[derive(Debug)]
+pub struct TapWatch {
+    events: tokio::sync::broadcast::Receiver<TapEvent>,
+    watchers: Arc<AtomicUsize>,
+}
+
+impl TapWatch {
+    /// The next event; `Lagged(n)` when this watcher fell `n` events behind.
+    pub async fn recv(&mut self) -> Result<TapEvent, tokio::sync::broadcast::error::RecvError> {
+        self.events.recv().await
+    }
+}
+
+impl Drop for TapWatch {
+    fn drop(&mut self) {
+        self.watchers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -130,21 +153,25 @@ impl Tap {
     /// Cancelled when the pipeline has finished (shutdown): live views end then, so the HTTP
     /// server's graceful shutdown does not wait on an open tail.
     pub fn closed(&self) -> tokio_util::sync::CancellationToken {
-        self.1.clone()
+        self.closed.clone()
     }
 
     /// A new watcher, seeing events from now on.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<TapEvent> {
-        self.0.subscribe()
+    pub fn subscribe(&self) -> TapWatch {
+        self.watchers.fetch_add(1, Ordering::Relaxed);
+        TapWatch {
+            events: self.sender.subscribe(),
+            watchers: self.watchers.clone(),
+        }
     }
 
     /// True when someone watches (build events only then).
     pub fn watched(&self) -> bool {
-        self.0.receiver_count() > 0
+        self.watchers.load(Ordering::Relaxed) > 0
     }
 
     fn send(&self, event: TapEvent) {
-        let _ = self.0.send(event);
+        let _ = self.sender.send(event);
     }
 }
 
@@ -262,7 +289,7 @@ impl Pipeline {
     /// Waits until every message handed over has been acked or rejected. Call after ingest has
     /// stopped (every other clone of the sink is dropped).
     pub async fn finish(self) {
-        self.counters.tap.1.cancel();
+        self.counters.tap.closed.cancel();
         drop(self.sink);
         for task in self.tasks.into_iter().rev() {
             let _ = task.await;
@@ -569,5 +596,27 @@ mod tests {
         assert_eq!(device_from_topic("/as/mqtt/status/pk/dev"), ("pk", "dev"));
         assert_eq!(device_from_topic("no/leading/slash"), ("", ""));
         assert_eq!(device_from_topic("/pk"), ("pk", ""));
+    }
+
+    #[tokio::test]
+    async fn the_tap_counts_its_watchers_and_delivers_while_watched() {
+        let tap = Tap::default();
+        assert!(!tap.watched());
+        let mut a = tap.subscribe();
+        let b = tap.subscribe();
+        assert!(tap.watched());
+        tap.send(TapEvent::Ingested {
+            topic: "t".into(),
+            payload: Bytes::from_static(b"{}"),
+            at_ms: 1,
+        });
+        assert!(matches!(
+            a.recv().await,
+            Ok(TapEvent::Ingested { at_ms: 1, .. })
+        ));
+        drop(b);
+        assert!(tap.watched());
+        drop(a);
+        assert!(!tap.watched(), "a dropped watcher stops counting");
     }
 }

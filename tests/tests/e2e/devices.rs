@@ -327,14 +327,7 @@ async fn wrong_secrets_other_devices_and_anonymous_clients_are_refused() {
     }
     // The CLI: create prints the secret once, list/show never do, pub reports an offline
     // device, delete removes it.
-    let cli = |args: &[&str]| {
-        let out = s.cli().args(args).output().expect("run sluice CLI");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let cli = |args: &[&str]| s.run_cli(args);
     let (ok, out, err) = cli(&["device", "create", "pk", "dev3", "--tag", "site=east"]);
     assert!(ok, "{out}{err}");
     let secret = out

@@ -82,6 +82,20 @@ async fn the_api_serves_https_to_the_sdk_the_cli_and_clients_that_trust_its_cert
     );
     assert!(sluice.http.starts_with("https://"), "{}", sluice.http);
 
+    // A client that connects and never starts its handshake does not hold up the others
+    // (handshakes have their own tasks; the deadline of a stuck one is 10 s).
+    let addr = sluice.http.trim_start_matches("https://").to_string();
+    let _silent = std::net::TcpStream::connect(&addr).expect("connect");
+    let started = std::time::Instant::now();
+    let (status, v) = sluice.api().get("/v1/queues").await;
+    let took = started.elapsed();
+    println!("HTTPS request beside a silent client answered in {took:?}");
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        took < Duration::from_secs(5),
+        "blocked behind the silent client: {took:?}"
+    );
+
     mnscmd(&sluice, &["createqueue", "--queuename=tls-q"]);
     mnscmd(
         &sluice,
@@ -210,16 +224,7 @@ async fn access_keys_guard_both_faces_by_policy() {
     assert_eq!(v["error"]["code"], "SignatureDoesNotMatch", "{v}");
 
     // A limited key, made with the CLI.
-    let cli = |args: &[&str]| {
-        let out = sluice.cli().args(args).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "{args:?}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    };
+    let cli = |args: &[&str]| sluice.cli_ok(args);
     let created: Value = serde_json::from_str(&cli(&[
         "key",
         "create",

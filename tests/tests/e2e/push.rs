@@ -981,16 +981,7 @@ async fn cli_creates_an_http_subscription_shows_the_secret_once_and_rotates_it()
     let dir = tempfile::tempdir().unwrap();
     let s = start_sluice(dir.path(), 0.01, &[]);
     let hook = Hook::start(|_, _| ok()).await;
-    let cli = |args: &[&str]| {
-        let out = s.cli().args(args).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "{args:?}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    };
+    let cli = |args: &[&str]| s.cli_ok(args);
     cli(&["topic", "create", "t"]);
     let created = cli(&[
         "sub",

@@ -347,13 +347,7 @@ async fn cli_queue_topic_and_backup_verbs_work_against_the_server() {
     // `sluice backup FILE` writes a 0600 copy that a server can open and that holds the messages.
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &[]);
-    let cli = |args: &[&str]| {
-        let out = sluice.cli().args(args).output().expect("run sluice CLI");
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        println!("$ sluice {}\n{stdout}{stderr}", args.join(" "));
-        (out.status.success(), stdout, stderr)
-    };
+    let cli = |args: &[&str]| sluice.run_cli(args);
     let json_of = |s: &str| -> Value { serde_json::from_str(s).expect("--json output is JSON") };
 
     assert!(cli(&["queue", "create", "dead-q"]).0);

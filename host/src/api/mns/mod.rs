@@ -165,11 +165,12 @@ fn header_number(headers: &HeaderMap, name: &str) -> Result<Option<usize>, MnsEr
 
 /// The paging of ListQueue / ListTopic / ListSubscriptionByTopic: `x-mns-prefix`,
 /// `x-mns-marker` (the first name of the page) and `x-mns-ret-number` (1–1000, default 1000).
-/// Returns the page and the next marker.
-fn page(
-    names: Vec<String>,
+/// Returns the page's items sorted by `name` and the next marker.
+fn page<I>(
+    mut items: Vec<I>,
+    name: impl Fn(&I) -> &str,
     headers: &HeaderMap,
-) -> Result<(Vec<String>, Option<String>), MnsError> {
+) -> Result<(Vec<I>, Option<String>), MnsError> {
     let text = |h: &str| {
         headers
             .get(h)
@@ -186,14 +187,11 @@ fn page(
             format!("{n} is out of range: 1 to 1000"),
         ));
     }
-    let mut matching: Vec<String> = names
-        .into_iter()
-        .filter(|name| name.starts_with(&prefix) && name.as_str() >= marker.as_str())
-        .collect();
-    matching.sort();
-    let next = matching.get(n).cloned();
-    matching.truncate(n);
-    Ok((matching, next))
+    items.retain(|i| name(i).starts_with(&prefix) && name(i) >= marker.as_str());
+    items.sort_by(|a, b| name(a).cmp(name(b)));
+    let next = items.get(n).map(|i| name(i).to_owned());
+    items.truncate(n);
+    Ok((items, next))
 }
 
 /// `True`/`False` of `LoggingEnabled`: sluice has no MNS logging, so only `False` is accepted.

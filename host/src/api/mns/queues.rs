@@ -121,14 +121,10 @@ pub async fn delete(
 
 /// ListQueue, with `x-mns-prefix`, `x-mns-marker`, `x-mns-ret-number` and `x-mns-with-meta`.
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, MnsError> {
-    let mut infos = state.store.list_queues().await?;
-    let (names, next) = page(infos.iter().map(|i| i.name.clone()).collect(), &headers)?;
+    let (infos, next) = page(state.store.list_queues().await?, |i| &i.name, &headers)?;
     let base = base_url(&headers);
     let url = |n: &str| format!("{base}/queues/{n}");
-    let with_meta = super::with_meta(&headers);
-    let body = if with_meta {
-        infos.retain(|i| names.contains(&i.name));
-        infos.sort_by(|a, b| a.name.cmp(&b.name));
+    let body = if super::with_meta(&headers) {
         to_xml(&QueuesResp {
             xmlns: XMLNS,
             queues: infos
@@ -143,7 +139,10 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<R
     } else {
         to_xml(&QueuesResp {
             xmlns: XMLNS,
-            queues: names.iter().map(|n| QueueUrl { url: url(n) }).collect(),
+            queues: infos
+                .iter()
+                .map(|i| QueueUrl { url: url(&i.name) })
+                .collect(),
             next_marker: next,
         })
     };

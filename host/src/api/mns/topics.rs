@@ -112,15 +112,11 @@ pub async fn delete(
 
 /// ListTopic, with the paging headers of ListQueue.
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, MnsError> {
-    let mut infos = state.store.list_topics().await?;
-    let (names, next) = page(infos.iter().map(|i| i.name.clone()).collect(), &headers)?;
+    let (infos, next) = page(state.store.list_topics().await?, |i| &i.name, &headers)?;
     let base = base_url(&headers);
     let url = |n: &str| format!("{base}/topics/{n}");
-    let with_meta = super::with_meta(&headers);
     let cap = state.store.size_cap();
-    let body = if with_meta {
-        infos.retain(|i| names.contains(&i.name));
-        infos.sort_by(|a, b| a.name.cmp(&b.name));
+    let body = if super::with_meta(&headers) {
         to_xml(&TopicsResp {
             xmlns: XMLNS,
             topics: infos
@@ -135,7 +131,10 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<R
     } else {
         to_xml(&TopicsResp {
             xmlns: XMLNS,
-            topics: names.iter().map(|n| TopicUrl { url: url(n) }).collect(),
+            topics: infos
+                .iter()
+                .map(|i| TopicUrl { url: url(&i.name) })
+                .collect(),
             next_marker: next,
         })
     };
@@ -386,14 +385,14 @@ pub async fn list_subscriptions(
     headers: HeaderMap,
 ) -> Result<Response, MnsError> {
     let subs = state.store.list_subscriptions(&topic).await?;
-    let (names, next) = page(subs.into_iter().map(|s| s.name).collect(), &headers)?;
+    let (subs, next) = page(subs, |s| &s.name, &headers)?;
     let base = base_url(&headers);
     let doc = SubscriptionsResp {
         xmlns: XMLNS,
-        subscriptions: names
+        subscriptions: subs
             .iter()
-            .map(|n| SubscriptionUrl {
-                url: format!("{base}/topics/{topic}/subscriptions/{n}"),
+            .map(|s| SubscriptionUrl {
+                url: format!("{base}/topics/{topic}/subscriptions/{}", s.name),
             })
             .collect(),
         next_marker: next,

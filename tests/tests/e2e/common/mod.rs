@@ -262,6 +262,23 @@ impl Sluice {
         }
         cmd
     }
+
+    /// Runs the CLI with `args` (printing the command and what it said); returns whether it
+    /// succeeded, its stdout and its stderr.
+    pub fn run_cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.cli().args(args).output().expect("run sluice CLI");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        println!("$ sluice {}\n{stdout}{stderr}", args.join(" "));
+        (out.status.success(), stdout, stderr)
+    }
+
+    /// Runs the CLI with `args`, expects it to succeed, and returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = self.run_cli(args);
+        assert!(ok, "{args:?}: {stdout}{stderr}");
+        stdout
+    }
 }
 
 /// The admin key `serve` wrote for `http` to `config_dir/credentials.toml`, as `ID:SECRET`.
