@@ -132,6 +132,13 @@ pub enum StoreError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The JetStream cluster could not be reached or did not answer in time (no quorum, a
+    /// leader election, the network); nothing was acknowledged, the request can be retried.
+    #[error("the message store is unavailable: {0}")]
+    Unavailable(String),
+    /// The operation exists but not on this store backend; the text says what to do instead.
+    #[error("not supported by this store: {0}")]
+    Unsupported(String),
     /// The store was closed (or its writer thread stopped).
     #[error("the store is closed")]
     Closed,
@@ -160,9 +167,11 @@ impl StoreError {
             StoreError::ReceiptHandleStale { .. } => "ReceiptHandleStale",
             StoreError::MessageNotExist { .. } => "MessageNotExist",
             StoreError::StorageFull(_) => "StorageFull",
-            StoreError::Busy { .. } | StoreError::Locked { .. } | StoreError::Closed => {
-                "ServiceUnavailable"
-            }
+            StoreError::Busy { .. }
+            | StoreError::Locked { .. }
+            | StoreError::Closed
+            | StoreError::Unavailable(_) => "ServiceUnavailable",
+            StoreError::Unsupported(_) => "NotSupported",
             StoreError::Damaged { .. }
             | StoreError::SchemaTooNew { .. }
             | StoreError::Io { .. }
@@ -196,7 +205,11 @@ impl StoreError {
             StoreError::InvalidArgument { .. } | StoreError::ReceiptHandleError { .. } => 400,
             StoreError::MessageTooLarge { .. } => 413,
             StoreError::StorageFull(_) => 507,
-            StoreError::Busy { .. } | StoreError::Locked { .. } | StoreError::Closed => 503,
+            StoreError::Busy { .. }
+            | StoreError::Locked { .. }
+            | StoreError::Closed
+            | StoreError::Unavailable(_) => 503,
+            StoreError::Unsupported(_) => 501,
             _ => 500,
         }
     }
@@ -235,6 +248,7 @@ impl StoreError {
             StoreError::StorageFull(m) => StoreError::StorageFull(m.clone()),
             StoreError::Busy { path } => StoreError::Busy { path: path.clone() },
             StoreError::Closed => StoreError::Closed,
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
             StoreError::Damaged { path, detail } => StoreError::Damaged {
                 path: path.clone(),
                 detail: detail.clone(),

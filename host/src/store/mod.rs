@@ -73,6 +73,7 @@ mod clock;
 pub mod devices;
 mod error;
 mod index;
+pub mod jetstream;
 pub mod keys;
 pub mod metrics;
 pub mod push;
@@ -137,6 +138,9 @@ struct Inner {
     size_cap: u32,
     push_signals: Arc<push::PushSignals>,
     counters: Arc<metrics::StoreCounters>,
+    /// When set, topics, subscriptions and queues live on this JetStream cluster instead of the
+    /// SQLite file (which keeps devices, keys, rules and HTTP push state).
+    jetstream: Option<jetstream::JetStream>,
 }
 
 impl Drop for Inner {
@@ -159,6 +163,25 @@ impl Store {
     /// Synchronous: call it before serving. Fails with a clear error naming the path when the
     /// directory is unwritable, another process owns it, or the file is damaged.
     pub fn open(data_dir: &Path, opts: StoreOptions) -> Result<Store> {
+        Store::open_backed(data_dir, opts, None)
+    }
+
+    /// [`Store::open`] with topics, subscriptions and queues on a JetStream cluster: the
+    /// message plane goes to `jetstream`, while `data_dir` keeps what is still local to a
+    /// process (devices, keys, rules, HTTP push state).
+    pub fn open_with_jetstream(
+        data_dir: &Path,
+        opts: StoreOptions,
+        jetstream: jetstream::JetStream,
+    ) -> Result<Store> {
+        Store::open_backed(data_dir, opts, Some(jetstream))
+    }
+
+    fn open_backed(
+        data_dir: &Path,
+        opts: StoreOptions,
+        jetstream: Option<jetstream::JetStream>,
+    ) -> Result<Store> {
         let paths = types::StorePaths::new(data_dir);
         let opened = schema::open(&paths, &opts)?;
         let notifiers: Notifiers = Arc::default();
@@ -186,8 +209,23 @@ impl Store {
                 size_cap: opts.message_size_cap.clamp(1024, MAX_MESSAGE_SIZE_CAP),
                 push_signals,
                 counters,
+                jetstream,
             }),
         })
+    }
+
+    /// The JetStream backend, when the message plane lives there.
+    fn nats(&self) -> Option<&jetstream::JetStream> {
+        self.inner.jetstream.as_ref()
+    }
+
+    /// Which backend holds topics and queues: `sqlite` or `jetstream` (for `/healthz` and logs).
+    pub fn backend(&self) -> &'static str {
+        if self.nats().is_some() {
+            "jetstream"
+        } else {
+            "sqlite"
+        }
     }
 
     /// What each topic, queue and commit did since start (for `/metrics`).
@@ -234,6 +272,9 @@ impl Store {
     /// Creates a topic; `Ok(false)` when it already exists.
     pub async fn create_topic(&self, name: &str) -> Result<bool> {
         validate_name("topic_name", name)?;
+        if let Some(js) = self.nats() {
+            return js.create_topic(name).await;
+        }
         self.call(OpKind::CreateTopic(name.to_owned()))
             .await?
             .bool()
@@ -242,6 +283,9 @@ impl Store {
     /// Deletes a topic and its subscriptions (messages already in queues stay there);
     /// `Ok(false)` when it did not exist.
     pub async fn delete_topic(&self, name: &str) -> Result<bool> {
+        if let Some(js) = self.nats() {
+            return js.delete_topic(name).await;
+        }
         self.call(OpKind::DeleteTopic(name.to_owned()))
             .await?
             .bool()
@@ -249,6 +293,9 @@ impl Store {
 
     /// One topic.
     pub async fn get_topic(&self, name: &str) -> Result<TopicInfo> {
+        if let Some(js) = self.nats() {
+            return js.get_topic(name).await;
+        }
         let name = name.to_owned();
         self.inner
             .readers
@@ -258,6 +305,9 @@ impl Store {
 
     /// All topics, by name.
     pub async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        if let Some(js) = self.nats() {
+            return js.list_topics().await;
+        }
         self.inner.readers.run(read::list_topics).await
     }
 
@@ -272,6 +322,10 @@ impl Store {
         name: &str,
         spec: SubscriptionSpec,
     ) -> Result<bool> {
+        if let Some(js) = self.nats() {
+            validate_name("subscription_name", name)?;
+            return js.create_subscription(topic, name, spec).await;
+        }
         if let Endpoint::Http(_) = &spec.endpoint {
             // The secret is generated and kept; callers that must show it use
             // `create_push_subscription`.
@@ -297,6 +351,9 @@ impl Store {
 
     /// Removes a subscription; `Ok(false)` when it did not exist (the topic must exist).
     pub async fn delete_subscription(&self, topic: &str, name: &str) -> Result<bool> {
+        if let Some(js) = self.nats() {
+            return js.delete_subscription(topic, name).await;
+        }
         self.call(OpKind::DeleteSubscription {
             topic: topic.to_owned(),
             name: name.to_owned(),
@@ -307,6 +364,9 @@ impl Store {
 
     /// One subscription.
     pub async fn get_subscription(&self, topic: &str, name: &str) -> Result<SubscriptionInfo> {
+        if let Some(js) = self.nats() {
+            return js.get_subscription(topic, name).await;
+        }
         let (topic, name) = (topic.to_owned(), name.to_owned());
         self.inner
             .readers
@@ -316,6 +376,9 @@ impl Store {
 
     /// The subscriptions of a topic, by name.
     pub async fn list_subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionInfo>> {
+        if let Some(js) = self.nats() {
+            return js.list_subscriptions(topic).await;
+        }
         let topic = topic.to_owned();
         self.inner
             .readers
@@ -331,6 +394,9 @@ impl Store {
     pub async fn create_queue(&self, name: &str, attributes: QueueAttributes) -> Result<bool> {
         validate_name("queue_name", name)?;
         attributes.validate(self.size_cap())?;
+        if let Some(js) = self.nats() {
+            return js.create_queue(name, attributes).await;
+        }
         self.call(OpKind::CreateQueue(name.to_owned(), attributes))
             .await?
             .bool()
@@ -344,6 +410,9 @@ impl Store {
         attributes: QueueAttributes,
     ) -> Result<()> {
         attributes.validate(self.size_cap())?;
+        if let Some(js) = self.nats() {
+            return js.set_queue_attributes(name, attributes).await;
+        }
         self.call(OpKind::SetQueueAttributes(name.to_owned(), attributes))
             .await?
             .unit()
@@ -352,6 +421,9 @@ impl Store {
     /// Deletes a queue with its messages (in flight or not) and the subscriptions that point at
     /// it; `Ok(false)` when it did not exist. Long polls on it end with `QueueNotExist`.
     pub async fn delete_queue(&self, name: &str) -> Result<bool> {
+        if let Some(js) = self.nats() {
+            return js.delete_queue(name).await;
+        }
         self.call(OpKind::DeleteQueue(name.to_owned()))
             .await?
             .bool()
@@ -359,6 +431,9 @@ impl Store {
 
     /// One queue with its counts.
     pub async fn get_queue(&self, name: &str) -> Result<QueueInfo> {
+        if let Some(js) = self.nats() {
+            return js.get_queue(name).await;
+        }
         match self.call(OpKind::GetQueue(name.to_owned())).await? {
             Reply::Queues(mut q) if q.len() == 1 => Ok(q.remove(0)),
             other => Err(other.unexpected()),
@@ -367,6 +442,9 @@ impl Store {
 
     /// All queues with their counts, by name.
     pub async fn list_queues(&self) -> Result<Vec<QueueInfo>> {
+        if let Some(js) = self.nats() {
+            return js.list_queues().await;
+        }
         match self.call(OpKind::ListQueues).await? {
             Reply::Queues(q) => Ok(q),
             other => Err(other.unexpected()),
@@ -396,6 +474,9 @@ impl Store {
             return Ok(Vec::new());
         }
         self.check_publish_unit(&items)?;
+        if let Some(js) = self.nats() {
+            return js.publish_batch(items).await;
+        }
         match self.call(OpKind::Publish(items)).await? {
             Reply::Published(p) => Ok(p),
             other => Err(other.unexpected()),
@@ -412,6 +493,11 @@ impl Store {
         &self,
         items: Vec<(String, PublishRequest)>,
     ) -> impl std::future::Future<Output = Result<Vec<Published>>> + Send + 'static {
+        if let (Some(js), false) = (self.nats(), items.is_empty()) {
+            let checked = self.check_publish_unit(&items);
+            let submitted = checked.map(|()| js.submit_publish_batch(items));
+            return futures_util::future::Either::Left(async move { submitted?.await });
+        }
         let queued = if items.is_empty() {
             Ok(None)
         } else {
@@ -427,7 +513,7 @@ impl Store {
                 Ok(Some(rx))
             })
         };
-        async move {
+        futures_util::future::Either::Right(async move {
             let Some(rx) = queued? else {
                 return Ok(Vec::new());
             };
@@ -435,7 +521,7 @@ impl Store {
                 Reply::Published(p) => Ok(p),
                 other => Err(other.unexpected()),
             }
-        }
+        })
     }
 
     fn check_publish_unit(&self, items: &[(String, PublishRequest)]) -> Result<()> {
@@ -481,6 +567,9 @@ impl Store {
             }
             types::validate_tag_and_attributes(req.tag.as_deref(), &req.attributes)?;
         }
+        if let Some(js) = self.nats() {
+            return js.send_batch(queue, requests).await;
+        }
         match self.call(OpKind::Send(queue.to_owned(), requests)).await? {
             Reply::Sent(s) => Ok(s),
             other => Err(other.unexpected()),
@@ -508,6 +597,9 @@ impl Store {
                     format!("wait_seconds must be between 0 and {MAX_WAIT_SECONDS}"),
                 ));
             }
+        }
+        if let Some(js) = self.nats() {
+            return js.receive(queue, max, wait).await;
         }
         let notify = self.notifier(queue);
         let started = tokio::time::Instant::now();
@@ -558,6 +650,9 @@ impl Store {
     /// (no handle, no dequeue count).
     pub async fn peek(&self, queue: &str, max: usize) -> Result<Vec<Message>> {
         check_batch("max", max)?;
+        if let Some(js) = self.nats() {
+            return js.peek(queue, max).await;
+        }
         match self.call(OpKind::Peek(queue.to_owned(), max)).await? {
             Reply::Messages(m) => Ok(m),
             other => Err(other.unexpected()),
@@ -584,6 +679,9 @@ impl Store {
         receipt_handles: Vec<String>,
     ) -> Result<Vec<Result<()>>> {
         check_batch("receipt_handles", receipt_handles.len())?;
+        if let Some(js) = self.nats() {
+            return js.delete_batch(queue, receipt_handles).await;
+        }
         match self
             .call(OpKind::Delete(queue.to_owned(), receipt_handles))
             .await?
@@ -602,6 +700,11 @@ impl Store {
         visibility_timeout: u32,
     ) -> Result<VisibilityChanged> {
         check_range("visibility_timeout", visibility_timeout.into(), 1, 43_200)?;
+        if let Some(js) = self.nats() {
+            return js
+                .change_visibility(queue, receipt_handle, visibility_timeout)
+                .await;
+        }
         match self
             .call(OpKind::ChangeVisibility(
                 queue.to_owned(),

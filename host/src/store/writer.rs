@@ -308,11 +308,11 @@ struct RowState {
     body_ref: Option<i64>,
 }
 
-fn md5_of(body: &[u8]) -> [u8; 16] {
+pub(super) fn md5_of(body: &[u8]) -> [u8; 16] {
     Md5::digest(body).into()
 }
 
-fn md5_hex(md5: &[u8]) -> String {
+pub(super) fn md5_hex(md5: &[u8]) -> String {
     hex::encode_upper(md5)
 }
 

@@ -3,7 +3,9 @@
 
 mod catalog;
 mod concurrency;
+mod conformance;
 mod durability;
+mod nats;
 mod publish;
 mod queue;
 

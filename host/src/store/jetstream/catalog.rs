@@ -1,0 +1,276 @@
+//! The catalog (topics, queues, subscriptions) in replicated JetStream key-value buckets, with a
+//! local copy kept current by a watcher per bucket.
+//!
+//! Every sluice process of a cluster reads the same buckets, so a queue created through one is
+//! known to all. Reads come from the local copy (a publish resolves its topic's subscriptions
+//! without a round trip); a write waits until this process's watcher has applied it, so a
+//! process always reads its own writes. Another process sees a change as soon as its watcher
+//! does (milliseconds on a healthy cluster).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, CreateErrorKind, Operation};
+use async_nats::jetstream::stream::StorageType;
+use async_nats::jetstream::Context;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::unavailable;
+use crate::store::{QueueAttributes, Result, StoreError, SubscriptionSpec};
+
+/// How long a write waits for the local watcher to show it before it is called a failure.
+const CATCH_UP: Duration = Duration::from_secs(10);
+
+/// A topic's catalog entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct TopicRecord {
+    pub create_time_ms: u64,
+}
+
+/// A queue's catalog entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct QueueRecord {
+    pub attributes: QueueAttributes,
+    pub create_time_ms: u64,
+}
+
+/// A subscription's catalog entry (key `topic.name`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct SubRecord {
+    pub topic: String,
+    pub name: String,
+    pub spec: SubscriptionSpec,
+    pub create_time_ms: u64,
+}
+
+/// The three catalog buckets.
+#[derive(Debug)]
+pub(super) struct Catalog {
+    pub topics: Bucket<TopicRecord>,
+    pub queues: Bucket<QueueRecord>,
+    pub subs: Bucket<SubRecord>,
+}
+
+impl Catalog {
+    pub(super) async fn open(js: &Context, prefix: &str, replicas: usize) -> Result<Catalog> {
+        Ok(Catalog {
+            topics: Bucket::open(js, format!("{prefix}_topics"), replicas).await?,
+            queues: Bucket::open(js, format!("{prefix}_queues"), replicas).await?,
+            subs: Bucket::open(js, format!("{prefix}_subscriptions"), replicas).await?,
+        })
+    }
+}
+
+/// Opens a bucket, creating it when missing (two processes racing to create it both succeed).
+pub(super) async fn open_bucket(js: &Context, name: &str, replicas: usize) -> Result<kv::Store> {
+    if let Ok(kv) = js.get_key_value(name).await {
+        return Ok(kv);
+    }
+    let config = kv::Config {
+        bucket: name.to_owned(),
+        history: 1,
+        storage: StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    match js.create_key_value(config).await {
+        Ok(kv) => Ok(kv),
+        Err(created) => js
+            .get_key_value(name)
+            .await
+            .map_err(|_| unavailable(format!("key-value bucket {name}"), created)),
+    }
+}
+
+/// One bucket of JSON records and its local copy.
+pub(super) struct Bucket<T> {
+    name: String,
+    kv: kv::Store,
+    cache: Arc<RwLock<BTreeMap<String, T>>>,
+    applied: watch::Receiver<u64>,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl<T> std::fmt::Debug for Bucket<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bucket").field("name", &self.name).finish()
+    }
+}
+
+impl<T> Drop for Bucket<T> {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+impl<T> Bucket<T>
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    async fn open(js: &Context, name: String, replicas: usize) -> Result<Bucket<T>> {
+        let kv = open_bucket(js, &name, replicas).await?;
+        let last = last_revision(&kv, &name).await?;
+        let cache: Arc<RwLock<BTreeMap<String, T>>> = Arc::default();
+        let (applied_tx, applied) = watch::channel(0u64);
+        let follower = tokio::spawn(follow(kv.clone(), cache.clone(), applied_tx));
+        let bucket = Bucket {
+            name,
+            kv,
+            cache,
+            applied,
+            follower,
+        };
+        bucket.caught_up(last).await?;
+        Ok(bucket)
+    }
+
+    /// The record under `key`, from the local copy.
+    pub(super) fn get(&self, key: &str) -> Option<T> {
+        self.read().get(key).cloned()
+    }
+
+    /// Every record, by key.
+    pub(super) fn all(&self) -> Vec<(String, T)> {
+        self.read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The record under `key`, read from the cluster (for a key another process may have just
+    /// written, before this process's watcher shows it).
+    pub(super) async fn fetch(&self, key: &str) -> Result<Option<T>> {
+        if let Some(v) = self.get(key) {
+            return Ok(Some(v));
+        }
+        let raw = self
+            .kv
+            .get(key)
+            .await
+            .map_err(|e| unavailable(format!("reading {key} from {}", self.name), e))?;
+        raw.map(|b| decode(&self.name, &b)).transpose()
+    }
+
+    /// Creates `key`; when it exists, returns the record already there instead.
+    pub(super) async fn create(&self, key: &str, value: &T) -> Result<Option<T>> {
+        match self.kv.create(key, encode(value)?).await {
+            Ok(revision) => {
+                self.caught_up(revision).await?;
+                Ok(None)
+            }
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => match self.fetch(key).await? {
+                Some(existing) => Ok(Some(existing)),
+                None => Err(StoreError::Unavailable(format!(
+                    "{key} in {} was deleted while being created; retry",
+                    self.name
+                ))),
+            },
+            Err(e) => Err(unavailable(format!("writing {key} to {}", self.name), e)),
+        }
+    }
+
+    /// Writes `key` (created or replaced).
+    pub(super) async fn put(&self, key: &str, value: &T) -> Result<()> {
+        let revision = self
+            .kv
+            .put(key, encode(value)?)
+            .await
+            .map_err(|e| unavailable(format!("writing {key} to {}", self.name), e))?;
+        self.caught_up(revision).await
+    }
+
+    /// Removes `key` (a no-op when it is absent).
+    pub(super) async fn delete(&self, key: &str) -> Result<()> {
+        self.kv
+            .delete(key)
+            .await
+            .map_err(|e| unavailable(format!("deleting {key} from {}", self.name), e))?;
+        let last = last_revision(&self.kv, &self.name).await?;
+        self.caught_up(last).await
+    }
+
+    /// Waits until the local copy includes revision `revision` of the bucket.
+    async fn caught_up(&self, revision: u64) -> Result<()> {
+        let mut applied = self.applied.clone();
+        let reached = tokio::time::timeout(CATCH_UP, applied.wait_for(|&a| a >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        match reached {
+            true => Ok(()),
+            false => Err(StoreError::Unavailable(format!(
+                "the catalog copy of {} did not reach revision {revision} within {}s",
+                self.name,
+                CATCH_UP.as_secs()
+            ))),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, T>> {
+        self.cache
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Applies every change of the bucket to the local copy, from the first revision on, and
+/// resumes where it stopped when the watch breaks (a NATS node going away).
+async fn follow<T: DeserializeOwned>(
+    kv: kv::Store,
+    cache: Arc<RwLock<BTreeMap<String, T>>>,
+    applied: watch::Sender<u64>,
+) {
+    let mut next = 1u64;
+    loop {
+        if let Ok(mut changes) = kv.watch_all_from_revision(next).await {
+            while let Some(Ok(entry)) = changes.next().await {
+                {
+                    let mut map = cache.write().unwrap_or_else(|p| p.into_inner());
+                    match entry.operation {
+                        Operation::Put => match serde_json::from_slice::<T>(&entry.value) {
+                            Ok(v) => {
+                                map.insert(entry.key.clone(), v);
+                            }
+                            Err(e) => tracing::warn!(
+                                key = %entry.key,
+                                error = %e,
+                                "catalog entry is not readable; ignored"
+                            ),
+                        },
+                        Operation::Delete | Operation::Purge => {
+                            map.remove(&entry.key);
+                        }
+                    }
+                }
+                next = entry.revision + 1;
+                applied.send_replace(entry.revision);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The bucket's latest revision, asked of the server (the client's cached status can be old).
+async fn last_revision(kv: &kv::Store, name: &str) -> Result<u64> {
+    let mut stream = kv.stream.clone();
+    Ok(stream
+        .info()
+        .await
+        .map_err(|e| unavailable(format!("key-value bucket {name}"), e))?
+        .state
+        .last_sequence)
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<bytes::Bytes> {
+    serde_json::to_vec(value)
+        .map(bytes::Bytes::from)
+        .map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(bucket: &str, raw: &[u8]) -> Result<T> {
+    serde_json::from_slice(raw)
+        .map_err(|e| StoreError::Internal(format!("unreadable entry in {bucket}: {e}")))
+}
