@@ -115,6 +115,14 @@ pub struct FileConfig {
     /// Devices to register at start (their secrets are printed to the log once).
     #[serde(default)]
     pub device: Vec<DeviceConfig>,
+    /// Where topics and queues live: `sqlite` (default) or `nats://HOST:PORT[,HOST:PORT...]`.
+    pub store: Option<String>,
+    /// Monitoring endpoints of the NATS servers (default: port 8222 of each store server).
+    pub nats_monitor: Option<Vec<String>>,
+    /// Start even when the NATS servers do not fsync every write or are fewer than 3.
+    pub accept_weaker_durability: Option<bool>,
+    /// Prefix of sluice's streams, subjects and buckets on the NATS cluster (default `sluice`).
+    pub nats_prefix: Option<String>,
 }
 
 /// `[[device]]`: a device registered at start when absent. Without `secret` one is generated and
@@ -250,6 +258,32 @@ pub struct FlagOverrides {
     pub http_tls_cert: Option<PathBuf>,
     /// `--http-tls-key`
     pub http_tls_key: Option<PathBuf>,
+    /// `--store`
+    pub store: Option<String>,
+    /// `--nats-monitor` (comma-separated URLs)
+    pub nats_monitor: Option<String>,
+    /// `--accept-weaker-durability`
+    pub accept_weaker_durability: bool,
+    /// `--nats-prefix`
+    pub nats_prefix: Option<String>,
+}
+
+/// Where topics, subscriptions and queues live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// The SQLite file in the data directory.
+    Sqlite,
+    /// A NATS JetStream cluster shared by several sluice processes.
+    JetStream {
+        /// `nats://HOST:PORT` of the servers to connect to.
+        servers: Vec<String>,
+        /// Monitoring URLs whose `/varz` is checked at start.
+        monitors: Vec<String>,
+        /// Start (with a warning) when the servers fall short of sluice's durability.
+        accept_weaker_durability: bool,
+        /// Name prefix of streams, subjects and buckets.
+        prefix: String,
+    },
 }
 
 /// Where devices' messages come from.
@@ -304,6 +338,8 @@ pub struct ServeConfig {
     pub mqtt_tls: Option<MqttTls>,
     /// HTTPS for the API: certificate chain and key files (PEM); plain HTTP when `None`.
     pub http_tls: Option<(PathBuf, PathBuf)>,
+    /// Where topics, subscriptions and queues live.
+    pub store: StoreBackend,
 }
 
 impl ServeConfig {
@@ -328,6 +364,7 @@ impl ServeConfig {
             None => (FileConfig::default(), PathBuf::from(".")),
         };
         let mqtt_tls = mqtt_tls(&flags, &file, &config_dir)?;
+        let store = store_backend(&flags, &file)?;
         let http_tls = http_tls(&flags, &file, &config_dir)?;
         let data_dir = flags
             .data_dir
@@ -424,6 +461,7 @@ impl ServeConfig {
             objects: file,
             config_dir,
             ingest_only: flags.ingest_only,
+            store,
         })
     }
 }
@@ -491,6 +529,82 @@ fn http_tls(
             message: "HTTPS needs both --http-tls-cert and --http-tls-key".into(),
         }),
     }
+}
+
+/// The store backend from `--store` / `store` and the NATS settings that go with it.
+fn store_backend(flags: &FlagOverrides, file: &FileConfig) -> Result<StoreBackend, ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        key: key.into(),
+        message,
+    };
+    let spec = flags.store.clone().or(file.store.clone());
+    let servers = match spec.as_deref().map(str::trim) {
+        None | Some("sqlite") => {
+            let nats_only = flags.nats_monitor.is_some()
+                || file.nats_monitor.is_some()
+                || flags.nats_prefix.is_some()
+                || file.nats_prefix.is_some();
+            if nats_only {
+                return Err(invalid(
+                    "store",
+                    "NATS settings are given but the store is SQLite; add --store \
+                     nats://HOST:PORT"
+                        .into(),
+                ));
+            }
+            return Ok(StoreBackend::Sqlite);
+        }
+        Some(list) => list
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .collect::<Vec<_>>(),
+    };
+    for server in &servers {
+        let host_port = server.strip_prefix("nats://").ok_or_else(|| {
+            invalid(
+                "store",
+                format!("`{server}`: use sqlite or nats://HOST:PORT[,nats://HOST:PORT...]"),
+            )
+        })?;
+        let port_ok = host_port
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(invalid(
+                "store",
+                format!("`{server}`: expected nats://HOST:PORT"),
+            ));
+        }
+    }
+    let monitors = match (&flags.nats_monitor, &file.nats_monitor) {
+        (Some(list), _) => list.split(',').map(|s| s.trim().to_owned()).collect(),
+        (None, Some(list)) => list.clone(),
+        (None, None) => servers
+            .iter()
+            .map(|s| crate::store::jetstream::durability::default_monitor(s))
+            .collect(),
+    };
+    if let Some(bad) = monitors
+        .iter()
+        .find(|m| !(m.starts_with("http://") || m.starts_with("https://")))
+    {
+        return Err(invalid(
+            "nats_monitor",
+            format!("`{bad}`: a monitoring endpoint is an http:// or https:// URL"),
+        ));
+    }
+    let prefix = flags
+        .nats_prefix
+        .clone()
+        .or(file.nats_prefix.clone())
+        .unwrap_or_else(|| "sluice".into());
+    Ok(StoreBackend::JetStream {
+        servers,
+        monitors,
+        accept_weaker_durability: flags.accept_weaker_durability
+            || file.accept_weaker_durability.unwrap_or(false),
+        prefix,
+    })
 }
 
 /// Parses `sluice.toml` text; the error carries the TOML parser's line and column.
@@ -600,5 +714,78 @@ mod tests {
             err.contains("mqtt_share_group") && err.contains("'/'"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_store_is_sqlite_or_a_list_of_nats_servers_with_their_monitors() {
+        // Proves: --store parses into servers with default monitors (port 8222), the file's
+        // settings apply, and bad values name their key.
+        let load = |flags: FlagOverrides| ServeConfig::load(None, flags);
+        assert_eq!(
+            load(FlagOverrides::default()).unwrap().store,
+            StoreBackend::Sqlite
+        );
+        let cfg = load(FlagOverrides {
+            store: Some("nats://10.0.0.1:4222,nats://10.0.0.2:4222".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            cfg.store,
+            StoreBackend::JetStream {
+                servers: vec!["nats://10.0.0.1:4222".into(), "nats://10.0.0.2:4222".into()],
+                monitors: vec!["http://10.0.0.1:8222".into(), "http://10.0.0.2:8222".into()],
+                accept_weaker_durability: false,
+                prefix: "sluice".into(),
+            }
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            "store = \"nats://n1:4222\"\nnats_monitor = [\"http://n1:8222\"]\n\
+             accept_weaker_durability = true\nnats_prefix = \"fleet\"\n",
+        )
+        .unwrap();
+        let cfg = ServeConfig::load(Some(&path), FlagOverrides::default()).unwrap();
+        assert!(matches!(
+            cfg.store,
+            StoreBackend::JetStream { accept_weaker_durability: true, ref prefix, .. }
+                if prefix == "fleet"
+        ));
+        for (flags, key) in [
+            (
+                FlagOverrides {
+                    store: Some("redis://x:1".into()),
+                    ..Default::default()
+                },
+                "store",
+            ),
+            (
+                FlagOverrides {
+                    store: Some("nats://nohost".into()),
+                    ..Default::default()
+                },
+                "store",
+            ),
+            (
+                FlagOverrides {
+                    nats_monitor: Some("http://x:8222".into()),
+                    ..Default::default()
+                },
+                "store",
+            ),
+            (
+                FlagOverrides {
+                    store: Some("nats://x:4222".into()),
+                    nats_monitor: Some("x:8222".into()),
+                    ..Default::default()
+                },
+                "nats_monitor",
+            ),
+        ] {
+            let err = load(flags).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{err}");
+        }
     }
 }

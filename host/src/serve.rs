@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{MqttMode, ServeConfig, SyncLevel};
+use crate::config::{MqttMode, ServeConfig, StoreBackend, SyncLevel};
 use crate::devices::{DevicePolicy, DeviceRegistry, DeviceService, DownlinkPath};
 use crate::ids::IdGenerator;
 use crate::ingest::{ExternalBroker, ExternalConfig, ListenerConfig, MqttListener, SessionRouter};
@@ -27,6 +27,7 @@ use crate::rules::registry::{RegistryError, RuleRegistry};
 use crate::rules::runtime::TagSource;
 use crate::rules::spec::{RuleDefinition, RuleState};
 use crate::rules::{RuleEngine, RuleRuntime, SandboxConfig};
+use crate::store::jetstream::{durability, JetStream, JetStreamOptions};
 use crate::store::{
     PublishRequest, QueueAttributes, Store, StoreError, StoreOptions, SubscriptionSpec, Synchronous,
 };
@@ -455,11 +456,73 @@ async fn open_store(config: &ServeConfig) -> Result<Store, ServeError> {
         },
         ..StoreOptions::default()
     };
+    let jetstream = match &config.store {
+        StoreBackend::Sqlite => None,
+        StoreBackend::JetStream {
+            servers,
+            monitors,
+            accept_weaker_durability,
+            prefix,
+        } => {
+            let replicas = durable_replicas(monitors, *accept_weaker_durability).await?;
+            let js = JetStream::connect(JetStreamOptions {
+                servers: servers.clone(),
+                prefix: prefix.clone(),
+                replicas,
+                node_id: config.node_id,
+                node_label: node_label(&config.data_dir),
+                size_cap: opts.message_size_cap,
+            })
+            .await?;
+            tracing::info!(
+                servers = %servers.join(","),
+                replicas,
+                prefix = %prefix,
+                "topics and queues live on NATS JetStream"
+            );
+            Some(js)
+        }
+    };
     let dir = config.data_dir.clone();
-    tokio::task::spawn_blocking(move || Store::open(&dir, opts))
-        .await
-        .map_err(|e| ServeError::Config(e.to_string()))?
-        .map_err(ServeError::Store)
+    tokio::task::spawn_blocking(move || match jetstream {
+        None => Store::open(&dir, opts),
+        Some(js) => Store::open_with_jetstream(&dir, opts, js),
+    })
+    .await
+    .map_err(|e| ServeError::Config(e.to_string()))?
+    .map_err(ServeError::Store)
+}
+
+/// Replicas sluice keeps of every queue (3), after checking that the servers can keep that
+/// promise; with `--accept-weaker-durability` a shortfall is a warning and a cluster of fewer
+/// servers gets as many replicas as it has.
+async fn durable_replicas(monitors: &[String], accept_weaker: bool) -> Result<usize, ServeError> {
+    const REPLICAS: usize = 3;
+    let report = durability::check(monitors, REPLICAS).await;
+    if report.problems.is_empty() {
+        return Ok(REPLICAS);
+    }
+    if !accept_weaker {
+        return Err(ServeError::Config(format!(
+            "the NATS servers fall short of the durability sluice promises (nothing acknowledged \
+             is lost):\n  - {}\nfix the servers, or start with --accept-weaker-durability to \
+             run anyway",
+            report.problems.join("\n  - ")
+        )));
+    }
+    for problem in &report.problems {
+        tracing::warn!("--accept-weaker-durability: {problem}");
+    }
+    Ok(report.possible_replicas(REPLICAS))
+}
+
+/// Who this process is when it claims its node id in the cluster: host and data directory.
+fn node_label(data_dir: &std::path::Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    format!("{host}:{}", dir.display())
 }
 
 /// The quickstart set-up on an empty data directory: topic `alerts`, queue `alerts-q`,

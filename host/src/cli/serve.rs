@@ -63,6 +63,23 @@ pub struct ServeArgs {
     /// PEM private key for --http-tls-cert.
     #[arg(long, requires = "http_tls_cert")]
     pub http_tls_key: Option<PathBuf>,
+    /// Where topics and queues live: sqlite (default, in the data directory) or a NATS
+    /// JetStream cluster shared with other sluice processes: nats://HOST:PORT[,HOST:PORT...].
+    #[arg(long, value_name = "sqlite|nats://HOST:PORT,...")]
+    pub store: Option<String>,
+    /// Monitoring endpoints of the NATS servers, checked at start for `sync_interval: always`
+    /// and enough servers for 3 replicas [default: http://HOST:8222 of each --store server].
+    #[arg(long, value_name = "URL[,URL...]")]
+    pub nats_monitor: Option<String>,
+    /// Start even when the NATS servers do not fsync every write, are fewer than 3, or their
+    /// monitoring endpoints cannot be read (sluice warns; acknowledged messages may then be lost
+    /// with a server).
+    #[arg(long)]
+    pub accept_weaker_durability: bool,
+    /// Prefix of sluice's streams, subjects and key-value buckets on the NATS cluster, so
+    /// several deployments can share one [default: sluice].
+    #[arg(long)]
+    pub nats_prefix: Option<String>,
     /// Benchmark baseline only: acknowledge every publish at once, with rules and storage off.
     #[arg(long, hide = true)]
     pub ingest_only: bool,
@@ -97,6 +114,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             mqtt_tls_key: args.mqtt_tls_key,
             http_tls_cert: args.http_tls_cert,
             http_tls_key: args.http_tls_key,
+            store: args.store,
+            nats_monitor: args.nats_monitor,
+            accept_weaker_durability: args.accept_weaker_durability,
+            nats_prefix: args.nats_prefix,
         },
     )?;
     let shutdown = tokio_util::sync::CancellationToken::new();

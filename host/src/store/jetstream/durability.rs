@@ -59,24 +59,57 @@ pub fn default_monitor(server: &str) -> String {
     format!("http://{host}:8222")
 }
 
-/// Reads every monitor and lists what falls short of `replicas`-way, fsync-per-write
-/// durability. An empty list means the cluster keeps sluice's promise.
-pub async fn check(monitors: &[String], replicas: usize) -> Vec<String> {
+/// What the monitors said: each server that answered, and every shortfall found.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The servers that answered.
+    pub servers: Vec<ServerDurability>,
+    /// Each shortfall (or unreadable monitor) as a sentence that names the fix; empty when the
+    /// cluster keeps sluice's promise.
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    /// The replicas the cluster can hold, at most `wanted`: its smallest reported size, or 1
+    /// when no server answered.
+    pub fn possible_replicas(&self, wanted: usize) -> usize {
+        self.servers
+            .iter()
+            .map(|s| s.cluster_size)
+            .min()
+            .unwrap_or(1)
+            .clamp(1, wanted)
+    }
+}
+
+/// Reads every monitor and checks it against `replicas`-way, fsync-per-write durability.
+pub async fn check(monitors: &[String], replicas: usize) -> Report {
+    let mut report = Report::default();
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
     {
         Ok(c) => c,
-        Err(e) => return vec![format!("cannot build an HTTP client: {e}")],
+        Err(e) => {
+            report
+                .problems
+                .push(format!("cannot build an HTTP client: {e}"));
+            return report;
+        }
     };
-    let mut problems = Vec::new();
     for monitor in monitors {
         match read(&client, monitor).await {
-            Ok(s) => problems.extend(shortfalls(&s, replicas)),
-            Err(e) => problems.push(format!("{monitor}: cannot read /varz ({e})")),
+            Ok(s) => {
+                report.problems.extend(shortfalls(&s, replicas));
+                report.servers.push(s);
+            }
+            Err(e) => report.problems.push(format!(
+                "{monitor}: cannot read /varz ({e}); name the monitoring endpoints with \
+                 --nats-monitor"
+            )),
         }
     }
-    problems
+    report
 }
 
 async fn read(client: &reqwest::Client, monitor: &str) -> Result<ServerDurability, String> {
