@@ -4,6 +4,7 @@
 mod common;
 mod console;
 mod devices;
+mod jetstream;
 mod metrics;
 mod mns;
 mod push;
