@@ -323,7 +323,7 @@ async fn two_sluice_processes_share_one_cluster_and_each_message_is_received_onc
     for c in consumers {
         c.await.unwrap();
     }
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
     let twice = seen.values().filter(|&&n| n > 1).count();
     println!(
         "received {} distinct of {}, {twice} more than once",
