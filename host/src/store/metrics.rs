@@ -80,6 +80,22 @@ impl StoreCounters {
     }
 }
 
+impl StoreCounters {
+    /// Adds what one operation did to a queue, by name (the JetStream backend has no queue ids
+    /// and no batches: each process counts its own operations).
+    pub(crate) fn add_queue(&self, queue: &str, totals: QueueTotals) {
+        lock(&self.queues)
+            .entry(queue.to_owned())
+            .or_default()
+            .add(&totals);
+    }
+
+    /// Adds `n` publishes to a topic, by name.
+    pub(crate) fn add_published(&self, topic: &str, n: u64) {
+        *lock(&self.topics).entry(topic.to_owned()).or_default() += n;
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

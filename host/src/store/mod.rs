@@ -187,7 +187,12 @@ impl Store {
         let notifiers: Notifiers = Arc::default();
         let (commit_tx, commit_rx) = watch::channel(0u64);
         let push_signals = Arc::new(push::PushSignals::default());
-        let counters = Arc::new(metrics::StoreCounters::default());
+        // On JetStream the message plane counts its own operations; the writer then only counts
+        // the local commits.
+        let counters = jetstream
+            .as_ref()
+            .map(|js| js.counters().clone())
+            .unwrap_or_default();
         let (tx, thread) = writer::spawn(
             opened,
             &paths,

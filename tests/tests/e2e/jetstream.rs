@@ -149,6 +149,23 @@ async fn two_sluice_processes_share_one_cluster_and_each_message_is_received_onc
     let (_, info) = a.api().get("/v1/queues/shared-q").await;
     assert_eq!(info["active_messages"], 0, "{info}");
     assert_eq!(info["inactive_messages"], 0, "{info}");
+    // Each process counts its own operations; together they saw every message.
+    let mut received = 0.0;
+    for s in [&a, &b] {
+        let (status, text) = s.api().get_text("/metrics").await;
+        assert_eq!(status, 200);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("sluice_queue_received_total{queue=\"shared-q\"}"))
+            .unwrap_or_else(|| panic!("no received counter for shared-q in:\n{text}"));
+        println!("{}: {line}", s.http);
+        received += line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    assert_eq!(received as usize, N + 1);
     a.stop();
     b.stop();
 }

@@ -53,6 +53,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::catalog::{open_bucket, Catalog, QueueRecord, SubRecord, TopicRecord};
 use self::receipt::Signer;
+use super::metrics::{QueueTotals, StoreCounters};
 use super::writer::{md5_hex, md5_of};
 use super::{
     DeadLetterOrigin, Endpoint, Message, PublishRequest, Published, QueueAttributes, QueueInfo,
@@ -114,16 +115,19 @@ struct Inner {
     replicas: usize,
     consumers: Mutex<HashMap<String, PullConsumer>>,
     submit: mpsc::Sender<Submitted>,
+    counters: Arc<StoreCounters>,
 }
 
 type Unit = Vec<(String, PublishRequest)>;
 type Submitted = (Unit, oneshot::Sender<Result<Vec<Published>>>);
 
-/// A pending fan-out: the acks it waits for, in request order.
-type PendingAcks = Vec<(Published, Vec<Resend>)>;
+/// A pending fan-out: the acks it waits for, in request order, with the topic.
+type PendingAcks = Vec<(String, Published, Vec<Resend>)>;
 
 /// One copy of a published message, kept until its ack arrives so it can be sent again.
 struct Resend {
+    /// The queue it goes to.
+    queue: String,
     subject: String,
     message: PublishMessage,
     ack: async_nats::jetstream::context::PublishAckFuture,
@@ -161,10 +165,17 @@ impl JetStream {
                 replicas: opts.replicas,
                 consumers: Mutex::default(),
                 submit,
+                counters: Arc::default(),
             }),
         };
         tokio::spawn(publish_in_order(Arc::downgrade(&store.inner), submitted));
         Ok(store)
+    }
+
+    /// What this process's operations did to each topic and queue (for `/metrics`; every
+    /// process counts its own, a scraper sums them).
+    pub(super) fn counters(&self) -> &Arc<StoreCounters> {
+        &self.inner.counters
     }
 
     // ----- topics -----
@@ -559,7 +570,7 @@ impl JetStream {
 
     pub(super) async fn publish_batch(&self, items: Unit) -> Result<Vec<Published>> {
         let pending = self.start_publish(items).await?;
-        finish_publish(&self.inner.js, pending).await
+        finish_publish(&self.inner.js, &self.inner.counters, pending).await
     }
 
     /// Queues a unit for publishing from a plain thread, in submission order; the future
@@ -599,11 +610,11 @@ impl JetStream {
                     }
                 }
             }
-            plans.push((req, targets));
+            plans.push((topic, req, targets));
         }
         let now = now_ms();
         let mut pending = Vec::with_capacity(plans.len());
-        for (req, targets) in plans {
+        for (topic, req, targets) in plans {
             let id = self.inner.ids.next_at(now);
             let published = Published {
                 id,
@@ -631,9 +642,9 @@ impl JetStream {
                     dead_letter: None,
                 };
                 let (subject, message) = self.message_for(&queue, &copy, &format!("{id}.{sub}"))?;
-                copies.push(self.send_copy(subject, message).await?);
+                copies.push(self.send_copy(&queue, subject, message).await?);
             }
-            pending.push((published, copies));
+            pending.push((topic, published, copies));
         }
         Ok(pending)
     }
@@ -680,7 +691,12 @@ impl JetStream {
         Ok((subject, message))
     }
 
-    async fn send_copy(&self, subject: String, message: PublishMessage) -> Result<Resend> {
+    async fn send_copy(
+        &self,
+        queue: &str,
+        subject: String,
+        message: PublishMessage,
+    ) -> Result<Resend> {
         let ack = self
             .inner
             .js
@@ -688,6 +704,7 @@ impl JetStream {
             .await
             .map_err(|e| publish_error(&subject, e))?;
         Ok(Resend {
+            queue: queue.to_owned(),
             subject,
             message,
             ack,
@@ -726,7 +743,7 @@ impl JetStream {
                 dead_letter: None,
             };
             let (subject, message) = self.message_for(queue, &copy, &id.to_string())?;
-            copies.push(self.send_copy(subject, message).await?);
+            copies.push(self.send_copy(queue, subject, message).await?);
             sent.push(Sent {
                 id,
                 body_md5: md5_hex(&md5_of(&req.body)),
@@ -737,6 +754,13 @@ impl JetStream {
         for copy in copies {
             confirm(&self.inner.js, copy).await?;
         }
+        self.inner.counters.add_queue(
+            queue,
+            QueueTotals {
+                enqueued: sent.len() as u64,
+                ..QueueTotals::default()
+            },
+        );
         Ok(sent)
     }
 
@@ -776,6 +800,13 @@ impl JetStream {
                 }
             }
             if !out.is_empty() || tokio::time::Instant::now() >= deadline {
+                self.inner.counters.add_queue(
+                    queue,
+                    QueueTotals {
+                        received: out.len() as u64,
+                        ..QueueTotals::default()
+                    },
+                );
                 return Ok(out);
             }
             // Everything fetched went to the dead-letter queue: keep polling.
@@ -847,7 +878,7 @@ impl JetStream {
             dead_letter: Some(&origin),
         };
         let (subject, msg) = self.message_for(dlq, &copy, &format!("dl.{}", message.id))?;
-        let resend = self.send_copy(subject, msg).await?;
+        let resend = self.send_copy(dlq, subject, msg).await?;
         confirm(&self.inner.js, resend).await
     }
 
@@ -901,6 +932,14 @@ impl JetStream {
             };
             out.push(result);
         }
+        let deleted = out.iter().filter(|r| r.is_ok()).count() as u64;
+        self.inner.counters.add_queue(
+            queue,
+            QueueTotals {
+                deleted,
+                ..QueueTotals::default()
+            },
+        );
         Ok(out)
     }
 
@@ -974,9 +1013,9 @@ async fn publish_in_order(inner: std::sync::Weak<Inner>, mut submitted: mpsc::Re
         let store = JetStream { inner };
         match store.start_publish(unit).await {
             Ok(pending) => {
-                let js = store.inner.js.clone();
+                let (js, counters) = (store.inner.js.clone(), store.inner.counters.clone());
                 tokio::spawn(async move {
-                    let _ = reply.send(finish_publish(&js, pending).await);
+                    let _ = reply.send(finish_publish(&js, &counters, pending).await);
                 });
             }
             Err(e) => {
@@ -986,12 +1025,25 @@ async fn publish_in_order(inner: std::sync::Weak<Inner>, mut submitted: mpsc::Re
     }
 }
 
-async fn finish_publish(js: &Context, pending: PendingAcks) -> Result<Vec<Published>> {
+async fn finish_publish(
+    js: &Context,
+    counters: &StoreCounters,
+    pending: PendingAcks,
+) -> Result<Vec<Published>> {
     let mut out = Vec::with_capacity(pending.len());
-    for (published, copies) in pending {
+    for (topic, published, copies) in pending {
         for copy in copies {
+            let queue = copy.queue.clone();
             confirm(js, copy).await?;
+            counters.add_queue(
+                &queue,
+                QueueTotals {
+                    enqueued: 1,
+                    ..QueueTotals::default()
+                },
+            );
         }
+        counters.add_published(&topic, 1);
         out.push(published);
     }
     Ok(out)
@@ -1004,6 +1056,7 @@ async fn confirm(js: &Context, copy: Resend) -> Result<()> {
         subject,
         message,
         ack,
+        ..
     } = copy;
     let mut last = match ack.await {
         Ok(_) => return Ok(()),
