@@ -924,14 +924,14 @@ impl JetStream {
     ) -> Result<Vec<Result<()>>> {
         self.queue(queue).await?;
         let stream = self.stream_name(queue);
-        let mut out = Vec::with_capacity(receipt_handles.len());
-        for handle in receipt_handles {
-            let result = match self.lease(queue, &stream, &handle) {
-                Ok(lease) => self.answer(&lease.ack_subject, AckKind::Ack).await,
-                Err(e) => Err(e),
-            };
-            out.push(result);
-        }
+        // The acks go out together: each waits for the cluster's replicated write, not for the
+        // one before it.
+        let out: Vec<Result<()>> =
+            futures_util::future::join_all(receipt_handles.iter().map(|handle| async {
+                let lease = self.lease(queue, &stream, handle)?;
+                self.answer(&lease.ack_subject, AckKind::Ack).await
+            }))
+            .await;
         let deleted = out.iter().filter(|r| r.is_ok()).count() as u64;
         self.inner.counters.add_queue(
             queue,
