@@ -660,6 +660,9 @@ impl Store {
         spec: super::types::SubscriptionSpec,
     ) -> Result<PushCreated> {
         validate_name("subscription_name", name)?;
+        if self.backend() == "jetstream" {
+            return Err(super::jetstream::push_unsupported());
+        }
         let super::types::Endpoint::Http(push) = &spec.endpoint else {
             return Err(StoreError::invalid("http", "not an HTTP subscription"));
         };

@@ -105,6 +105,17 @@ async fn two_sluice_processes_share_one_cluster_and_each_message_is_received_onc
     // The default set-up (alerts, alerts-q, alerts-to-q) was created by both without conflict.
     let (status, v) = b.api().get("/v1/queues/alerts-q").await;
     assert_eq!(status, 200, "{v}");
+    // HTTP push is not on this backend yet: refused with the reason, nothing half-created.
+    let (status, v) = a
+        .api()
+        .put(
+            "/v1/topics/alerts/subscriptions/hook",
+            &json!({"http": "http://127.0.0.1:9/hook"}),
+        )
+        .await;
+    println!("HTTP subscription on JetStream: {status} {v}");
+    assert_eq!(status, 501, "{v}");
+    assert_eq!(v["error"]["code"], "NotSupported", "{v}");
     let http = client();
     const N: usize = 200;
     for i in 0..N {

@@ -252,14 +252,7 @@ impl JetStream {
             Endpoint::Queue(queue) => {
                 self.queue(queue).await?;
             }
-            _ => {
-                return Err(StoreError::Unsupported(
-                    "HTTP subscriptions are not available on the JetStream store yet; push \
-                     from a queue subscription with a consumer of your own, or use the SQLite \
-                     store"
-                        .into(),
-                ))
-            }
+            _ => return Err(push_unsupported()),
         }
         let record = SubRecord {
             topic: topic.to_owned(),
@@ -433,6 +426,8 @@ impl JetStream {
     }
 
     async fn queue_info(&self, name: &str, record: QueueRecord) -> Result<QueueInfo> {
+        // The consumer first: it recreates a stream whose creator died half-way.
+        let mut consumer = self.consumer(name).await?;
         let mut stream = self.stream(name).await?;
         let state = stream
             .info()
@@ -440,7 +435,6 @@ impl JetStream {
             .map_err(|e| unavailable(format!("queue {name}"), e))?
             .state
             .clone();
-        let mut consumer = self.consumer(name).await?;
         let c = consumer
             .info()
             .await
@@ -1267,6 +1261,15 @@ fn check_prefix(prefix: &str) -> Result<()> {
             "1-32 letters, digits, `-` or `_`",
         ))
     }
+}
+
+/// HTTP push is not on this backend yet (it needs a shared durable consumer per subscription).
+pub(crate) fn push_unsupported() -> StoreError {
+    StoreError::Unsupported(
+        "HTTP subscriptions are not available on the JetStream store yet; subscribe a queue and \
+         pull it, or use the SQLite store"
+            .into(),
+    )
 }
 
 /// A NATS failure as a retryable "service unavailable".
