@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice::store::jetstream::local::LocalCluster;
+use sluice::store::jetstream::local::{proc_cpu_seconds, LocalCluster};
 use sluice::store::jetstream::{JetStream, JetStreamOptions};
 use sluice::store::{PublishRequest, QueueAttributes, Store, StoreOptions, SubscriptionSpec};
 
@@ -146,7 +146,13 @@ async fn main() {
     .expect("connect to the local cluster");
     let nats = Store::open_with_jetstream(&dir.path().join("nats"), StoreOptions::default(), js)
         .expect("open");
+    let servers_before: f64 = cluster.cpu_seconds().iter().sum();
+    let own_before = proc_cpu_seconds(std::process::id());
+    let started = Instant::now();
     let nats_figures = measure(&nats, single, concurrent).await;
+    let wall = started.elapsed().as_secs_f64();
+    let servers_cpu: f64 = cluster.cpu_seconds().iter().sum::<f64>() - servers_before;
+    let own_cpu = proc_cpu_seconds(std::process::id()) - own_before;
 
     println!(
         "\n{single} single publishes, {concurrent} concurrent; 250-byte bodies; SQLite FULL vs \
@@ -177,6 +183,12 @@ async fn main() {
     for (label, _, s, n) in &rows {
         println!("| {label} | {s:.0} | {n:.0} | {:.2}x |", n / s);
     }
+    println!(
+        "\nJetStream phase: {wall:.1} s wall; CPU: the 3 nats-servers {servers_cpu:.1} s ({:.0} %), \
+         sluice's store client and the load {own_cpu:.1} s ({:.0} %), of 2 cores",
+        100.0 * servers_cpu / wall,
+        100.0 * own_cpu / wall
+    );
     for (_, key, s, n) in &rows {
         println!(
             "{}",

@@ -98,6 +98,15 @@ impl LocalCluster {
             .collect()
     }
 
+    /// CPU seconds (user + system) each live server has used so far, from `/proc` (benchmarks
+    /// report where the time goes).
+    pub fn cpu_seconds(&self) -> Vec<f64> {
+        self.live()
+            .filter_map(|n| n.child.as_ref())
+            .map(|c| proc_cpu_seconds(c.id()))
+            .collect()
+    }
+
     /// The server name of node `i` (`n1`, `n2`, ...).
     pub fn name(&self, i: usize) -> &str {
         &self.nodes[i].name
@@ -230,6 +239,28 @@ fn spawn_from_lasting_thread(cmd: Command) -> Child {
                 binary()
             )
         })
+}
+
+/// utime + stime of a process, in seconds (0 when it cannot be read).
+pub fn proc_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz.max(1.0)
 }
 
 fn free_port() -> u16 {
