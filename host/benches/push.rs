@@ -23,18 +23,12 @@ use sluice::store::{
 };
 use tokio_util::sync::CancellationToken;
 
-const BODY_BYTES: usize = 250;
+#[path = "common/mod.rs"]
+mod common;
+
+use common::body;
 
 type Seen = Arc<Mutex<HashMap<String, Instant>>>;
-
-fn body(i: usize) -> Bytes {
-    let mut s = format!("{{\"seq\":{i},\"pad\":\"");
-    while s.len() < BODY_BYTES - 2 {
-        s.push('x');
-    }
-    s.push_str("\"}");
-    Bytes::from(s)
-}
 
 async fn endpoint(seen: Seen) -> String {
     let app = axum::Router::new().route(

@@ -17,28 +17,21 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rusqlite::{params, Connection};
 use sluice::store::{
     PublishRequest, QueueAttributes, Store, StoreOptions, SubscriptionSpec, Synchronous,
 };
 
-const BODY_BYTES: usize = 250;
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{body, BODY_BYTES};
 
 struct Sizes {
     single_publishes: usize,
     concurrent_publishes: usize,
     drain_messages: usize,
     latency_samples: usize,
-}
-
-fn body(i: usize) -> Bytes {
-    let mut s = format!("{{\"seq\":{i},\"pad\":\"");
-    while s.len() < BODY_BYTES - 2 {
-        s.push('x');
-    }
-    s.push_str("\"}");
-    Bytes::from(s)
 }
 
 fn level_name(s: Synchronous) -> &'static str {

@@ -13,21 +13,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use sluice::store::jetstream::local::{proc_cpu_seconds, LocalCluster};
 use sluice::store::jetstream::{JetStream, JetStreamOptions};
 use sluice::store::{PublishRequest, QueueAttributes, Store, StoreOptions, SubscriptionSpec};
 
-const BODY_BYTES: usize = 250;
+#[path = "common/mod.rs"]
+mod common;
 
-fn body(i: usize) -> Bytes {
-    let mut s = format!("{{\"seq\":{i},\"pad\":\"");
-    while s.len() < BODY_BYTES - 2 {
-        s.push('x');
-    }
-    s.push_str("\"}");
-    Bytes::from(s)
-}
+use common::body;
 
 struct Figures {
     publish_1: f64,

@@ -82,6 +82,18 @@ async fn delete(http: &reqwest::Client, base: &str, queue: &str, receipt: &str) 
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// Creates `queue` through `s` with the given visibility timeout.
+async fn create_queue(s: &Sluice, queue: &str, visibility_timeout: u32) {
+    let (status, v) = s
+        .api()
+        .put(
+            &format!("/v1/queues/{queue}"),
+            &json!({ "visibility_timeout": visibility_timeout }),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {v}");
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
@@ -97,11 +109,7 @@ async fn two_sluice_processes_share_one_cluster_and_each_message_is_received_onc
     let dir = tempfile::tempdir().unwrap();
     let a = start_sluice(&dir.path().join("a"), &cluster, "1");
     let b = start_sluice(&dir.path().join("b"), &cluster, "2");
-    let (status, v) = a
-        .api()
-        .put("/v1/queues/shared-q", &json!({"visibility_timeout": 30}))
-        .await;
-    assert!(status == 200 || status == 201, "{status} {v}");
+    create_queue(&a, "shared-q", 30).await;
     // The default set-up (alerts, alerts-q, alerts-to-q) was created by both without conflict.
     let (status, v) = b.api().get("/v1/queues/alerts-q").await;
     assert_eq!(status, 200, "{v}");
@@ -188,11 +196,7 @@ async fn a_nats_node_killed_under_load_loses_nothing_acknowledged() {
     let mut cluster = LocalCluster::start(3, true);
     let dir = tempfile::tempdir().unwrap();
     let s = start_sluice(&dir.path().join("s"), &cluster, "1");
-    let (status, v) = s
-        .api()
-        .put("/v1/queues/load-q", &json!({"visibility_timeout": 5}))
-        .await;
-    assert!(status == 200 || status == 201, "{status} {v}");
+    create_queue(&s, "load-q", 5).await;
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let failed: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -264,11 +268,7 @@ async fn a_killed_sluice_process_hands_its_messages_to_another() {
     let dir = tempfile::tempdir().unwrap();
     let a = start_sluice(&dir.path().join("a"), &cluster, "1");
     let b = start_sluice(&dir.path().join("b"), &cluster, "2");
-    let (status, v) = a
-        .api()
-        .put("/v1/queues/handover-q", &json!({"visibility_timeout": 2}))
-        .await;
-    assert!(status == 200 || status == 201, "{status} {v}");
+    create_queue(&a, "handover-q", 2).await;
     let http = client();
     for i in 0..20 {
         assert!(send(&http, &a.http, "handover-q", &format!("h{i}")).await);

@@ -46,13 +46,7 @@ impl Subject {
     }
 
     async fn queue(&self, name: &str, f: impl FnOnce(&mut QueueAttributes)) {
-        let mut a = QueueAttributes::default();
-        f(&mut a);
-        assert!(self
-            .store
-            .create_queue(name, a)
-            .await
-            .expect("create queue"));
+        super::create_queue(&self.store, name, f).await
     }
 
     fn on_jetstream(&self) -> bool {

@@ -41,14 +41,15 @@ impl Env {
 
     /// Creates a queue with default attributes changed by `f`.
     pub async fn queue(&self, name: &str, f: impl FnOnce(&mut QueueAttributes)) {
-        let mut a = QueueAttributes::default();
-        f(&mut a);
-        assert!(self
-            .store
-            .create_queue(name, a)
-            .await
-            .expect("create queue"));
+        create_queue(&self.store, name, f).await
     }
+}
+
+/// Creates a new queue with default attributes changed by `f`.
+pub(super) async fn create_queue(store: &Store, name: &str, f: impl FnOnce(&mut QueueAttributes)) {
+    let mut a = QueueAttributes::default();
+    f(&mut a);
+    assert!(store.create_queue(name, a).await.expect("create queue"));
 }
 
 pub(super) fn open_with(dir: &std::path::Path, clock: Arc<ManualClock>) -> Store {
