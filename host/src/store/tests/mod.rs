@@ -8,6 +8,7 @@ mod durability;
 mod nats;
 mod publish;
 mod queue;
+mod shared;
 
 use std::sync::Arc;
 

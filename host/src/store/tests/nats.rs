@@ -13,18 +13,33 @@ static NEXT_PREFIX: AtomicU32 = AtomicU32::new(0);
 
 /// A JetStream backend on the shared server with a fresh prefix (one replica: one server).
 pub(super) async fn jetstream() -> JetStream {
+    connect(&fresh_prefix(), 1, "conformance")
+        .await
+        .expect("connect to the test NATS server")
+}
+
+/// A prefix no other test uses.
+pub(super) fn fresh_prefix() -> String {
+    format!("t{}", NEXT_PREFIX.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A backend under `prefix` as process `label` with `node_id`: several handles on one prefix
+/// behave as several sluice processes sharing a cluster.
+pub(super) async fn connect(
+    prefix: &str,
+    node_id: u16,
+    label: &str,
+) -> crate::store::Result<JetStream> {
     let servers = SERVER
         .get_or_init(|| LocalCluster::start(1, true))
         .servers();
-    let n = NEXT_PREFIX.fetch_add(1, Ordering::Relaxed);
     JetStream::connect(JetStreamOptions {
         servers,
-        prefix: format!("t{n}"),
+        prefix: prefix.to_owned(),
         replicas: 1,
-        node_id: 1,
-        node_label: "conformance".into(),
+        node_id,
+        node_label: label.to_owned(),
         size_cap: 65_536,
     })
     .await
-    .expect("connect to the test NATS server")
 }
