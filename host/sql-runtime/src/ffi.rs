@@ -55,6 +55,10 @@ static mut ARGS: [Slot; MAX_ARGS] = [Slot {
     bits: 0,
 }; MAX_ARGS];
 static mut CONSTS: [u8; CONSTS_CAP] = [0; CONSTS_CAP];
+/// Where the value of each root member the rule reads starts in the payload (`rt_begin`'s
+/// field list, in order); `NO_FIELD` when the payload has no such member.
+static mut TOP: [u32; MAX_TOP_FIELDS] = [NO_FIELD; MAX_TOP_FIELDS];
+const NO_FIELD: u32 = u32::MAX;
 
 struct State {
     inited: bool,
@@ -143,8 +147,31 @@ impl Sink for Builder {
     fn put(&mut self, b: &[u8]) {
         ensure(b.len());
         let s = st();
-        unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), s.top as *mut u8, b.len()) };
+        copy_to(s.top, b);
         s.top += b.len();
+    }
+}
+
+/// Copies `b` to address `dst`. The output is written in many small pieces; `memory.copy`
+/// (what `copy_nonoverlapping` becomes) is a call out of the sandbox in wasmtime, dearer than
+/// a few word moves for those, so short pieces are moved by hand.
+#[inline]
+fn copy_to(dst: usize, b: &[u8]) {
+    if b.len() > 32 {
+        // Safety: the caller reserved `b.len()` bytes at `dst`; arena and source never overlap.
+        unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), dst as *mut u8, b.len()) };
+        return;
+    }
+    let mut i = 0;
+    while let Some(chunk) = b.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+        // Safety: as above; unaligned stores are fine in Wasm.
+        unsafe { core::ptr::write_unaligned((dst + i) as *mut [u8; 8], *chunk) };
+        i += 8;
+    }
+    while i < b.len() {
+        // Safety: as above.
+        unsafe { *((dst + i) as *mut u8) = b[i] };
+        i += 1;
     }
 }
 
@@ -163,9 +190,7 @@ impl Sink for Out {
             s.out_ptr = p;
             s.out_cap = cap;
         }
-        unsafe {
-            core::ptr::copy_nonoverlapping(b.as_ptr(), (s.out_ptr + s.out_len) as *mut u8, b.len())
-        };
+        copy_to(s.out_ptr + s.out_len, b);
         s.out_len += b.len();
     }
 }
@@ -246,7 +271,7 @@ fn type_err(func: &[u8], want: &[u8], got: V) -> i32 {
     err(&[func, b": expected ", want, b", got ", type_name(got)])
 }
 
-fn put_value(out: &mut dyn Sink, v: V) {
+fn put_value(out: &mut (impl Sink + ?Sized), v: V) {
     match v {
         V::Undef | V::Null => out.put(b"null"),
         V::Bool(true) => out.put(b"true"),
@@ -264,7 +289,7 @@ fn put_value(out: &mut dyn Sink, v: V) {
 }
 
 /// Text of a value: a string's characters, other values' JSON text.
-fn put_text(out: &mut dyn Sink, v: V) {
+fn put_text(out: &mut (impl Sink + ?Sized), v: V) {
     match v {
         V::Str(s) => out.put(s),
         other => put_value(out, other),
@@ -338,17 +363,57 @@ pub extern "C" fn rt_consts_addr() -> i32 {
 
 // ---------------------------------------------------------------- message
 
-/// Starts a message: resets the arena; for json rules validates the payload. Returns 1 when
-/// the rule should run, 0 for an invalid payload (logged at debug level).
+/// Starts a message: resets the arena; for json rules validates the payload and, in the same
+/// pass, finds the root members named in the field list (`names` format, at most
+/// `MAX_TOP_FIELDS`) so paths starting there need no scan. Returns 1 when the rule should run,
+/// 0 for an invalid payload (logged at debug level).
 #[no_mangle]
-pub extern "C" fn rt_begin(ptr: i32, len: i32, is_json: i32) -> i32 {
+pub extern "C" fn rt_begin(
+    ptr: i32,
+    len: i32,
+    is_json: i32,
+    fields_ptr: i32,
+    fields_len: i32,
+) -> i32 {
     let s = st();
     s.top = s.arena_base;
     s.out_len = 0;
     s.out_cap = 0;
     s.out_items = 0;
     s.payload = slice(ptr as u32 as usize, len as u32 as usize);
-    if is_json != 0 && !json::validate_object(s.payload) {
+    if is_json == 0 {
+        return 1;
+    }
+    let fields = slice(fields_ptr as u32 as usize, fields_len as u32 as usize);
+    // Safety: wasm32 guests are single-threaded and no other reference to TOP is live.
+    let top = unsafe { &mut *addr_of_mut!(TOP) };
+    let mut wanted = 0;
+    for slot in top.iter_mut().zip(names(fields)) {
+        *slot.0 = NO_FIELD;
+        wanted += 1;
+    }
+    let mut missing = wanted;
+    let valid = json::validate_object_with(s.payload, |raw, escaped, v| {
+        if missing == 0 {
+            return;
+        }
+        for (k, name) in names(fields).take(MAX_TOP_FIELDS).enumerate() {
+            let hit = if escaped {
+                json::key_eq(raw, name)
+            } else {
+                json::same_bytes(raw, name)
+            };
+            if hit {
+                // The first member of a name wins, as in the scanner (`json::find_member`).
+                if top[k] == NO_FIELD {
+                    top[k] = v as u32;
+                    missing -= 1;
+                }
+                return;
+            }
+        }
+    });
+    if !valid {
         unsafe {
             log(
                 3,
@@ -371,6 +436,11 @@ pub extern "C" fn rt_fail(ptr: i32, len: i32) -> i32 {
 fn value_at(b: &'static [u8], i: usize) -> V {
     match b[i] {
         b'"' => {
+            // The common string: plain ASCII up to the closing quote, borrowed as it is.
+            let j = json::plain_run_end(b, i + 1);
+            if b.get(j) == Some(&b'"') {
+                return V::Str(&b[i + 1..j]);
+            }
             let end = json::skip_string(b, i);
             let raw = &b[i + 1..end - 1];
             if raw.contains(&b'\\') {
@@ -394,8 +464,17 @@ fn value_at(b: &'static [u8], i: usize) -> V {
 }
 
 fn walk(b: &'static [u8], desc: &[u8]) -> Option<usize> {
-    let mut i = json::ws(b, 0);
-    let mut d = 1;
+    let (mut i, mut d) = if desc[0] & PATH_TOP != 0 {
+        let k = u16::from_le_bytes([desc[1], desc[2]]) as usize;
+        // Safety: wasm32 guests are single-threaded; `rt_begin` filled the slot this message.
+        let at = unsafe { (*addr_of!(TOP))[k] };
+        if at == NO_FIELD {
+            return None;
+        }
+        (at as usize, 3)
+    } else {
+        (json::ws(b, 0), 1)
+    };
     while d < desc.len() {
         match desc[d] {
             SEG_KEY => {
@@ -1082,27 +1161,31 @@ fn map_case(upper: bool) -> i32 {
         Ok(s) => s,
         Err(t) => return t,
     };
-    let mut b = Builder::new();
     if s.is_ascii() {
-        for &c in s {
-            b.put(&[if upper {
+        // One reservation, then the bytes in place (not one `put` per byte).
+        let p = alloc(s.len());
+        for (k, &c) in s.iter().enumerate() {
+            let mapped = if upper {
                 c.to_ascii_uppercase()
             } else {
                 c.to_ascii_lowercase()
-            }]);
+            };
+            // Safety: `alloc` reserved `s.len()` bytes at `p`.
+            unsafe { *((p + k) as *mut u8) = mapped };
         }
-    } else {
-        let text = core::str::from_utf8(s).unwrap_or("");
-        let mut tmp = [0u8; 4];
-        for ch in text.chars() {
-            if upper {
-                for u in ch.to_uppercase() {
-                    b.put(u.encode_utf8(&mut tmp).as_bytes());
-                }
-            } else {
-                for u in ch.to_lowercase() {
-                    b.put(u.encode_utf8(&mut tmp).as_bytes());
-                }
+        return ret(V::Str(slice(p, s.len())));
+    }
+    let mut b = Builder::new();
+    let text = core::str::from_utf8(s).unwrap_or("");
+    let mut tmp = [0u8; 4];
+    for ch in text.chars() {
+        if upper {
+            for u in ch.to_uppercase() {
+                b.put(u.encode_utf8(&mut tmp).as_bytes());
+            }
+        } else {
+            for u in ch.to_lowercase() {
+                b.put(u.encode_utf8(&mut tmp).as_bytes());
             }
         }
     }

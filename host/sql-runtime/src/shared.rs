@@ -51,6 +51,12 @@ pub const CMP_GE: i32 = 5;
 
 /// Path descriptor flag: wrap the result in an array (leading `.`).
 pub const PATH_WRAP: u8 = 1;
+/// Path descriptor flag: the first step is a root member indexed by `rt_begin`; a u16 LE index
+/// into the rule's field list follows the flags instead of that step's segment.
+pub const PATH_TOP: u8 = 2;
+/// Most root members one rule indexes while its payload is validated; paths starting at other
+/// members walk from the root.
+pub const MAX_TOP_FIELDS: usize = 64;
 /// Path descriptor segment: an object key, then u16 LE length and the bytes.
 pub const SEG_KEY: u8 = 1;
 /// Path descriptor segment: an array index, then u32 LE.

@@ -1002,9 +1002,9 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         m,
         imports::EMIT_OUTPUT,
         |mut c: Host<'_>, pp: i32, pl: i32| {
-            let payload = read_guest(&mut c, pp, pl)?;
-            let actions = c.data().binding.actions.clone();
-            if actions.is_empty() {
+            let mut payload = read_guest(&mut c, pp, pl)?;
+            let n = c.data().binding.actions.len();
+            if n == 0 {
                 return Ok(push_decision(
                     &mut c,
                     Decision {
@@ -1013,8 +1013,16 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     },
                 ));
             }
-            for action in actions {
-                let status = emit_to_action(&mut c, action, payload.clone());
+            // One action at a time (not a clone of the whole list per message); the last one
+            // takes the payload itself.
+            for k in 0..n {
+                let action = c.data().binding.actions[k].clone();
+                let bytes = if k + 1 == n {
+                    std::mem::take(&mut payload)
+                } else {
+                    payload.clone()
+                };
+                let status = emit_to_action(&mut c, action, bytes);
                 if status != Status::Ok.code() {
                     return Ok(status);
                 }

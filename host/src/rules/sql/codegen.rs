@@ -107,6 +107,9 @@ struct Gen<'a> {
     interned: HashMap<Vec<u8>, (u32, u32)>,
     path_slots: Vec<Loc>,
     memo_slots: Vec<Loc>,
+    /// Root members `rt_begin` indexes while it validates a json payload (first steps of the
+    /// rule's paths, at most `MAX_TOP_FIELDS`).
+    top_fields: Vec<String>,
 }
 
 const M32: MemArg = MemArg {
@@ -425,7 +428,15 @@ impl<'a> Gen<'a> {
         let slot = self.path_slots[id];
         let p = &self.prog.paths[id];
         let mut desc = vec![if p.wrap { PATH_WRAP } else { 0 }];
-        for s in &p.segs {
+        let mut segs = &p.segs[..];
+        if let Some(Seg::Key(first)) = segs.first() {
+            if let Some(k) = self.top_fields.iter().position(|f| f == first) {
+                desc[0] |= PATH_TOP;
+                desc.extend_from_slice(&(k as u16).to_le_bytes());
+                segs = &segs[1..];
+            }
+        }
+        for s in segs {
             match s {
                 Seg::Key(k) => {
                     let n = u16::try_from(k.len()).map_err(|_| internal("field name too long"))?;
@@ -739,9 +750,22 @@ impl<'a> Gen<'a> {
             self.memo_slots.push(v);
         }
         let json = self.prog.data_type == DataType::Json;
+        if json {
+            for p in &self.prog.paths {
+                if let Some(Seg::Key(first)) = p.segs.first() {
+                    if !self.top_fields.contains(first) && self.top_fields.len() < MAX_TOP_FIELDS {
+                        self.top_fields.push(first.clone());
+                    }
+                }
+            }
+        }
+        let fields = self.top_fields.clone();
+        let (fp, fl) = self.names_list(&fields)?;
         self.e(I::LocalGet(0));
         self.e(I::LocalGet(1));
         self.e(I::I32Const(json as i32));
+        self.e(I::I32Const(fp as i32));
+        self.e(I::I32Const(fl as i32));
         let f = self.f("rt_begin")?;
         self.e(I::Call(f));
         self.e(I::I32Eqz);
@@ -833,6 +857,7 @@ pub fn generate(prog: &Program) -> Result<Vec<u8>, SqlError> {
         interned: HashMap::new(),
         path_slots: Vec::new(),
         memo_slots: Vec::new(),
+        top_fields: Vec::new(),
     };
     g.body()?;
     let mut func = Function::new(g.locals.iter().map(|t| (1, *t)));

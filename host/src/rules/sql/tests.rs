@@ -97,6 +97,34 @@ fn out_json(r: &Run) -> serde_json::Value {
 }
 
 #[test]
+fn more_root_fields_than_the_index_holds_still_read_right() {
+    // Proves the paths past `MAX_TOP_FIELDS` (walked from the root) and those indexed while
+    // the payload is validated agree, duplicates and a late invalid byte included.
+    let n = super::shared::MAX_TOP_FIELDS + 6;
+    // Two fields per item: a rule selects at most 50 items.
+    let items: Vec<String> = (0..n / 2)
+        .map(|j| format!("f{}.v * 1000 + f{}.v AS o{j}", 2 * j, 2 * j + 1))
+        .collect();
+    let sql = format!(r#"SELECT {} FROM "/pk/+/user/update""#, items.join(", "));
+    let members: Vec<String> = (0..n)
+        .rev()
+        .map(|k| format!(r#""f{k}":{{"v":{k}}},"f{k}":{{"v":-1}}"#))
+        .collect();
+    let payload = format!("{{{}}}", members.join(","));
+    let mut inst = instance(&sql, DataType::Json).expect("compiles");
+    let out = out_json(&call(&mut inst, DEFAULT_TOPIC, payload.as_bytes(), b""));
+    for j in 0..n / 2 {
+        let want = 2 * j * 1000 + 2 * j + 1;
+        assert_eq!(out[format!("o{j}")], serde_json::json!(want), "o{j}");
+    }
+    let broken = format!("{{{},\"z\":tru}}", members.join(","));
+    assert_eq!(
+        call(&mut inst, DEFAULT_TOPIC, broken.as_bytes(), b""),
+        Run::Nothing
+    );
+}
+
+#[test]
 fn smoke_filter_and_projection() {
     // Proves the spec's first example end to end.
     let sql = r#"SELECT temperature AS t, deviceName() AS device, location FROM "/a1hRrzD/+/user/update" WHERE temperature > 38"#;
