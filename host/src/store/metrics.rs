@@ -84,15 +84,24 @@ impl StoreCounters {
     /// Adds what one operation did to a queue, by name (the JetStream backend has no queue ids
     /// and no batches: each process counts its own operations).
     pub(crate) fn add_queue(&self, queue: &str, totals: QueueTotals) {
-        lock(&self.queues)
-            .entry(queue.to_owned())
-            .or_default()
-            .add(&totals);
+        let mut queues = lock(&self.queues);
+        match queues.get_mut(queue) {
+            Some(t) => t.add(&totals),
+            None => {
+                queues.insert(queue.to_owned(), totals);
+            }
+        }
     }
 
     /// Adds `n` publishes to a topic, by name.
     pub(crate) fn add_published(&self, topic: &str, n: u64) {
-        *lock(&self.topics).entry(topic.to_owned()).or_default() += n;
+        let mut topics = lock(&self.topics);
+        match topics.get_mut(topic) {
+            Some(total) => *total += n,
+            None => {
+                topics.insert(topic.to_owned(), n);
+            }
+        }
     }
 }
 

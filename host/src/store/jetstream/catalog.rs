@@ -141,6 +141,19 @@ where
             .collect()
     }
 
+    /// The records whose keys start with `prefix`, by key (a range of the local copy, not a
+    /// scan: a publish resolves its topic's subscriptions this way).
+    pub(super) fn with_prefix(&self, prefix: &str) -> Vec<(String, T)> {
+        self.read()
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// The record under `key`, read from the cluster (for a key another process may have just
     /// written, before this process's watcher shows it).
     pub(super) async fn fetch(&self, key: &str) -> Result<Option<T>> {

@@ -104,7 +104,8 @@ struct Inner {
     ids: IdGenerator,
     prefix: String,
     replicas: usize,
-    consumers: Mutex<HashMap<String, PullConsumer>>,
+    /// Shared, so a receive takes a reference count rather than a copy of the consumer's info.
+    consumers: Mutex<HashMap<String, Arc<PullConsumer>>>,
     submit: mpsc::Sender<Submitted>,
     counters: Arc<StoreCounters>,
 }
@@ -290,14 +291,7 @@ impl JetStream {
     }
 
     fn subscriptions_of(&self, topic: &str) -> Vec<(String, SubRecord)> {
-        let prefix = format!("{topic}.");
-        self.inner
-            .catalog
-            .subs
-            .all()
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .collect()
+        self.inner.catalog.subs.with_prefix(&format!("{topic}."))
     }
 
     // ----- queues -----
@@ -403,7 +397,8 @@ impl JetStream {
 
     async fn queue_info(&self, name: &str, record: QueueRecord) -> Result<QueueInfo> {
         // The consumer first: it recreates a stream whose creator died half-way.
-        let mut consumer = self.consumer(name).await?;
+        // `info` asks the server afresh and needs its own handle.
+        let mut consumer = PullConsumer::clone(&*self.consumer(name).await?);
         let mut stream = self.stream(name).await?;
         let state = stream
             .info()
@@ -488,7 +483,7 @@ impl JetStream {
             })
             .await
             .map_err(|e| unavailable(context(), e))?;
-        self.consumers().insert(name.to_owned(), consumer);
+        self.consumers().insert(name.to_owned(), Arc::new(consumer));
         Ok(())
     }
 
@@ -507,7 +502,7 @@ impl JetStream {
             })
     }
 
-    async fn consumer(&self, queue: &str) -> Result<PullConsumer> {
+    async fn consumer(&self, queue: &str) -> Result<Arc<PullConsumer>> {
         if let Some(c) = self.consumers().get(queue) {
             return Ok(c.clone());
         }
@@ -521,7 +516,7 @@ impl JetStream {
             .ok_or_else(|| StoreError::Internal("consumer vanished".into()))
     }
 
-    fn consumers(&self) -> std::sync::MutexGuard<'_, HashMap<String, PullConsumer>> {
+    fn consumers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<PullConsumer>>> {
         self.inner
             .consumers
             .lock()

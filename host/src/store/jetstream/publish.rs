@@ -98,6 +98,16 @@ impl JetStream {
                 queues: targets.len() as u32,
                 pushes: 0,
             };
+            let envelope = Envelope {
+                id,
+                tag: req.tag.as_deref(),
+                attributes: &req.attributes,
+                priority: DEFAULT_PRIORITY,
+                enqueue_time_ms: now,
+                dead_letter: None,
+            };
+            // The same headers go with every copy: built once per message, cloned per queue.
+            let headers = envelope.headers()?;
             let mut copies = Vec::with_capacity(targets.len());
             for (sub, queue, record, base64_body) in targets {
                 let body = if base64_body {
@@ -106,17 +116,14 @@ impl JetStream {
                 } else {
                     req.body.clone()
                 };
-                let copy = Copy {
-                    id,
+                let (subject, message) = self.message_for(
+                    &queue,
+                    &envelope,
+                    headers.clone(),
                     body,
-                    tag: req.tag.as_deref(),
-                    attributes: &req.attributes,
-                    priority: DEFAULT_PRIORITY,
-                    enqueue_time_ms: now,
-                    delay_seconds: record.attributes.delay_seconds,
-                    dead_letter: None,
-                };
-                let (subject, message) = self.message_for(&queue, &copy, &format!("{id}.{sub}"))?;
+                    record.attributes.delay_seconds,
+                    &format!("{id}.{sub}"),
+                );
                 copies.push(self.send_copy(&queue, subject, message).await?);
             }
             pending.push((topic, published, copies));
@@ -124,46 +131,30 @@ impl JetStream {
         Ok(pending)
     }
 
-    /// Builds the stored form of a message for `queue`: headers, deduplicating id and, for a
-    /// delayed message, the schedule that releases it.
+    /// The stored form of a copy for `queue`: the envelope's `headers`, the deduplicating id
+    /// and, for a delayed copy, the schedule that releases it.
     pub(super) fn message_for(
         &self,
         queue: &str,
-        copy: &Copy<'_>,
+        envelope: &Envelope<'_>,
+        mut headers: HeaderMap,
+        body: Bytes,
+        delay_seconds: u32,
         dedup_id: &str,
-    ) -> Result<(String, PublishMessage)> {
-        let mut headers = HeaderMap::new();
-        headers.insert(H_ID, copy.id.to_string().as_str());
-        headers.insert(H_ENQUEUED, copy.enqueue_time_ms.to_string().as_str());
-        if copy.priority != DEFAULT_PRIORITY {
-            headers.insert(H_PRIORITY, copy.priority.to_string().as_str());
-        }
-        if let Some(tag) = copy.tag {
-            headers.insert(H_TAG, tag);
-        }
-        if !copy.attributes.is_empty() {
-            let json = serde_json::to_string(copy.attributes)
-                .map_err(|e| StoreError::Internal(e.to_string()))?;
-            headers.insert(H_ATTRIBUTES, json.as_str());
-        }
-        if let Some(origin) = copy.dead_letter {
-            let json =
-                serde_json::to_string(origin).map_err(|e| StoreError::Internal(e.to_string()))?;
-            headers.insert(H_DEAD_LETTER, json.as_str());
-        }
-        let subject = if copy.delay_seconds > 0 {
-            let at = copy.enqueue_time_ms + u64::from(copy.delay_seconds) * 1000;
+    ) -> (String, PublishMessage) {
+        let subject = if delay_seconds > 0 {
+            let at = envelope.enqueue_time_ms + u64::from(delay_seconds) * 1000;
             headers.insert("Nats-Schedule", format!("@at {}", rfc3339_ms(at)).as_str());
             headers.insert("Nats-Schedule-Target", self.subject(queue).as_str());
-            format!("{}.qd.{queue}.{}", self.inner.prefix, copy.id)
+            format!("{}.qd.{queue}.{}", self.inner.prefix, envelope.id)
         } else {
             self.subject(queue)
         };
         let message = PublishMessage::build()
-            .payload(copy.body.clone())
+            .payload(body)
             .headers(headers)
             .message_id(dedup_id);
-        Ok((subject, message))
+        (subject, message)
     }
 
     pub(super) async fn send_copy(
@@ -187,16 +178,40 @@ impl JetStream {
     }
 }
 
-/// What to store for one copy of a message in one queue.
-pub(super) struct Copy<'a> {
+/// What every stored copy of a message carries, whichever queue it goes to.
+pub(super) struct Envelope<'a> {
     pub(super) id: MessageId,
-    pub(super) body: Bytes,
     pub(super) tag: Option<&'a str>,
     pub(super) attributes: &'a BTreeMap<String, String>,
     pub(super) priority: u8,
     pub(super) enqueue_time_ms: u64,
-    pub(super) delay_seconds: u32,
     pub(super) dead_letter: Option<&'a DeadLetterOrigin>,
+}
+
+impl Envelope<'_> {
+    /// The sluice headers (`decode` in `queue.rs` reads them back).
+    pub(super) fn headers(&self) -> Result<HeaderMap> {
+        let mut headers = HeaderMap::new();
+        headers.insert(H_ID, self.id.to_string().as_str());
+        headers.insert(H_ENQUEUED, self.enqueue_time_ms.to_string().as_str());
+        if self.priority != DEFAULT_PRIORITY {
+            headers.insert(H_PRIORITY, self.priority.to_string().as_str());
+        }
+        if let Some(tag) = self.tag {
+            headers.insert(H_TAG, tag);
+        }
+        if !self.attributes.is_empty() {
+            let json = serde_json::to_string(self.attributes)
+                .map_err(|e| StoreError::Internal(e.to_string()))?;
+            headers.insert(H_ATTRIBUTES, json.as_str());
+        }
+        if let Some(origin) = self.dead_letter {
+            let json =
+                serde_json::to_string(origin).map_err(|e| StoreError::Internal(e.to_string()))?;
+            headers.insert(H_DEAD_LETTER, json.as_str());
+        }
+        Ok(headers)
+    }
 }
 
 /// Publishes submitted units in submission order; their acks are awaited off the loop.

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::AckKind;
+use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::publish::{confirm, Copy};
+use super::publish::{confirm, Envelope};
 use super::{
     ms_of, receipt, unavailable, JetStream, H_ATTRIBUTES, H_DEAD_LETTER, H_ENQUEUED, H_ID,
     H_PRIORITY, H_TAG,
@@ -46,17 +47,22 @@ impl JetStream {
         for req in &requests {
             let id = self.inner.ids.next_at(now);
             let delay = req.delay_seconds.unwrap_or(record.attributes.delay_seconds);
-            let copy = Copy {
+            let envelope = Envelope {
                 id,
-                body: req.body.clone(),
                 tag: req.tag.as_deref(),
                 attributes: &req.attributes,
                 priority: req.priority.unwrap_or(DEFAULT_PRIORITY),
                 enqueue_time_ms: now,
-                delay_seconds: delay,
                 dead_letter: None,
             };
-            let (subject, message) = self.message_for(queue, &copy, &id.to_string())?;
+            let (subject, message) = self.message_for(
+                queue,
+                &envelope,
+                envelope.headers()?,
+                req.body.clone(),
+                delay,
+                &id.to_string(),
+            );
             copies.push(self.send_copy(queue, subject, message).await?);
             sent.push(Sent {
                 id,
@@ -145,7 +151,7 @@ impl JetStream {
             .as_ref()
             .ok_or_else(|| StoreError::Internal("delivery without an ack subject".into()))?
             .to_string();
-        let mut message = decode(&m.message, ms_of(info.published))?;
+        let mut message = decode(m.headers.as_ref(), &m.payload, ms_of(info.published))?;
         if let (Some(dlq), Some(limit)) =
             (&attributes.dead_letter_queue, attributes.max_receive_count)
         {
@@ -181,17 +187,22 @@ impl JetStream {
             original_enqueue_time_ms: message.enqueue_time_ms,
             last_error: None,
         };
-        let copy = Copy {
+        let envelope = Envelope {
             id: message.id,
-            body: message.body.clone(),
             tag: message.tag.as_deref(),
             attributes: &message.attributes,
             priority: message.priority,
             enqueue_time_ms: now_ms(),
-            delay_seconds: 0,
             dead_letter: Some(&origin),
         };
-        let (subject, msg) = self.message_for(dlq, &copy, &format!("dl.{}", message.id))?;
+        let (subject, msg) = self.message_for(
+            dlq,
+            &envelope,
+            envelope.headers()?,
+            message.body.clone(),
+            0,
+            &format!("dl.{}", message.id),
+        );
         let resend = self.send_copy(dlq, subject, msg).await?;
         confirm(&self.inner.js, resend).await
     }
@@ -217,16 +228,7 @@ impl JetStream {
                 Err(e) => return Err(unavailable(format!("peeking queue {queue}"), e)),
             };
             next = Some(raw.sequence + 1);
-            let plain = async_nats::Message {
-                subject: raw.subject.clone(),
-                reply: None,
-                payload: raw.payload.clone(),
-                headers: Some(raw.headers.clone()),
-                status: None,
-                description: None,
-                length: raw.payload.len(),
-            };
-            out.push(decode(&plain, ms_of(raw.time))?);
+            out.push(decode(Some(&raw.headers), &raw.payload, ms_of(raw.time))?);
         }
         Ok(out)
     }
@@ -354,33 +356,28 @@ fn is_end_of_pull(text: &str) -> bool {
 }
 
 /// Reads a stored message back (without the delivery fields).
-fn decode(m: &async_nats::Message, published_ms: u64) -> Result<Message> {
-    let header = |name: &str| -> Option<String> {
-        m.headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_owned())
-    };
+fn decode(headers: Option<&HeaderMap>, payload: &Bytes, published_ms: u64) -> Result<Message> {
+    let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
     let id = header(H_ID)
-        .and_then(|t| MessageId::parse(&t))
+        .and_then(MessageId::parse)
         .ok_or_else(|| StoreError::Internal("stored message without a sluice id".into()))?;
     let attributes = match header(H_ATTRIBUTES) {
-        Some(json) => serde_json::from_str(&json)
+        Some(json) => serde_json::from_str(json)
             .map_err(|e| StoreError::Internal(format!("stored attributes: {e}")))?,
         None => BTreeMap::new(),
     };
     let dead_letter = match header(H_DEAD_LETTER) {
         Some(json) => Some(
-            serde_json::from_str(&json)
+            serde_json::from_str(json)
                 .map_err(|e| StoreError::Internal(format!("stored dead-letter origin: {e}")))?,
         ),
         None => None,
     };
     Ok(Message {
         id,
-        body: m.payload.clone(),
-        body_md5: md5_hex(&md5_of(&m.payload)),
-        tag: header(H_TAG),
+        body: payload.clone(),
+        body_md5: md5_hex(&md5_of(payload)),
+        tag: header(H_TAG).map(str::to_owned),
         attributes,
         priority: header(H_PRIORITY)
             .and_then(|p| p.parse().ok())
