@@ -147,20 +147,22 @@ impl LocalCluster {
         self.nodes.iter().filter(|n| n.child.is_some())
     }
 
-    /// Waits until every live server answers `/healthz` and a cluster has a meta leader.
+    /// Waits until every live server answers `/healthz` and, in a cluster, knows its meta leader
+    /// and its size.
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let healthy = self
                 .live()
                 .all(|n| http_get(n.monitor_port, "/healthz").is_some_and(|(code, _)| code == 200));
-            // A server outside a cluster has no meta leader.
+            // A server outside a cluster has no meta leader. In a cluster every live server must
+            // know the leader and the full size, as sluice's durability check reads it there.
             let led = self.nodes.len() == 1
-                || self.live().any(|n| {
+                || self.live().all(|n| {
                     http_get(n.monitor_port, "/varz").is_some_and(|(_, v)| {
-                        v["jetstream"]["meta"]["leader"]
-                            .as_str()
-                            .is_some_and(|l| !l.is_empty())
+                        let meta = &v["jetstream"]["meta"];
+                        meta["leader"].as_str().is_some_and(|l| !l.is_empty())
+                            && meta["cluster_size"].as_u64() >= Some(self.nodes.len() as u64)
                     })
                 });
             if healthy && led {

@@ -127,10 +127,7 @@ impl JetStream {
                 ))
             })?;
         let js = async_nats::jetstream::new(client);
-        let meta = open_bucket(&js, &format!("{}_meta", opts.prefix), opts.replicas).await?;
-        claim_node(&meta, opts.node_id, &opts.node_label).await?;
-        let key = receipt_key(&meta).await?;
-        let catalog = Catalog::open(&js, &opts.prefix, opts.replicas).await?;
+        let (key, catalog) = until_ready(STARTUP_PATIENCE, || open_catalog(&js, &opts)).await?;
         let (submit, submitted) = mpsc::channel(SUBMIT_DEPTH);
         let store = JetStream {
             inner: Arc::new(Inner {
@@ -545,6 +542,42 @@ fn sub_info(r: SubRecord) -> SubscriptionInfo {
     }
 }
 
+/// How long [`JetStream::connect`] waits for a cluster that answers but is not ready yet (a
+/// stream without a leader, direct-get responders still starting): long enough for a cluster
+/// started beside sluice to elect its leaders.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Opens the meta bucket, claims the node id, loads the receipt key and opens the catalog.
+async fn open_catalog(js: &Context, opts: &JetStreamOptions) -> Result<([u8; 32], Catalog)> {
+    let meta = open_bucket(js, &format!("{}_meta", opts.prefix), opts.replicas).await?;
+    claim_node(&meta, opts.node_id, &opts.node_label).await?;
+    let key = receipt_key(&meta).await?;
+    let catalog = Catalog::open(js, &opts.prefix, opts.replicas).await?;
+    Ok((key, catalog))
+}
+
+/// Runs `step` again while it fails with [`StoreError::Unavailable`] (a cluster that is still
+/// electing leaders answers "no responders" for a moment), for at most `patience`. Any other
+/// error, such as a node id held by another process, is returned at once.
+async fn until_ready<T, F, Fut>(patience: Duration, mut step: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match step().await {
+            Err(StoreError::Unavailable(why)) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::info!(%why, "JetStream is not ready yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Claims `node.{id}` in the meta bucket for `label`; the same label may claim it again.
 async fn claim_node(
     meta: &async_nats::jetstream::kv::Store,
@@ -639,4 +672,39 @@ fn rfc3339_ms(ms: u64) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms as i64)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn startup_retries_an_unready_cluster_and_stops_at_other_errors() {
+        let calls = AtomicU32::new(0);
+        let ready = until_ready(Duration::from_secs(10), || async {
+            match calls.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Err(StoreError::Unavailable("503 no responders".into())),
+                n => Ok(n),
+            }
+        })
+        .await;
+        assert_eq!(ready.unwrap(), 2);
+
+        let calls = AtomicU32::new(0);
+        let refused: Result<()> = until_ready(Duration::from_secs(10), || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(StoreError::invalid("node_id", "taken"))
+        })
+        .await;
+        assert!(matches!(refused, Err(StoreError::InvalidArgument { .. })));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a refusal is not retried");
+
+        let gave_up: Result<()> = until_ready(Duration::from_millis(250), || async {
+            Err(StoreError::Unavailable("still electing".into()))
+        })
+        .await;
+        assert!(matches!(gave_up, Err(StoreError::Unavailable(_))));
+    }
 }
