@@ -186,7 +186,11 @@ impl Store {
         let opened = schema::open(&paths, &opts)?;
         let notifiers: Notifiers = Arc::default();
         let (commit_tx, commit_rx) = watch::channel(0u64);
-        let push_signals = Arc::new(push::PushSignals::default());
+        // On JetStream the push supervisor is woken by the shared catalog, not by local commits.
+        let push_signals = jetstream
+            .as_ref()
+            .map(|js| js.push_signals())
+            .unwrap_or_default();
         // On JetStream the message plane counts its own operations; the writer then only counts
         // the local commits.
         let counters = jetstream
@@ -327,10 +331,6 @@ impl Store {
         name: &str,
         spec: SubscriptionSpec,
     ) -> Result<bool> {
-        if let Some(js) = self.nats() {
-            validate_name("subscription_name", name)?;
-            return js.create_subscription(topic, name, spec).await;
-        }
         if let Endpoint::Http(_) = &spec.endpoint {
             // The secret is generated and kept; callers that must show it use
             // `create_push_subscription`.
@@ -344,6 +344,9 @@ impl Store {
             types::validate_tag_and_attributes(Some(tag), &Default::default()).map_err(|_| {
                 StoreError::invalid("filter_tag", "a filter tag has 1 to 16 characters")
             })?;
+        }
+        if let Some(js) = self.nats() {
+            return js.create_subscription(topic, name, spec).await;
         }
         self.call(OpKind::CreateSubscription {
             topic: topic.to_owned(),

@@ -414,6 +414,12 @@ impl PushSignals {
         self.catalog.subscribe()
     }
 
+    /// Tells the supervisor to re-read the subscriptions (JetStream: the catalog bucket
+    /// changed, maybe through another process).
+    pub(crate) fn catalog_changed(&self) {
+        self.catalog.send_modify(|n| *n += 1);
+    }
+
     fn wake(&self, ids: &HashSet<i64>) {
         let map = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         for id in ids {
@@ -660,9 +666,6 @@ impl Store {
         spec: super::types::SubscriptionSpec,
     ) -> Result<PushCreated> {
         validate_name("subscription_name", name)?;
-        if self.backend() == "jetstream" {
-            return Err(super::jetstream::push_unsupported());
-        }
         let super::types::Endpoint::Http(push) = &spec.endpoint else {
             return Err(StoreError::invalid("http", "not an HTTP subscription"));
         };
@@ -671,6 +674,9 @@ impl Store {
             super::types::validate_tag_and_attributes(Some(tag), &Default::default()).map_err(
                 |_| StoreError::invalid("filter_tag", "a filter tag has 1 to 16 characters"),
             )?;
+        }
+        if let Some(js) = self.nats() {
+            return js.create_push_subscription(topic, name, spec).await;
         }
         let secret = new_secret();
         match self
@@ -692,6 +698,9 @@ impl Store {
 
     /// Every HTTP subscription with its secrets, for the delivery workers.
     pub async fn push_subscriptions(&self) -> Result<Vec<PushSubscription>> {
+        if let Some(js) = self.nats() {
+            return Ok(js.push_subscriptions());
+        }
         match self.push_call(PushOp::List).await? {
             PushReply::List(l) => Ok(l),
             other => Err(unexpected(other)),
@@ -707,6 +716,9 @@ impl Store {
         outcomes: Vec<PushOutcome>,
         claim: usize,
     ) -> Result<PushCycle> {
+        if let Some(js) = self.nats() {
+            return js.push_cycle(sub, outcomes, claim).await;
+        }
         match self
             .push_call(PushOp::Cycle {
                 sub,
@@ -722,6 +734,9 @@ impl Store {
 
     /// Enables or disables an HTTP subscription (a disabled one keeps its pending messages).
     pub async fn set_push_enabled(&self, topic: &str, name: &str, enabled: bool) -> Result<()> {
+        if let Some(js) = self.nats() {
+            return js.set_push_enabled(topic, name, enabled).await;
+        }
         match self
             .push_call(PushOp::SetEnabled {
                 topic: topic.to_owned(),
@@ -743,6 +758,9 @@ impl Store {
         name: &str,
         strategy: NotifyStrategy,
     ) -> Result<()> {
+        if let Some(js) = self.nats() {
+            return js.set_push_strategy(topic, name, strategy).await;
+        }
         match self
             .push_call(PushOp::SetStrategy {
                 topic: topic.to_owned(),
@@ -764,6 +782,9 @@ impl Store {
         name: &str,
         grace: Duration,
     ) -> Result<String> {
+        if let Some(js) = self.nats() {
+            return js.rotate_push_secret(topic, name, grace).await;
+        }
         let secret = new_secret();
         match self
             .push_call(PushOp::Rotate {
@@ -781,6 +802,9 @@ impl Store {
 
     /// Delivery counters and state of an HTTP subscription.
     pub async fn push_status(&self, topic: &str, name: &str) -> Result<PushStatus> {
+        if let Some(js) = self.nats() {
+            return js.push_status(topic, name).await;
+        }
         match self
             .push_call(PushOp::Status {
                 topic: topic.to_owned(),
@@ -801,6 +825,11 @@ impl Store {
         name: &str,
         max: usize,
     ) -> Result<Vec<Message>> {
+        if let Some(js) = self.nats() {
+            return js
+                .push_dead_letters(topic, name, max.clamp(1, MAX_DEAD_LETTER_PAGE))
+                .await;
+        }
         match self
             .push_call(PushOp::DeadLetters {
                 topic: topic.to_owned(),
@@ -823,6 +852,11 @@ impl Store {
         name: &str,
         max: usize,
     ) -> Result<u64> {
+        if let Some(js) = self.nats() {
+            return js
+                .redrive_push_dead_letters(topic, name, max.clamp(1, MAX_DEAD_LETTER_PAGE))
+                .await;
+        }
         match self
             .push_call(PushOp::DeadLetters {
                 topic: topic.to_owned(),

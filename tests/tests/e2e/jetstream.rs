@@ -1,7 +1,8 @@
 //! sluice on a real 3-node NATS JetStream cluster on loopback ports (`--store nats://...`): two
 //! sluice processes share it; a NATS node is killed with SIGKILL under load and nothing
 //! acknowledged is lost; a killed sluice process's messages are taken over by another; the
-//! durability check refuses servers that do not fsync every write.
+//! durability check refuses servers that do not fsync every write; HTTP push runs through one
+//! shared consumer per subscription.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,7 +15,8 @@ use serde_json::{json, Value};
 
 use sluice::store::jetstream::local::LocalCluster;
 
-use crate::common::{auth_for, sluice_bin, Sluice};
+use crate::common::{auth_for, free_port, sluice_bin, Sluice};
+use crate::push::{self as hooks, Answer, Hook};
 
 /// `--store` and `--nats-monitor` values for a cluster.
 fn flags(cluster: &LocalCluster) -> (String, String) {
@@ -23,17 +25,18 @@ fn flags(cluster: &LocalCluster) -> (String, String) {
 
 fn start_sluice(dir: &Path, cluster: &LocalCluster, node_id: &str) -> Sluice {
     let (store, monitors) = flags(cluster);
-    Sluice::start(
-        dir,
-        &[
-            "--store",
-            &store,
-            "--nats-monitor",
-            &monitors,
-            "--node-id",
-            node_id,
-        ],
-    )
+    Sluice::start(dir, &cluster_args(&store, &monitors, node_id))
+}
+
+fn cluster_args<'a>(store: &'a str, monitors: &'a str, node_id: &'a str) -> [&'a str; 6] {
+    [
+        "--store",
+        store,
+        "--nats-monitor",
+        monitors,
+        "--node-id",
+        node_id,
+    ]
 }
 
 async fn send(http: &reqwest::Client, base: &str, queue: &str, body: &str) -> bool {
@@ -113,17 +116,6 @@ async fn two_sluice_processes_share_one_cluster_and_each_message_is_received_onc
     // The default set-up (alerts, alerts-q, alerts-to-q) was created by both without conflict.
     let (status, v) = b.api().get("/v1/queues/alerts-q").await;
     assert_eq!(status, 200, "{v}");
-    // HTTP push is not on this backend yet: refused with the reason, nothing half-created.
-    let (status, v) = a
-        .api()
-        .put(
-            "/v1/topics/alerts/subscriptions/hook",
-            &json!({"http": "http://127.0.0.1:9/hook"}),
-        )
-        .await;
-    println!("HTTP subscription on JetStream: {status} {v}");
-    assert_eq!(status, 501, "{v}");
-    assert_eq!(v["error"]["code"], "NotSupported", "{v}");
     let http = client();
     const N: usize = 200;
     for i in 0..N {
@@ -358,4 +350,178 @@ fn servers_without_fsync_per_write_are_refused_unless_weaker_durability_is_accep
     let out = s.cli_ok(&["queue", "send", "alerts-q", "still works"]);
     println!("{}", out.trim());
     s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_push_is_shared_by_two_processes_and_410_and_dead_letters_reach_both() {
+    // Proves: an HTTP subscription created through one process is pushed through one shared
+    // consumer: messages published through both processes arrive once each (no process pushes
+    // what another pushed), with valid signatures; a 500 is retried with the same webhook-id;
+    // a 410 seen by one process disables the subscription for both, and enabling it through
+    // the other delivers the kept message; an exhausted schedule lands in the dead-letter
+    // queue and is redriven; `show` adds up the counters of both processes.
+    let begun = Instant::now();
+    let cluster = LocalCluster::start(3, true);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, monitors) = flags(&cluster);
+    println!("cluster ready after {:?}", begun.elapsed());
+    for d in ["a", "b"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    let a = hooks::start_sluice(
+        &dir.path().join("a"),
+        0.01,
+        &cluster_args(&store, &monitors, "1"),
+    );
+    let b = hooks::start_sluice(
+        &dir.path().join("b"),
+        0.01,
+        &cluster_args(&store, &monitors, "2"),
+    );
+    let flaky_failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failures = flaky_failures.clone();
+    let hook = Hook::start(move |_, req| {
+        if req.body == br#"{"flaky":true}"# && failures.fetch_add(1, Ordering::SeqCst) < 2 {
+            Answer::Status(500, vec![])
+        } else {
+            hooks::ok()
+        }
+    })
+    .await;
+    println!("two processes ready after {:?}", begun.elapsed());
+    let secret = hooks::subscribe(
+        &a,
+        "pt",
+        "hook",
+        json!({"http": hook.url, "format": "simplified"}),
+    )
+    .await;
+    const N: usize = 100;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let through = if i % 2 == 0 { &a } else { &b };
+        ids.push(hooks::publish(through, "pt", &format!("{{\"n\":{i}}}")).await);
+    }
+    let flaky = hooks::publish(&b, "pt", r#"{"flaky":true}"#).await;
+    println!("published {} through two processes", N + 1);
+    let started = Instant::now();
+    let all = hooks::wait_for(Duration::from_secs(30), async || hook.count() >= N + 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reqs = hook.requests();
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for r in &reqs {
+        *per_id.entry(r.h("webhook-id").to_owned()).or_default() += 1;
+    }
+    let dups = per_id
+        .iter()
+        .filter(|(id, &n)| n > 1 && **id != flaky)
+        .count();
+    println!(
+        "pushed {} requests for {} messages in {:?}; duplicates {dups}; flaky attempts {:?}",
+        reqs.len(),
+        per_id.len(),
+        started.elapsed(),
+        per_id.get(&flaky)
+    );
+    assert!(all, "not every message was pushed within 30 s");
+    for id in &ids {
+        assert_eq!(per_id.get(id), Some(&1), "message {id} pushed once");
+    }
+    assert_eq!(per_id.get(&flaky), Some(&3), "two 500s then a 200");
+    hooks::verify_with_python(&secret, &reqs[..20]);
+    let counted = hooks::wait_for(Duration::from_secs(10), async || {
+        hooks::status(&b, "pt", "hook").await["delivered_total"].as_u64() == Some(N as u64 + 1)
+    })
+    .await;
+    let shown = hooks::status(&b, "pt", "hook").await;
+    println!("show through b: {shown}");
+    assert!(counted, "delivered_total adds up both processes: {shown}");
+    assert_eq!(shown["failed_attempts_total"], 2, "{shown}");
+
+    // 410 through whichever process pushes it: both stop; enabling through b delivers it.
+    let gone = Hook::start(|n, _| {
+        if n == 0 {
+            Answer::Status(410, vec![])
+        } else {
+            hooks::ok()
+        }
+    })
+    .await;
+    hooks::subscribe(&b, "pt", "gone", json!({"http": gone.url})).await;
+    let kept = hooks::publish(&a, "pt", "kept").await;
+    let disabled = hooks::wait_for(Duration::from_secs(10), async || {
+        hooks::status(&a, "pt", "gone").await["enabled"] == false
+            && hooks::status(&b, "pt", "gone").await["enabled"] == false
+    })
+    .await;
+    assert!(disabled, "{}", hooks::status(&a, "pt", "gone").await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let while_disabled = gone.count();
+    println!("410 endpoint while disabled saw {while_disabled} request(s)");
+    assert_eq!(while_disabled, 1, "no process pushes after the 410");
+    let (st, v) = b
+        .api()
+        .post("/v1/topics/pt/subscriptions/gone/enable", &json!({}))
+        .await;
+    assert_eq!(st, 200, "enable: {v}");
+    let redelivered = hooks::wait_for(Duration::from_secs(10), async || {
+        gone.requests()
+            .iter()
+            .skip(while_disabled)
+            .any(|r| r.h("webhook-id") == kept)
+    })
+    .await;
+    assert!(redelivered, "the kept message is pushed after enable");
+
+    // An endpoint that refuses connections: three fast retries, then the dead-letter queue.
+    let (st, v) = hooks::put(&a, "/v1/queues/pdlq", &json!({})).await;
+    assert!(st == 200 || st == 201, "{v}");
+    let refused = format!("http://127.0.0.1:{}/nobody", free_port());
+    hooks::subscribe(
+        &a,
+        "pt",
+        "dead",
+        json!({"http": refused, "dead_letter_queue": "pdlq"}),
+    )
+    .await;
+    let doomed = hooks::publish(&b, "pt", "doomed").await;
+    let mut listed = Value::Null;
+    let dead_lettered = hooks::wait_for(Duration::from_secs(20), async || {
+        listed = b
+            .api()
+            .get("/v1/topics/pt/subscriptions/dead/dead-letters?max=10")
+            .await
+            .1;
+        listed.to_string().contains(&doomed)
+    })
+    .await;
+    println!("dead letters: {listed}");
+    assert!(
+        dead_lettered,
+        "the exhausted push is in the dead-letter queue"
+    );
+    let (st, v) = a
+        .api()
+        .post(
+            "/v1/topics/pt/subscriptions/dead/dead-letters/redrive",
+            &json!({"max": 10}),
+        )
+        .await;
+    println!("redrive: {st} {v}");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["redriven"], 1, "{v}");
+    // Redriven, it runs out again and is a dead letter again (not deduplicated away).
+    let again = hooks::wait_for(Duration::from_secs(20), async || {
+        hooks::status(&a, "pt", "dead").await["dead_lettered_total"].as_u64() >= Some(2)
+    })
+    .await;
+    let shown = hooks::status(&a, "pt", "dead").await;
+    println!("show dead: {shown}");
+    assert!(again, "{shown}");
+    assert_eq!(
+        shown["failed_attempts_total"], 8,
+        "two schedules of four attempts: {shown}"
+    );
+    a.stop();
+    b.stop();
 }

@@ -23,20 +23,20 @@ use crate::common::{free_port, Sluice};
 
 /// One request as the endpoint saw it.
 #[derive(Debug, Clone)]
-struct Req {
-    at: Instant,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
+pub(crate) struct Req {
+    pub(crate) at: Instant,
+    pub(crate) headers: HashMap<String, String>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Req {
-    fn h(&self, k: &str) -> &str {
+    pub(crate) fn h(&self, k: &str) -> &str {
         self.headers.get(k).map(String::as_str).unwrap_or("")
     }
 }
 
 /// How the endpoint answers request number `n` (0-based).
-enum Answer {
+pub(crate) enum Answer {
     Status(u16, Vec<(&'static str, String)>),
     /// Accept, read, never answer.
     Hang,
@@ -50,13 +50,15 @@ type Behave = Arc<dyn Fn(usize, &Req) -> Answer + Send + Sync>;
 type After = Arc<dyn Fn(usize) + Send + Sync>;
 
 #[derive(Clone)]
-struct Hook {
-    url: String,
+pub(crate) struct Hook {
+    pub(crate) url: String,
     reqs: Arc<Mutex<Vec<Req>>>,
 }
 
 impl Hook {
-    async fn start(behave: impl Fn(usize, &Req) -> Answer + Send + Sync + 'static) -> Hook {
+    pub(crate) async fn start(
+        behave: impl Fn(usize, &Req) -> Answer + Send + Sync + 'static,
+    ) -> Hook {
         Hook::start_with(Arc::new(behave), None).await
     }
 
@@ -78,16 +80,16 @@ impl Hook {
         }
     }
 
-    fn requests(&self) -> Vec<Req> {
+    pub(crate) fn requests(&self) -> Vec<Req> {
         self.reqs.lock().unwrap().clone()
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.reqs.lock().unwrap().len()
     }
 }
 
-fn ok() -> Answer {
+pub(crate) fn ok() -> Answer {
     Answer::Status(200, vec![])
 }
 
@@ -189,7 +191,7 @@ async fn serve_conn(
 
 // ----- sluice helpers -----
 
-fn start_sluice(dir: &Path, scale: f64, extra: &[&str]) -> Sluice {
+pub(crate) fn start_sluice(dir: &Path, scale: f64, extra: &[&str]) -> Sluice {
     let cfg = dir.join("sluice.toml");
     std::fs::write(&cfg, format!("push_retry_scale = {scale}\n")).unwrap();
     let cfg = cfg.display().to_string();
@@ -198,7 +200,7 @@ fn start_sluice(dir: &Path, scale: f64, extra: &[&str]) -> Sluice {
     Sluice::start(&dir.join("data"), &args)
 }
 
-async fn put(s: &Sluice, path: &str, body: &Value) -> (u16, Value) {
+pub(crate) async fn put(s: &Sluice, path: &str, body: &Value) -> (u16, Value) {
     let r = s
         .client()
         .put(format!("{}{path}", s.http))
@@ -210,7 +212,7 @@ async fn put(s: &Sluice, path: &str, body: &Value) -> (u16, Value) {
 }
 
 /// Creates topic `topic` (if needed) and HTTP subscription `name`; returns its secret.
-async fn subscribe(s: &Sluice, topic: &str, name: &str, body: Value) -> String {
+pub(crate) async fn subscribe(s: &Sluice, topic: &str, name: &str, body: Value) -> String {
     let (st, v) = put(s, &format!("/v1/topics/{topic}"), &json!({})).await;
     assert!(st == 200 || st == 201, "topic: {st} {v}");
     let (st, v) = put(
@@ -226,7 +228,7 @@ async fn subscribe(s: &Sluice, topic: &str, name: &str, body: Value) -> String {
         .to_string()
 }
 
-async fn publish(s: &Sluice, topic: &str, body: &str) -> String {
+pub(crate) async fn publish(s: &Sluice, topic: &str, body: &str) -> String {
     let (st, v) = s
         .api()
         .post(
@@ -238,7 +240,7 @@ async fn publish(s: &Sluice, topic: &str, body: &str) -> String {
     v["id"].as_str().expect("id").to_string()
 }
 
-async fn status(s: &Sluice, topic: &str, name: &str) -> Value {
+pub(crate) async fn status(s: &Sluice, topic: &str, name: &str) -> Value {
     let (st, v) = s
         .api()
         .get(&format!("/v1/topics/{topic}/subscriptions/{name}"))
@@ -248,7 +250,7 @@ async fn status(s: &Sluice, topic: &str, name: &str) -> Value {
 }
 
 /// Polls `f` until it is true or `timeout` passes; returns whether it became true.
-async fn wait_for(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+pub(crate) async fn wait_for(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     while Instant::now() < end {
         if f().await {
@@ -260,7 +262,7 @@ async fn wait_for(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
 }
 
 /// Verifies every request's Standard Webhooks signature with the `standardwebhooks` package.
-fn verify_with_python(secret: &str, reqs: &[Req]) {
+pub(crate) fn verify_with_python(secret: &str, reqs: &[Req]) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("reqs.json");
     let list: Vec<Value> = reqs

@@ -24,6 +24,8 @@ use crate::store::{QueueAttributes, Result, StoreError, SubscriptionSpec};
 
 /// How long a write waits for the local watcher to show it before it is called a failure.
 const CATCH_UP: Duration = Duration::from_secs(10);
+/// Compare-and-set rounds of [`Bucket::update`] before it gives up on a record under contention.
+const UPDATE_ATTEMPTS: usize = 16;
 
 /// A topic's catalog entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,14 +47,49 @@ pub(super) struct SubRecord {
     pub name: String,
     pub spec: SubscriptionSpec,
     pub create_time_ms: u64,
+    /// The push state of an HTTP subscription (absent for queue subscriptions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushState>,
 }
 
-/// The three catalog buckets.
+/// What every process pushing an HTTP subscription must agree on: its id, whether it is
+/// pushed, and the signing secrets.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct PushState {
+    pub id: i64,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    pub secret: String,
+    pub old_secret: Option<(String, u64)>,
+}
+
+impl std::fmt::Debug for PushState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushState")
+            .field("id", &self.id)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One process's delivery counters of one HTTP subscription (key `topic.name.node`): each
+/// process writes only its own entry, `sub show` adds them up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct PushStats {
+    pub delivered: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    pub dead_lettered: u64,
+    pub last_error: Option<(String, u64)>,
+}
+
+/// The catalog buckets.
 #[derive(Debug)]
 pub(super) struct Catalog {
     pub topics: Bucket<TopicRecord>,
     pub queues: Bucket<QueueRecord>,
     pub subs: Bucket<SubRecord>,
+    pub push_stats: Bucket<PushStats>,
 }
 
 impl Catalog {
@@ -61,6 +98,7 @@ impl Catalog {
             topics: Bucket::open(js, format!("{prefix}_topics"), replicas).await?,
             queues: Bucket::open(js, format!("{prefix}_queues"), replicas).await?,
             subs: Bucket::open(js, format!("{prefix}_subscriptions"), replicas).await?,
+            push_stats: Bucket::open(js, format!("{prefix}_push_stats"), replicas).await?,
         })
     }
 }
@@ -194,6 +232,47 @@ where
             .await
             .map_err(|e| unavailable(format!("writing {key} to {}", self.name), e))?;
         self.caught_up(revision).await
+    }
+
+    /// Changes the record under `key` with `change` as one compare-and-set (two processes
+    /// changing the same record never lose one of the changes): reads it from the cluster,
+    /// applies `change`, writes it only if nobody wrote in between, else starts over. Returns
+    /// the record as written, or `None` when `key` does not exist.
+    pub(super) async fn update(
+        &self,
+        key: &str,
+        mut change: impl FnMut(&mut T) -> Result<()>,
+    ) -> Result<Option<T>> {
+        for _ in 0..UPDATE_ATTEMPTS {
+            let entry = self
+                .kv
+                .entry(key)
+                .await
+                .map_err(|e| unavailable(format!("reading {key} from {}", self.name), e))?;
+            let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
+                return Ok(None);
+            };
+            let mut value: T = decode(&self.name, &entry.value)?;
+            change(&mut value)?;
+            match self.kv.update(key, encode(&value)?, entry.revision).await {
+                Ok(revision) => {
+                    self.caught_up(revision).await?;
+                    return Ok(Some(value));
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(unavailable(format!("writing {key} to {}", self.name), e)),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "{key} in {} kept changing under this update; retry",
+            self.name
+        )))
+    }
+
+    /// The revision the local copy has reached: changes when any record changes (the push
+    /// supervisor re-reads the subscriptions then).
+    pub(super) fn changes(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
     }
 
     /// Removes `key` (a no-op when it is absent).

@@ -22,6 +22,8 @@
 //! - **Dead letters**: a delivery whose count passes `max_receive_count` is copied to the
 //!   dead-letter queue (deduplicating id `dl.{message id}`) and then acked, instead of being
 //!   returned.
+//! - **HTTP push**: pending pushes in a stream per topic, one durable consumer per HTTP
+//!   subscription shared by every process ([`push`]).
 //!
 //! # Where the semantics differ from the SQLite store
 //! Documented in the README ("The message service on NATS JetStream") and shown by the
@@ -29,12 +31,13 @@
 //! visibility change keeps working until its own lease ends; peek shows in-flight messages too
 //! and no dequeue counts; `first_dequeue_time_ms` is known only on the first delivery; a publish
 //! unit is at-least-once rather than atomic; `expired_total` and `dead_lettered_total` are not
-//! kept; HTTP subscriptions are not available yet on this backend.
+//! kept; HTTP push ([`push`]) counts deliveries rather than attempts.
 
 mod catalog;
 pub mod durability;
 pub mod local;
 mod publish;
+mod push;
 mod queue;
 mod receipt;
 
@@ -108,6 +111,7 @@ struct Inner {
     consumers: Mutex<HashMap<String, Arc<PullConsumer>>>,
     submit: mpsc::Sender<Submitted>,
     counters: Arc<StoreCounters>,
+    push: push::PushPlane,
 }
 
 impl JetStream {
@@ -140,10 +144,25 @@ impl JetStream {
                 consumers: Mutex::default(),
                 submit,
                 counters: Arc::default(),
+                push: push::PushPlane::default(),
             }),
         };
         tokio::spawn(publish_in_order(Arc::downgrade(&store.inner), submitted));
+        // The push supervisor re-reads the HTTP subscriptions whenever the bucket changes,
+        // whichever process changed it.
+        let mut changes = store.inner.catalog.subs.changes();
+        let signals = store.inner.push.signals.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                signals.catalog_changed();
+            }
+        });
         Ok(store)
+    }
+
+    /// The wakers of this process's push supervisor.
+    pub(super) fn push_signals(&self) -> Arc<super::PushSignals> {
+        self.inner.push.signals.clone()
     }
 
     /// What this process's operations did to each topic and queue (for `/metrics`; every
@@ -174,6 +193,7 @@ impl JetStream {
         for (key, _) in self.subscriptions_of(name) {
             self.inner.catalog.subs.delete(&key).await?;
         }
+        self.drop_push_stream(name).await?;
         self.inner.catalog.topics.delete(name).await?;
         Ok(true)
     }
@@ -226,13 +246,19 @@ impl JetStream {
             Endpoint::Queue(queue) => {
                 self.queue(queue).await?;
             }
-            _ => return Err(push_unsupported()),
+            Endpoint::Http(_) => {
+                return Ok(self
+                    .create_push_subscription(topic, name, spec)
+                    .await?
+                    .created)
+            }
         }
         let record = SubRecord {
             topic: topic.to_owned(),
             name: name.to_owned(),
             spec: spec.clone(),
             create_time_ms: now_ms(),
+            push: None,
         };
         match self
             .inner
@@ -253,10 +279,13 @@ impl JetStream {
     pub(super) async fn delete_subscription(&self, topic: &str, name: &str) -> Result<bool> {
         self.topic(topic).await?;
         let key = sub_key(topic, name);
-        if self.inner.catalog.subs.fetch(&key).await?.is_none() {
+        let Some(record) = self.inner.catalog.subs.fetch(&key).await? else {
             return Ok(false);
-        }
+        };
         self.inner.catalog.subs.delete(&key).await?;
+        if record.push.is_some() {
+            self.drop_push_subscription(topic, name).await?;
+        }
         Ok(true)
     }
 
@@ -648,15 +677,6 @@ fn check_prefix(prefix: &str) -> Result<()> {
             "1-32 letters, digits, `-` or `_`",
         ))
     }
-}
-
-/// HTTP push is not on this backend yet (it needs a shared durable consumer per subscription).
-pub(crate) fn push_unsupported() -> StoreError {
-    StoreError::Unsupported(
-        "HTTP subscriptions are not available on the JetStream store yet; subscribe a queue and \
-         pull it, or use the SQLite store"
-            .into(),
-    )
 }
 
 /// A NATS failure as a retryable "service unavailable".

@@ -1,4 +1,5 @@
-//! Publishing: the topic fan-out to queue streams with deduplicating ids, the shared message
+//! Publishing: the topic fan-out to queue streams and HTTP subscriptions' pending pushes with
+//! deduplicating ids, the shared message
 //! encoding, and the ordered submission path of the rule pipeline. Every copy waits for the
 //! cluster's acknowledgement and is sent again with the same id when none comes.
 
@@ -35,8 +36,8 @@ pub(super) type PendingAcks = Vec<(String, Published, Vec<Resend>)>;
 
 /// One copy of a published message, kept until its ack arrives so it can be sent again.
 pub(super) struct Resend {
-    /// The queue it goes to.
-    queue: String,
+    /// The queue it goes to (`None`: an HTTP subscription's pending pushes).
+    queue: Option<String>,
     subject: String,
     message: PublishMessage,
     ack: async_nats::jetstream::context::PublishAckFuture,
@@ -74,29 +75,39 @@ impl JetStream {
         for (topic, req) in items {
             self.topic(&topic).await?;
             let mut targets = Vec::new();
+            let mut pushes = Vec::new();
             for (_, sub) in self.subscriptions_of(&topic) {
                 let matches = match &sub.spec.filter_tag {
                     None => true,
                     Some(f) => req.tag.as_deref() == Some(f.as_str()),
                 };
-                if let (true, Endpoint::Queue(q)) = (matches, &sub.spec.endpoint) {
-                    if let Some(record) = self.inner.catalog.queues.get(q) {
-                        targets.push((sub.name.clone(), q.clone(), record, sub.spec.base64_body));
+                match (matches, &sub.spec.endpoint) {
+                    (true, Endpoint::Queue(q)) => {
+                        if let Some(record) = self.inner.catalog.queues.get(q) {
+                            targets.push((
+                                sub.name.clone(),
+                                q.clone(),
+                                record,
+                                sub.spec.base64_body,
+                            ));
+                        }
                     }
+                    (true, Endpoint::Http(_)) if sub.push.is_some() => pushes.push(sub.name),
+                    _ => {}
                 }
             }
-            plans.push((topic, req, targets));
+            plans.push((topic, req, targets, pushes));
         }
         let now = now_ms();
         let mut pending = Vec::with_capacity(plans.len());
-        for (topic, req, targets) in plans {
+        for (topic, req, targets, pushes) in plans {
             let id = self.inner.ids.next_at(now);
             let published = Published {
                 id,
                 body_md5: md5_hex(&md5_of(&req.body)),
                 enqueue_time_ms: now,
                 queues: targets.len() as u32,
-                pushes: 0,
+                pushes: pushes.len() as u32,
             };
             let envelope = Envelope {
                 id,
@@ -124,7 +135,17 @@ impl JetStream {
                     record.attributes.delay_seconds,
                     &format!("{id}.{sub}"),
                 );
-                copies.push(self.send_copy(&queue, subject, message).await?);
+                copies.push(self.send_copy(Some(&queue), subject, message).await?);
+            }
+            // Each HTTP subscription's copy waits for its push behind the subscription's
+            // consumer (see `push`).
+            for sub in pushes {
+                let message = PublishMessage::build()
+                    .payload(req.body.clone())
+                    .headers(headers.clone())
+                    .message_id(format!("{id}.{sub}"));
+                let subject = self.push_subject(&topic, &sub);
+                copies.push(self.send_copy(None, subject, message).await?);
             }
             pending.push((topic, published, copies));
         }
@@ -159,7 +180,7 @@ impl JetStream {
 
     pub(super) async fn send_copy(
         &self,
-        queue: &str,
+        queue: Option<&str>,
         subject: String,
         message: PublishMessage,
     ) -> Result<Resend> {
@@ -170,7 +191,7 @@ impl JetStream {
             .await
             .map_err(|e| publish_error(&subject, e))?;
         Ok(Resend {
-            queue: queue.to_owned(),
+            queue: queue.map(str::to_owned),
             subject,
             message,
             ack,
@@ -249,13 +270,15 @@ async fn finish_publish(
         for copy in copies {
             let queue = copy.queue.clone();
             confirm(js, copy).await?;
-            counters.add_queue(
-                &queue,
-                QueueTotals {
-                    enqueued: 1,
-                    ..QueueTotals::default()
-                },
-            );
+            if let Some(queue) = queue {
+                counters.add_queue(
+                    &queue,
+                    QueueTotals {
+                        enqueued: 1,
+                        ..QueueTotals::default()
+                    },
+                );
+            }
         }
         counters.add_published(&topic, 1);
         out.push(published);

@@ -63,7 +63,7 @@ impl JetStream {
                 delay,
                 &id.to_string(),
             );
-            copies.push(self.send_copy(queue, subject, message).await?);
+            copies.push(self.send_copy(Some(queue), subject, message).await?);
             sent.push(Sent {
                 id,
                 body_md5: md5_hex(&md5_of(&req.body)),
@@ -203,17 +203,33 @@ impl JetStream {
             0,
             &format!("dl.{}", message.id),
         );
-        let resend = self.send_copy(dlq, subject, msg).await?;
+        let resend = self.send_copy(Some(dlq), subject, msg).await?;
         confirm(&self.inner.js, resend).await
     }
 
     pub(in crate::store) async fn peek(&self, queue: &str, max: usize) -> Result<Vec<Message>> {
+        let found = self.scan(queue, max, max, |_| true).await?;
+        Ok(found.into_iter().map(|(_, m)| m).collect())
+    }
+
+    /// Reads the queue's stored messages oldest first, without receiving them: the first `max`
+    /// that `wanted` accepts among the first `limit`, with their stream sequences.
+    pub(super) async fn scan(
+        &self,
+        queue: &str,
+        max: usize,
+        limit: usize,
+        wanted: impl Fn(&Message) -> bool,
+    ) -> Result<Vec<(u64, Message)>> {
         self.queue(queue).await?;
         let stream = self.stream(queue).await?;
         let subject = self.subject(queue);
-        let mut out = Vec::with_capacity(max);
+        let mut out = Vec::with_capacity(max.min(64));
         let mut next = None;
-        while out.len() < max {
+        for _ in 0..limit {
+            if out.len() >= max {
+                break;
+            }
             let got = match next {
                 None => stream.direct_get_first_for_subject(subject.as_str()).await,
                 Some(seq) => {
@@ -225,10 +241,13 @@ impl JetStream {
             let raw = match got {
                 Ok(raw) => raw,
                 Err(e) if e.to_string().contains("not found") => break,
-                Err(e) => return Err(unavailable(format!("peeking queue {queue}"), e)),
+                Err(e) => return Err(unavailable(format!("reading queue {queue}"), e)),
             };
             next = Some(raw.sequence + 1);
-            out.push(decode(Some(&raw.headers), &raw.payload, ms_of(raw.time))?);
+            let message = decode(Some(&raw.headers), &raw.payload, ms_of(raw.time))?;
+            if wanted(&message) {
+                out.push((raw.sequence, message));
+            }
         }
         Ok(out)
     }
@@ -309,7 +328,7 @@ impl JetStream {
 
 /// Pulls up to `max` messages: those ready now (`wait` = `None`), or waiting up to `wait` for
 /// the first of them.
-async fn fetch(
+pub(super) async fn fetch(
     consumer: &PullConsumer,
     max: usize,
     wait: Option<Duration>,
@@ -356,7 +375,11 @@ fn is_end_of_pull(text: &str) -> bool {
 }
 
 /// Reads a stored message back (without the delivery fields).
-fn decode(headers: Option<&HeaderMap>, payload: &Bytes, published_ms: u64) -> Result<Message> {
+pub(super) fn decode(
+    headers: Option<&HeaderMap>,
+    payload: &Bytes,
+    published_ms: u64,
+) -> Result<Message> {
     let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
     let id = header(H_ID)
         .and_then(MessageId::parse)

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{body_text, text};
+use crate::ids::now_ms;
 use crate::store::{
-    PublishRequest, QueueAttributes, SendRequest, Store, StoreError, StoreOptions, SubscriptionSpec,
+    Endpoint, HttpPush, PublishRequest, PushDelivery, PushOutcome, PushResult, QueueAttributes,
+    SendRequest, Store, StoreError, StoreOptions, SubscriptionSpec,
 };
 
 const NO_WAIT: Option<Duration> = Some(Duration::ZERO);
@@ -29,6 +31,55 @@ struct Subject {
 }
 
 impl Subject {
+    /// Creates topic `t` and HTTP subscription `name` on it; returns its id.
+    async fn push_sub(&self, name: &str, dead_letter_queue: Option<&str>) -> i64 {
+        let _ = self.store.create_topic("t").await.unwrap();
+        let mut push = HttpPush::new("http://127.0.0.1:9/hook");
+        push.dead_letter_queue = dead_letter_queue.map(str::to_owned);
+        let spec = SubscriptionSpec {
+            endpoint: Endpoint::Http(push),
+            filter_tag: None,
+            base64_body: false,
+        };
+        let created = self
+            .store
+            .create_push_subscription("t", name, spec.clone())
+            .await
+            .unwrap();
+        assert!(created.created && created.secret.is_some());
+        let again = self
+            .store
+            .create_push_subscription("t", name, spec)
+            .await
+            .unwrap();
+        assert!(
+            !again.created && again.secret.is_none(),
+            "the secret is shown once"
+        );
+        let subs = self.store.push_subscriptions().await.unwrap();
+        subs.iter().find(|p| p.name == name).expect("listed").id
+    }
+
+    /// Reports `outcomes` and claims pushes of `sub` until `want` are claimed or 10 s pass.
+    async fn claim(&self, sub: i64, outcomes: Vec<PushOutcome>, want: usize) -> Vec<PushDelivery> {
+        let end = Instant::now() + Duration::from_secs(10);
+        let mut got = self
+            .store
+            .push_cycle(sub, outcomes, want)
+            .await
+            .unwrap()
+            .deliveries;
+        while got.len() < want && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let more = self
+                .store
+                .push_cycle(sub, Vec::new(), want - got.len())
+                .await;
+            got.extend(more.unwrap().deliveries);
+        }
+        got
+    }
+
     async fn open(kind: Kind) -> Subject {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = match kind {
@@ -88,6 +139,8 @@ conformance!(
     catalog_create_is_idempotent_and_conflicts_are_named,
     peek_changes_nothing,
     limits_refuse_and_store_nothing,
+    push_claims_retries_and_delivers,
+    push_disable_keeps_the_message_and_give_up_dead_letters,
 );
 
 async fn send_receive_delete_round_trip(s: Subject) {
@@ -486,4 +539,140 @@ async fn limits_refuse_and_store_nothing(s: Subject) {
         ),
         (0, 0, 0)
     );
+}
+
+fn outcome(d: &PushDelivery, result: PushResult) -> PushOutcome {
+    PushOutcome { seq: d.seq, result }
+}
+
+async fn push_claims_retries_and_delivers(s: Subject) {
+    // Proves: a publish becomes one pending push per HTTP subscription; a claim hands it out
+    // once; a failed attempt comes back when its retry is due with the attempt counted; a
+    // delivered push is gone; `push_status` counts both.
+    let sub = s.push_sub("h", None).await;
+    for body in ["one", "two"] {
+        let p = s
+            .store
+            .publish(
+                "t",
+                PublishRequest {
+                    body: Bytes::from(body),
+                    ..PublishRequest::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((p.queues, p.pushes), (0, 1));
+    }
+    let got = s.claim(sub, Vec::new(), 2).await;
+    let mut bodies: Vec<_> = got
+        .iter()
+        .map(|d| String::from_utf8_lossy(&d.body).into_owned())
+        .collect();
+    bodies.sort();
+    assert_eq!(bodies, vec!["one", "two"]);
+    assert!(got.iter().all(|d| d.attempts == 0));
+    let (done, failed) = (&got[0], &got[1]);
+    let retry = PushResult::Retry {
+        due_ms: now_ms() + 300,
+        error: "HTTP 500".into(),
+    };
+    let outcomes = vec![outcome(done, PushResult::Delivered), outcome(failed, retry)];
+    let asked = Instant::now();
+    let again = s.claim(sub, outcomes, 1).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].message_id, failed.message_id, "same id on a retry");
+    assert_eq!(again[0].attempts, 1);
+    assert!(
+        asked.elapsed() >= Duration::from_millis(250),
+        "not before it is due"
+    );
+    let nothing = s
+        .claim(sub, vec![outcome(&again[0], PushResult::Delivered)], 1)
+        .await;
+    assert!(nothing.is_empty());
+    let status = s.store.push_status("t", "h").await.unwrap();
+    assert_eq!(
+        (
+            status.delivered_total,
+            status.failed_attempts_total,
+            status.backlog
+        ),
+        (2, 1, 0)
+    );
+    assert_eq!(status.last_error.as_deref(), Some("HTTP 500"));
+}
+
+async fn push_disable_keeps_the_message_and_give_up_dead_letters(s: Subject) {
+    // Proves: a 410 disables the subscription and keeps the message for a re-enable; a
+    // schedule that ran out moves the message to the dead-letter queue, listed for its
+    // subscription and redriven to pending pushes with its id.
+    s.queue("dead", |_| {}).await;
+    let sub = s.push_sub("h", Some("dead")).await;
+    let id = s
+        .store
+        .publish("t", text_publish("m"))
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    let got = s.claim(sub, Vec::new(), 1).await;
+    let gone = PushResult::Disable {
+        error: "HTTP 410 Gone".into(),
+    };
+    let cycle = s
+        .store
+        .push_cycle(sub, vec![outcome(&got[0], gone)], 1)
+        .await
+        .unwrap();
+    assert!(!cycle.enabled && cycle.deliveries.is_empty());
+    let status = s.store.push_status("t", "h").await.unwrap();
+    assert!(!status.enabled);
+    assert_eq!(status.disabled_reason.as_deref(), Some("HTTP 410 Gone"));
+    s.store.set_push_enabled("t", "h", true).await.unwrap();
+    let kept = s.claim(sub, Vec::new(), 1).await;
+    assert_eq!(kept.len(), 1, "kept for the re-enable");
+    assert_eq!(kept[0].message_id, id);
+    // SQLite counts attempts it made; JetStream counts deliveries, and the one answered with
+    // 410 was a delivery.
+    let expected_attempts = if s.on_jetstream() { 1 } else { 0 };
+    assert_eq!(kept[0].attempts, expected_attempts);
+    let exhausted = PushResult::GiveUp {
+        error: "HTTP 500 (attempt 4, the last)".into(),
+    };
+    let none = s.claim(sub, vec![outcome(&kept[0], exhausted)], 0).await;
+    assert!(none.is_empty());
+    let dead = s.store.push_dead_letters("t", "h", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id.to_string(), id);
+    let origin = dead[0].dead_letter.as_ref().expect("origin");
+    assert_eq!(origin.source_subscription.as_deref(), Some("h"));
+    assert_eq!(
+        s.store
+            .redrive_push_dead_letters("t", "h", 10)
+            .await
+            .unwrap(),
+        1
+    );
+    let back = s.claim(sub, Vec::new(), 1).await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        (back[0].message_id.as_str(), back[0].attempts),
+        (id.as_str(), 0)
+    );
+    assert!(s
+        .store
+        .push_dead_letters("t", "h", 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let status = s.store.push_status("t", "h").await.unwrap();
+    assert_eq!(status.dead_lettered_total, 1);
+}
+
+fn text_publish(body: &'static str) -> PublishRequest {
+    PublishRequest {
+        body: Bytes::from_static(body.as_bytes()),
+        ..PublishRequest::default()
+    }
 }
