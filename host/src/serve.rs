@@ -22,7 +22,7 @@ use crate::ingest::{ExternalBroker, ExternalConfig, ListenerConfig, MqttListener
 use crate::pipeline::{
     CommitError, CommitSink, Output, Pipeline, PipelineConfig, Republisher, DEFAULT_QUEUE_DEPTH,
 };
-use crate::rules::catalog::SqliteRuleCatalog;
+use crate::rules::catalog::{RuleCatalog, SqliteRuleCatalog};
 use crate::rules::registry::{RegistryError, RuleRegistry};
 use crate::rules::runtime::TagSource;
 use crate::rules::spec::{RuleDefinition, RuleState};
@@ -209,14 +209,22 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     let registry = {
         let engine = engine.clone();
         let dir = config.data_dir.clone();
+        // On JetStream every process runs the rules of the cluster's catalog.
+        let cluster = store.cluster_rule_catalog();
         tokio::task::spawn_blocking(move || -> Result<RuleRegistry, ServeError> {
-            let catalog = SqliteRuleCatalog::open(&dir)?;
-            Ok(RuleRegistry::open(engine, Box::new(catalog))?)
+            let catalog: Box<dyn RuleCatalog> = match cluster {
+                Some(c) => Box::new(c),
+                None => Box::new(SqliteRuleCatalog::open(&dir)?),
+            };
+            Ok(RuleRegistry::open(engine, catalog)?)
         })
         .await
         .map_err(|e| ServeError::Config(e.to_string()))??
     };
     let registry = Arc::new(registry);
+    if let Some(changes) = store.shared_changes() {
+        follow_shared_catalog(changes, &store, &keys, &devices, &registry);
+    }
     if fresh {
         create_default_setup(&store, &registry).await?;
     }
@@ -549,6 +557,50 @@ async fn create_default_setup(
     Ok(())
 }
 
+/// On a shared (JetStream) store, keeps this process's views of the shared catalog current:
+/// devices and products, access keys (a key deleted through another process is revoked here
+/// within moments), and rules (created, changed, started, stopped or deleted elsewhere).
+fn follow_shared_catalog(
+    changes: crate::store::jetstream::shared::SharedChanges,
+    store: &Store,
+    keys: &Arc<crate::api::auth::KeyRing>,
+    devices: &Arc<DeviceRegistry>,
+    registry: &Arc<RuleRegistry>,
+) {
+    let mut seen = changes.devices;
+    let devices = devices.clone();
+    tokio::spawn(async move {
+        while seen.changed().await.is_ok() {
+            if let Err(e) = devices.reload().await {
+                tracing::warn!(error = %e, "cannot reload the shared devices");
+            }
+        }
+    });
+    let mut seen = changes.keys;
+    let (keys, store) = (keys.clone(), store.clone());
+    tokio::spawn(async move {
+        while seen.changed().await.is_ok() {
+            match store.list_keys().await {
+                Ok(all) => keys.replace_all(all),
+                Err(e) => tracing::warn!(error = %e, "cannot reload the shared access keys"),
+            }
+        }
+    });
+    let mut seen = changes.rules;
+    let registry = registry.clone();
+    tokio::spawn(async move {
+        while seen.changed().await.is_ok() {
+            let registry = registry.clone();
+            // Installing a rule compiles its module: off the async workers.
+            match tokio::task::spawn_blocking(move || registry.follow_catalog()).await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot follow the shared rules"),
+                Err(e) => tracing::warn!(error = %e, "following the shared rules failed"),
+                Ok(Ok(_)) => {}
+            }
+        }
+    });
+}
+
 async fn create_running_rule(
     registry: &Arc<RuleRegistry>,
     name: &str,
@@ -557,6 +609,10 @@ async fn create_running_rule(
     let registry = registry.clone();
     let name = name.to_string();
     tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
+        if registry.contains(&name) {
+            // A shared catalog: another process of the cluster created it first.
+            return Ok(());
+        }
         let spec = def.into_spec(&name)?;
         registry.create(spec)?;
         registry.set_state(&name, RuleState::Running)?;

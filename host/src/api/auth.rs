@@ -86,6 +86,32 @@ impl KeyRing {
         self.sessions.remove_key(id);
     }
 
+    /// Makes the ring hold exactly `keys` (the store's keys after another process changed
+    /// them): new and changed keys are taken, and a key gone from the store is revoked at
+    /// once, its console sessions signed out.
+    pub fn replace_all(&self, keys: Vec<AccessKey>) {
+        let wanted: HashMap<String, AccessKey> =
+            keys.into_iter().map(|k| (k.id.clone(), k)).collect();
+        let gone: Vec<String> = self
+            .keys
+            .read()
+            .map(|held| {
+                held.keys()
+                    .filter(|id| !wanted.contains_key(*id))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in gone {
+            self.remove(&id);
+        }
+        for (_, key) in wanted {
+            if self.get(&key.id).is_none_or(|held| *held != key) {
+                self.insert(key);
+            }
+        }
+    }
+
     /// The console's signed-in sessions (kept beside the keys they stand for, so deleting a
     /// key ends them).
     pub fn sessions(&self) -> &Sessions {

@@ -80,24 +80,23 @@ pub struct DeviceRegistry {
 impl DeviceRegistry {
     /// Loads every device and product from the store.
     pub async fn load(store: Store) -> Result<DeviceRegistry, StoreError> {
-        let mut snapshot = Snapshot::default();
-        for pk in store.list_products().await? {
-            snapshot.products.insert(pk);
-        }
-        for d in store.list_devices().await? {
-            snapshot.devices.insert(
-                (d.product_key, d.device_name),
-                Arc::new(DeviceEntry {
-                    secret: d.secret,
-                    tags: d.tags,
-                }),
-            );
-        }
+        let snapshot = read_snapshot(&store).await?;
         Ok(DeviceRegistry {
             store,
             snapshot: RwLock::new(snapshot),
             online: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Reads every device and product again (on a shared store, after another process
+    /// changed them): a device registered elsewhere can sign in here, a deleted one cannot.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let snapshot = read_snapshot(&self.store).await?;
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = snapshot;
+        Ok(())
     }
 
     /// Registers a device with a new random secret and returns it (secret included: the only
@@ -257,6 +256,23 @@ impl TagSource for DeviceRegistry {
             .get(key)
             .cloned()
     }
+}
+
+async fn read_snapshot(store: &Store) -> Result<Snapshot, StoreError> {
+    let mut snapshot = Snapshot::default();
+    for pk in store.list_products().await? {
+        snapshot.products.insert(pk);
+    }
+    for d in store.list_devices().await? {
+        snapshot.devices.insert(
+            (d.product_key, d.device_name),
+            Arc::new(DeviceEntry {
+                secret: d.secret,
+                tags: d.tags,
+            }),
+        );
+    }
+    Ok(snapshot)
 }
 
 /// 32 hex characters from the OS random generator, like the IoT platforms' device secrets.

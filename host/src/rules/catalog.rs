@@ -1,6 +1,7 @@
 //! Where rule definitions are kept: a small SQLite file (`rules.db`) in the data directory,
 //! written with `synchronous=FULL` (rules change rarely; losing one would be a surprise).
-//! [`RuleCatalog`] is the seam a replicated catalog (JetStream key-value) will implement.
+//! [`RuleCatalog`] is the seam the replicated catalog of the JetStream store implements
+//! (`store::jetstream::shared`).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -19,6 +20,14 @@ pub enum CatalogError {
         path: String,
         /// Why.
         source: rusqlite::Error,
+    },
+    /// The cluster's rule bucket (JetStream store) could not be read or written.
+    #[error("rule catalog: rule `{name}` in the cluster: {message}")]
+    Cluster {
+        /// The rule.
+        name: String,
+        /// Why.
+        message: String,
     },
     /// A stored rule could not be decoded.
     #[error("rule catalog: stored rule `{name}` is unreadable: {message}")]

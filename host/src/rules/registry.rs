@@ -102,6 +102,49 @@ impl RuleRegistry {
     }
 
     /// The engine the rules run in.
+    /// Makes the running rules match the catalog again (on a shared catalog, after another
+    /// process changed it): rules added or changed there are installed (a failing one is kept
+    /// stopped with its error, as at start), rules gone from it are removed. Nothing is
+    /// written. Returns how many rules changed.
+    pub fn follow_catalog(&self) -> Result<usize, CatalogError> {
+        let stored: BTreeMap<String, RuleSpec> = self
+            .catalog
+            .load_all()?
+            .into_iter()
+            .map(|spec| (spec.name.clone(), spec))
+            .collect();
+        let mut rules = self.lock();
+        let gone: Vec<String> = rules
+            .keys()
+            .filter(|name| !stored.contains_key(*name))
+            .cloned()
+            .collect();
+        let mut changed = gone.len();
+        for name in gone {
+            self.engine.remove(&name);
+            rules.remove(&name);
+            tracing::info!(rule = %name, "rule deleted through another process");
+        }
+        for (name, spec) in stored {
+            if rules.get(&name).is_some_and(|(held, _)| *held == spec) {
+                continue;
+            }
+            let error = match self.engine.install(&spec) {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::error!("{e}; the rule stays stopped until it is fixed");
+                    self.engine.stop(&name);
+                    Some(e.to_string())
+                }
+            };
+            tracing::info!(rule = %name, version = spec.version, state = spec.state.as_str(),
+                "rule changed through another process");
+            rules.insert(name, (spec, error));
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
     pub fn engine(&self) -> &Arc<RuleEngine> {
         &self.engine
     }

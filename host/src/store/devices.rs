@@ -218,6 +218,9 @@ impl Store {
         validate_product_key(&device.product_key)?;
         validate_device_name(&device.device_name)?;
         validate_tags(&device.tags)?;
+        if let Some(js) = self.nats() {
+            return js.create_device(device).await;
+        }
         match self
             .call(OpKind::Devices(Box::new(DeviceOp::Create(device))))
             .await?
@@ -231,6 +234,9 @@ impl Store {
 
     /// Removes a device; `Ok(false)` when it did not exist. Its product stays registered.
     pub async fn delete_device(&self, product_key: &str, device_name: &str) -> Result<bool> {
+        if let Some(js) = self.nats() {
+            return js.delete_device(product_key, device_name).await;
+        }
         let op = DeviceOp::Delete {
             product_key: product_key.to_owned(),
             device_name: device_name.to_owned(),
@@ -245,6 +251,9 @@ impl Store {
 
     /// One device, or `None`.
     pub async fn get_device(&self, product_key: &str, device_name: &str) -> Result<Option<Device>> {
+        if let Some(js) = self.nats() {
+            return js.get_device(product_key, device_name).await;
+        }
         let (pk, dn) = (product_key.to_owned(), device_name.to_owned());
         self.inner
             .readers
@@ -262,6 +271,9 @@ impl Store {
 
     /// Every device, by product key then name.
     pub async fn list_devices(&self) -> Result<Vec<Device>> {
+        if let Some(js) = self.nats() {
+            return Ok(js.list_devices());
+        }
         self.inner
             .readers
             .run(|c| {
@@ -279,6 +291,9 @@ impl Store {
 
     /// Every registered product key (also those whose devices were all deleted).
     pub async fn list_products(&self) -> Result<Vec<String>> {
+        if let Some(js) = self.nats() {
+            return Ok(js.list_products());
+        }
         self.inner
             .readers
             .run(|c| {

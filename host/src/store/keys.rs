@@ -303,6 +303,9 @@ impl Store {
                 format!("a key has 1 to {MAX_GRANTS} grants"),
             ));
         }
+        if let Some(js) = self.nats() {
+            return js.create_key(key).await;
+        }
         self.call(OpKind::Keys(Box::new(KeyOp::Create(key))))
             .await?
             .bool()
@@ -310,6 +313,9 @@ impl Store {
 
     /// Removes a key by id; `Ok(false)` when there was none.
     pub async fn delete_key(&self, id: &str) -> Result<bool> {
+        if let Some(js) = self.nats() {
+            return js.delete_key(id).await;
+        }
         self.call(OpKind::Keys(Box::new(KeyOp::Delete(id.to_owned()))))
             .await?
             .bool()
@@ -317,6 +323,9 @@ impl Store {
 
     /// Every key, secrets included (callers hide them), by name.
     pub async fn list_keys(&self) -> Result<Vec<AccessKey>> {
+        if let Some(js) = self.nats() {
+            return Ok(js.list_keys());
+        }
         self.inner
             .readers
             .run(|c| {
@@ -335,6 +344,9 @@ impl Store {
 
     /// The key named `name`, or `None`.
     pub async fn key_by_name(&self, name: &str) -> Result<Option<AccessKey>> {
+        if let Some(js) = self.nats() {
+            return js.key_by_name(name).await;
+        }
         let name = name.to_owned();
         self.inner
             .readers

@@ -138,8 +138,9 @@ struct Inner {
     size_cap: u32,
     push_signals: Arc<push::PushSignals>,
     counters: Arc<metrics::StoreCounters>,
-    /// When set, topics, subscriptions and queues live on this JetStream cluster instead of the
-    /// SQLite file (which keeps devices, keys, rules and HTTP push state).
+    /// When set, the catalog (topics, subscriptions, queues, devices, keys, rules), messages and
+    /// pending pushes live on this JetStream cluster; the SQLite file is then unused but for
+    /// the data directory's lock and schema.
     jetstream: Option<jetstream::JetStream>,
 }
 
@@ -166,9 +167,9 @@ impl Store {
         Store::open_backed(data_dir, opts, None)
     }
 
-    /// [`Store::open`] with topics, subscriptions and queues on a JetStream cluster: the
-    /// message plane goes to `jetstream`, while `data_dir` keeps what is still local to a
-    /// process (devices, keys, rules, HTTP push state).
+    /// [`Store::open`] with everything shared on a JetStream cluster: the catalog, messages and
+    /// pending pushes go to `jetstream`, so several processes serve one fleet; `data_dir`
+    /// stays this process's own (its lock, its credentials file).
     pub fn open_with_jetstream(
         data_dir: &Path,
         opts: StoreOptions,
@@ -226,6 +227,18 @@ impl Store {
     /// The JetStream backend, when the message plane lives there.
     fn nats(&self) -> Option<&jetstream::JetStream> {
         self.inner.jetstream.as_ref()
+    }
+
+    /// On JetStream, the revisions of the shared devices, keys and rules: the in-memory views
+    /// of them follow these to see other processes' changes. `None` on SQLite (one process).
+    pub fn shared_changes(&self) -> Option<jetstream::shared::SharedChanges> {
+        self.nats().map(|js| js.shared_changes())
+    }
+
+    /// On JetStream, the cluster's rule catalog (shared by every process); `None` on SQLite,
+    /// where rules live in the data directory. Call it on the runtime.
+    pub fn cluster_rule_catalog(&self) -> Option<jetstream::shared::ClusterRuleCatalog> {
+        self.nats().map(|js| js.rule_catalog())
     }
 
     /// Which backend holds topics and queues: `sqlite` or `jetstream` (for `/healthz` and logs).
@@ -731,6 +744,15 @@ impl Store {
     /// Copies the live store to `dest` with SQLite's online backup API (consistent snapshot,
     /// writers keep going). The file is written 0600 beside `dest` and renamed into place.
     pub async fn backup(&self, dest: &Path) -> Result<()> {
+        if self.nats().is_some() {
+            // Everything lives in the cluster; a copy of the local file would hold nothing.
+            return Err(StoreError::Unsupported(
+                "on the JetStream store everything lives in the NATS cluster: back up its \
+                 streams and key-value buckets (those named after --nats-prefix) with the NATS \
+                 tools, e.g. `nats account backup`"
+                    .into(),
+            ));
+        }
         let dest = dest.to_path_buf();
         self.inner
             .readers

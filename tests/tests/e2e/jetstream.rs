@@ -525,3 +525,131 @@ async fn http_push_is_shared_by_two_processes_and_410_and_dead_letters_reach_bot
     a.stop();
     b.stop();
 }
+
+/// `GET path` on `base` with `Authorization: Bearer {key}`; the status.
+async fn status_with_key(http: &reqwest::Client, base: &str, path: &str, key: &str) -> u16 {
+    http.get(format!("{base}{path}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn devices_keys_and_rules_are_shared_by_every_process() {
+    // Proves: the rest of the catalog lives in the cluster too. A key created through one
+    // process works on the other, and deleting it through that one revokes it on the first; a
+    // product registered through one closes its topics to anonymous clients on the other; a
+    // rule created through one is started through the other and runs there, and deleting it
+    // through the first removes it everywhere.
+    let cluster = LocalCluster::start(3, true);
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_sluice(&dir.path().join("a"), &cluster, "1");
+    let b = start_sluice(&dir.path().join("b"), &cluster, "2");
+    assert_eq!(a.key, b.key, "one admin key for the cluster");
+    let http = client();
+    let within = Duration::from_secs(10);
+
+    let (st, v) = a
+        .api()
+        .post(
+            "/v1/keys",
+            &json!({"name": "reader", "allow": ["queues/alerts-q:read"]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let key = format!("{id}:{}", v["secret"].as_str().unwrap());
+    let works_on_b = hooks::wait_for(within, async || {
+        status_with_key(&http, &b.http, "/v1/queues/alerts-q", &key).await == 200
+    })
+    .await;
+    assert!(works_on_b, "a key created through a works on b");
+    let (st, v) = b.api().delete(&format!("/v1/keys/{id}")).await;
+    assert_eq!(st, 200, "{v}");
+    let revoked_on_a = hooks::wait_for(within, async || {
+        matches!(
+            status_with_key(&http, &a.http, "/v1/queues/alerts-q", &key).await,
+            401 | 403
+        )
+    })
+    .await;
+    println!(
+        "deleted through b, the key on a: {}",
+        status_with_key(&http, &a.http, "/v1/queues/alerts-q", &key).await
+    );
+    assert!(revoked_on_a, "a key deleted through b is refused by a");
+
+    let anonymous = |port: u16, topic: &'static str| async move {
+        let report = crate::common::mqtt::publish_qos1(
+            port,
+            "anon",
+            topic,
+            vec![(0, br#"{"temperature": 20}"#.to_vec())],
+            Duration::from_secs(5),
+        )
+        .await;
+        report.acked.len() == 1
+    };
+    assert!(anonymous(b.mqtt_port, "/pk-shared/d1/user/update").await);
+    let (st, v) = a.api().put("/v1/devices/pk-shared/d1", &json!({})).await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = b.api().get("/v1/devices/pk-shared/d1").await;
+    assert_eq!(st, 200, "b shows the device at once: {v}");
+    let closed = hooks::wait_for(within, async || {
+        !anonymous(b.mqtt_port, "/pk-shared/d1/user/update").await
+    })
+    .await;
+    assert!(
+        closed,
+        "the product registered through a is closed to anonymous clients on b"
+    );
+
+    let sql = r#"SELECT temperature AS t, 'shared' AS via FROM "/+/+/user/hot""#;
+    let (st, v) = a
+        .api()
+        .post(
+            "/v1/rules/hot",
+            &json!({"sql": sql, "actions": ["forward:alerts"]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let started = hooks::wait_for(within, async || {
+        b.api().post("/v1/rules/hot/start", &json!({})).await.0 == 200
+    })
+    .await;
+    assert!(started, "b knows the rule created through a");
+    let running_on_a = hooks::wait_for(within, async || {
+        a.api().get("/v1/rules/hot").await.1["state"] == "running"
+    })
+    .await;
+    assert!(running_on_a, "started through b, running on a");
+    let report = crate::common::mqtt::publish_qos1(
+        b.mqtt_port,
+        "hot-dev",
+        "/pk-other/d2/user/hot",
+        vec![(0, br#"{"temperature": 99}"#.to_vec())],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(report.acked.len(), 1, "{report:?}");
+    let got = b.api().drain("alerts-q", 1, Duration::from_secs(10)).await;
+    println!("the rule on b forwarded: {got:?}");
+    assert!(
+        got.iter().any(|m| m.to_string().contains("shared")),
+        "{got:?}"
+    );
+    let (st, v) = a.api().delete("/v1/rules/hot").await;
+    assert!(st == 200 || st == 204, "{st} {v}");
+    let gone = hooks::wait_for(within, async || b.api().get("/v1/rules/hot").await.0 == 404).await;
+    assert!(gone, "deleted through a, gone on b");
+    // Everything is in the cluster: a backup of the local file is refused with the fix.
+    let (st, v) = a.api().get("/v1/backup").await;
+    println!("backup on JetStream: {st} {v}");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (501, Some("NotSupported"))
+    );
+    a.stop();
+    b.stop();
+}

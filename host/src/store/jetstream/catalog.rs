@@ -149,7 +149,7 @@ impl<T> Bucket<T>
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
-    async fn open(js: &Context, name: String, replicas: usize) -> Result<Bucket<T>> {
+    pub(super) async fn open(js: &Context, name: String, replicas: usize) -> Result<Bucket<T>> {
         let kv = open_bucket(js, &name, replicas).await?;
         let last = last_revision(&kv, &name).await?;
         let cache: Arc<RwLock<BTreeMap<String, T>>> = Arc::default();

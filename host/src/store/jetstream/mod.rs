@@ -22,6 +22,8 @@
 //! - **Dead letters**: a delivery whose count passes `max_receive_count` is copied to the
 //!   dead-letter queue (deduplicating id `dl.{message id}`) and then acked, instead of being
 //!   returned.
+//! - **Devices, access keys and rules**: buckets of their own, followed by every process
+//!   ([`shared`]).
 //! - **HTTP push**: pending pushes in a stream per topic, one durable consumer per HTTP
 //!   subscription shared by every process ([`push`]).
 //!
@@ -40,6 +42,7 @@ mod publish;
 mod push;
 mod queue;
 mod receipt;
+pub mod shared;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -112,6 +115,7 @@ struct Inner {
     submit: mpsc::Sender<Submitted>,
     counters: Arc<StoreCounters>,
     push: push::PushPlane,
+    shared: shared::Shared,
 }
 
 impl JetStream {
@@ -131,7 +135,8 @@ impl JetStream {
                 ))
             })?;
         let js = async_nats::jetstream::new(client);
-        let (key, catalog) = until_ready(STARTUP_PATIENCE, || open_catalog(&js, &opts)).await?;
+        let (key, catalog, shared) =
+            until_ready(STARTUP_PATIENCE, || open_catalog(&js, &opts)).await?;
         let (submit, submitted) = mpsc::channel(SUBMIT_DEPTH);
         let store = JetStream {
             inner: Arc::new(Inner {
@@ -145,6 +150,7 @@ impl JetStream {
                 submit,
                 counters: Arc::default(),
                 push: push::PushPlane::default(),
+                shared,
             }),
         };
         tokio::spawn(publish_in_order(Arc::downgrade(&store.inner), submitted));
@@ -577,12 +583,16 @@ fn sub_info(r: SubRecord) -> SubscriptionInfo {
 const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Opens the meta bucket, claims the node id, loads the receipt key and opens the catalog.
-async fn open_catalog(js: &Context, opts: &JetStreamOptions) -> Result<([u8; 32], Catalog)> {
+async fn open_catalog(
+    js: &Context,
+    opts: &JetStreamOptions,
+) -> Result<([u8; 32], Catalog, shared::Shared)> {
     let meta = open_bucket(js, &format!("{}_meta", opts.prefix), opts.replicas).await?;
     claim_node(&meta, opts.node_id, &opts.node_label).await?;
     let key = receipt_key(&meta).await?;
     let catalog = Catalog::open(js, &opts.prefix, opts.replicas).await?;
-    Ok((key, catalog))
+    let shared = shared::Shared::open(js, &opts.prefix, opts.replicas).await?;
+    Ok((key, catalog, shared))
 }
 
 /// Runs `step` again while it fails with [`StoreError::Unavailable`] (a cluster that is still
