@@ -83,6 +83,13 @@ pub(super) struct PushStats {
     pub last_error: Option<(String, u64)>,
 }
 
+/// One process's count of a queue's messages moved to its dead-letter queue (key
+/// `queue.node`): each process bumps only its own entry, queue info adds them up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct QueueStats {
+    pub dead_lettered: u64,
+}
+
 /// The catalog buckets.
 #[derive(Debug)]
 pub(super) struct Catalog {
@@ -90,6 +97,7 @@ pub(super) struct Catalog {
     pub queues: Bucket<QueueRecord>,
     pub subs: Bucket<SubRecord>,
     pub push_stats: Bucket<PushStats>,
+    pub queue_stats: Bucket<QueueStats>,
 }
 
 impl Catalog {
@@ -99,6 +107,7 @@ impl Catalog {
             queues: Bucket::open(js, format!("{prefix}_queues"), replicas).await?,
             subs: Bucket::open(js, format!("{prefix}_subscriptions"), replicas).await?,
             push_stats: Bucket::open(js, format!("{prefix}_push_stats"), replicas).await?,
+            queue_stats: Bucket::open(js, format!("{prefix}_queue_stats"), replicas).await?,
         })
     }
 }

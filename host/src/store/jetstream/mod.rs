@@ -32,8 +32,8 @@
 //! conformance suite: priority is kept but not honoured (stream order); a handle replaced by a
 //! visibility change keeps working until its own lease ends; peek shows in-flight messages too
 //! and no dequeue counts; `first_dequeue_time_ms` is known only on the first delivery; a publish
-//! unit is at-least-once rather than atomic; `expired_total` and `dead_lettered_total` are not
-//! kept; HTTP push ([`push`]) counts deliveries rather than attempts.
+//! unit is at-least-once rather than atomic; `expired_total` is not kept (the server drops
+//! expired messages silently); HTTP push ([`push`]) counts deliveries rather than attempts.
 
 mod catalog;
 pub mod durability;
@@ -405,6 +405,10 @@ impl JetStream {
             Err(e) => return Err(unavailable(format!("deleting queue {name}"), e)),
         }
         self.consumers().remove(name);
+        let stats = &self.inner.catalog.queue_stats;
+        for (key, _) in stats.with_prefix(&format!("{name}.")) {
+            stats.delete(&key).await?;
+        }
         self.inner.catalog.queues.delete(name).await?;
         Ok(true)
     }
@@ -457,8 +461,34 @@ impl JetStream {
             delayed_messages: delayed,
             oldest_message_age_ms: oldest,
             expired_total: 0,
-            dead_lettered_total: 0,
+            dead_lettered_total: self
+                .inner
+                .catalog
+                .queue_stats
+                .with_prefix(&format!("{name}."))
+                .iter()
+                .map(|(_, s)| s.dead_lettered)
+                .sum(),
         })
+    }
+
+    /// Counts one dead-letter move out of `queue` in this process's entry.
+    async fn count_dead_letter(&self, queue: &str) -> Result<()> {
+        let stats = &self.inner.catalog.queue_stats;
+        let key = format!("{queue}.{}", self.inner.ids.node());
+        loop {
+            let bumped = stats.update(&key, |s| {
+                s.dead_lettered += 1;
+                Ok(())
+            });
+            if bumped.await?.is_some() {
+                return Ok(());
+            }
+            let first = catalog::QueueStats { dead_lettered: 1 };
+            if stats.create(&key, &first).await?.is_none() {
+                return Ok(());
+            }
+        }
     }
 
     async fn queue(&self, name: &str) -> Result<QueueRecord> {

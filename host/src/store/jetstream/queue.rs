@@ -204,7 +204,12 @@ impl JetStream {
             &format!("dl.{}", message.id),
         );
         let resend = self.send_copy(Some(dlq), subject, msg).await?;
-        confirm(&self.inner.js, resend).await
+        confirm(&self.inner.js, resend).await?;
+        if let Err(e) = self.count_dead_letter(queue).await {
+            // The move happened; only the count is short.
+            tracing::warn!(queue, error = %e, "dead-letter move not counted");
+        }
+        Ok(())
     }
 
     pub(in crate::store) async fn peek(&self, queue: &str, max: usize) -> Result<Vec<Message>> {

@@ -382,6 +382,11 @@ async fn dead_letter_after_max_receive_count(s: Subject) {
     assert_eq!(origin.source_queue, "q");
     assert_eq!(origin.original_id, sent.id.to_string());
     assert_eq!(origin.dequeue_count, 1);
+    let info = s.store.get_queue("q").await.unwrap();
+    assert_eq!(
+        info.dead_lettered_total, 1,
+        "the move is counted on the source queue"
+    );
 }
 
 async fn topic_fans_out_to_matching_queue_subscriptions(s: Subject) {
