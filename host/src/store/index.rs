@@ -3,7 +3,7 @@
 //! [`Undo`] entry so a request rolled back to its savepoint, or a batch whose commit fails,
 //! leaves memory equal to the database.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use super::schema::queue_table;
 use super::types::{QueueAttributes, SubscriptionSpec};
@@ -209,11 +209,22 @@ pub(crate) enum Undo {
     Push(super::push::PushUndo),
 }
 
-/// The journaled mutations of a queue's index. Holds the journal and the set of queues whose
+/// Which long polls of a queue to wake after a commit.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Wake {
+    /// Messages that became visible: wake that many waiters (one each), not all of them, so
+    /// one new message does not send every waiting consumer to the writer.
+    pub visible: u32,
+    /// The earliest time a message becomes visible moved earlier: every waiter's timer is
+    /// stale, so all wake.
+    pub retime: bool,
+}
+
+/// The journaled mutations of a queue's index. Holds the journal and, per queue, which
 /// long-poll waiters must be woken after the commit.
 pub(crate) struct Journal<'a> {
     pub undo: &'a mut Vec<Undo>,
-    pub wake: &'a mut HashSet<i64>,
+    pub wake: &'a mut HashMap<i64, Wake>,
 }
 
 impl Journal<'_> {
@@ -221,7 +232,8 @@ impl Journal<'_> {
         if q.idx.visible.insert(key) {
             self.undo.push(Undo::VisibleAdded(q.id, key));
         }
-        self.wake.insert(q.id);
+        let w = self.wake.entry(q.id).or_default();
+        w.visible = w.visible.saturating_add(1);
     }
 
     pub fn remove_visible(&mut self, q: &mut QueueState, key: u64) -> bool {
@@ -236,7 +248,7 @@ impl Journal<'_> {
     /// were set for a later one).
     pub fn add_inflight(&mut self, q: &mut QueueState, at: u64, key: u64) {
         if q.idx.earliest_invisible().is_none_or(|e| at < e) {
-            self.wake.insert(q.id);
+            self.wake.entry(q.id).or_default().retime = true;
         }
         if q.idx.inflight.insert((at, key)) {
             self.undo.push(Undo::InflightAdded(q.id, (at, key)));
@@ -253,7 +265,7 @@ impl Journal<'_> {
 
     pub fn add_delayed(&mut self, q: &mut QueueState, at: u64, key: u64) {
         if q.idx.earliest_invisible().is_none_or(|e| at < e) {
-            self.wake.insert(q.id);
+            self.wake.entry(q.id).or_default().retime = true;
         }
         if q.idx.delayed.insert((at, key)) {
             self.undo.push(Undo::DelayedAdded(q.id, (at, key)));

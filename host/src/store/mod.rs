@@ -116,11 +116,33 @@ use writer::{Op, OpKind, Reply};
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Wakers of long polls, one per queue name; shared by the handles and the writer.
-pub(crate) type Notifiers = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
+pub(crate) type Notifiers = Arc<Mutex<HashMap<String, Arc<QueueWaker>>>>;
+
+/// What a queue's long polls wait on between claims.
+#[derive(Debug)]
+pub(crate) struct QueueWaker {
+    /// Notified once per message that became visible (one waiter each, so one new message
+    /// sends one poll to the writer), or for every waiter when the queue closes or goes.
+    pub visible: Notify,
+    /// The earliest time a message of the queue becomes visible (a lease or delay ending), ms:
+    /// a waiter re-arms its timer on a change without going to the writer.
+    pub earliest: watch::Sender<Option<u64>>,
+}
+
+impl Default for QueueWaker {
+    fn default() -> QueueWaker {
+        QueueWaker {
+            visible: Notify::new(),
+            earliest: watch::channel(None).0,
+        }
+    }
+}
 
 /// A handle on the durable store. Cheap to clone; all clones share one writer thread.
 ///
-/// Every method that changes something answers only after its transaction committed.
+/// Every method that stores, changes or removes something answers only after its transaction
+/// committed; a receive's claim, which acknowledges nothing, is answered as soon as it is made
+/// (a claim lost to a crash only makes its messages visible again).
 #[derive(Clone, Debug)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -602,7 +624,7 @@ impl Store {
     /// `polling_wait_seconds`) long-polls: it returns as soon as a message is visible, or an
     /// empty list when the wait ends (not an error).
     ///
-    /// Cancel-safe: if the caller goes away after the claim committed but before the answer
+    /// Cancel-safe: if the caller goes away after the claim was made but before the answer
     /// reached it, the writer releases the messages again (visible, dequeue count restored).
     pub async fn receive(
         &self,
@@ -623,14 +645,16 @@ impl Store {
             return js.receive(queue, max, wait).await;
         }
         let notify = self.notifier(queue);
+        let mut earliest = notify.earliest.subscribe();
         let started = tokio::time::Instant::now();
         let mut deadline = wait.map(|w| started + w);
         loop {
             // Registered before the claim, so a commit between the claim and the wait still
-            // wakes us (Notify::notify_waiters reaches every `Notified` created before it).
-            let notified = notify.notified();
+            // wakes us (an enabled `Notified` is a waiter for notify_one and notify_waiters).
+            let notified = notify.visible.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            earliest.borrow_and_update();
             let reply = match self.call(OpKind::Receive(queue.to_owned(), max)).await {
                 Ok(reply) => reply,
                 Err(e) => {
@@ -655,14 +679,26 @@ impl Store {
             if now >= end {
                 return Ok(messages);
             }
-            let mut wake_at = end;
-            if let Some(t) = next_visible_ms {
-                let in_ms = t.saturating_sub(self.inner.clock.now_ms());
-                wake_at = wake_at.min(now + Duration::from_millis(in_ms));
-            }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(wake_at) => {}
+            let clock = &self.inner.clock;
+            let at = |t: u64| {
+                tokio::time::Instant::now()
+                    + Duration::from_millis(t.saturating_sub(clock.now_ms()))
+            };
+            let mut wake_at = next_visible_ms.map_or(end, |t| end.min(at(t)));
+            loop {
+                tokio::select! {
+                    _ = &mut notified => break,
+                    _ = tokio::time::sleep_until(wake_at) => break,
+                    // A lease or delay now ends sooner: only the timer changes.
+                    changed = earliest.changed() => match changed {
+                        Ok(()) => {
+                            if let Some(t) = *earliest.borrow_and_update() {
+                                wake_at = wake_at.min(at(t));
+                            }
+                        }
+                        Err(_) => break,
+                    },
+                }
             }
         }
     }
@@ -768,7 +804,7 @@ impl Store {
         self.inner.size_cap
     }
 
-    fn notifier(&self, queue: &str) -> Arc<Notify> {
+    fn notifier(&self, queue: &str) -> Arc<QueueWaker> {
         let mut map = self
             .inner
             .notifiers
@@ -779,7 +815,7 @@ impl Store {
 
     /// Drops the waker entry of a queue nobody waits on (after `QueueNotExist`), so polling
     /// made-up queue names cannot grow the map.
-    fn forget_notifier(&self, queue: &str, notify: &Arc<Notify>) {
+    fn forget_notifier(&self, queue: &str, notify: &Arc<QueueWaker>) {
         let mut map = self
             .inner
             .notifiers

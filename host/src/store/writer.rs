@@ -1,7 +1,7 @@
 //! The writer thread: owns the write connection and the in-memory index, merges waiting requests
 //! into one transaction (group commit) and answers each only after the commit.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use super::clock::Clock;
 use super::error::StoreError;
 use super::index::{
     pack, unpack, Catalog, Journal, QueueIndex, QueueSql, QueueState, SubState, Tombstones,
-    TopicState, Undo,
+    TopicState, Undo, Wake,
 };
 use super::metrics::Counts;
 use super::receipt::Receipt;
@@ -48,6 +48,9 @@ const MAX_IDLE: Duration = Duration::from_secs(60);
 /// ~0.1–2 ms: 256 keeps commits short without making fsyncs a noticeable share. Measured with
 /// `sluice bench` and `sluice_store_commit_seconds` / `sluice_store_commit_requests`.
 const MAX_BULK_PER_BATCH: usize = 256;
+/// Most long polls of one queue one commit wakes one by one; more new messages than this
+/// wake this many (each takes up to 16, and every woken poll that finds more comes back).
+const MAX_WAKES: u32 = 256;
 /// Prepared statements kept per connection: each queue has about ten.
 const STATEMENT_CACHE: usize = 512;
 /// At `synchronous=FULL`, the longest the writer waits for the requesters it just answered to
@@ -165,7 +168,7 @@ pub(crate) fn spawn(
         last_commit: Duration::ZERO,
         cat: Catalog::default(),
         undo: Vec::new(),
-        wake: HashSet::new(),
+        wake: HashMap::new(),
         wake_names: Vec::new(),
         releases: Vec::new(),
         notifiers,
@@ -230,8 +233,8 @@ struct Writer {
     last_commit: Duration,
     cat: Catalog,
     undo: Vec<Undo>,
-    /// Queues whose waiters are woken after the commit.
-    wake: HashSet<i64>,
+    /// Queues whose waiters are woken after the commit, and how.
+    wake: HashMap<i64, Wake>,
     /// Deleted queues whose waiters are woken after the commit.
     wake_names: Vec<String>,
     /// Claims whose requester went away; released in the next batch.
@@ -564,7 +567,7 @@ impl Writer {
         // Long polls wake now and find the store closed instead of sleeping out their wait.
         if let Ok(map) = self.notifiers.lock() {
             for n in map.values() {
-                n.notify_waiters();
+                n.visible.notify_waiters();
             }
         }
         if let Err(e) = self
@@ -634,11 +637,13 @@ impl Writer {
             }
         };
         let mut pending = Vec::with_capacity(batch.len());
+        let mut served = 0u64;
         for op in batch {
             if let OpKind::Shutdown = op.kind {
                 shutdown = Some(op.reply);
                 continue;
             }
+            served += 1;
             let receive_queue = match &op.kind {
                 OpKind::Receive(q, _) => Some(q.clone()),
                 _ => None,
@@ -648,7 +653,15 @@ impl Writer {
             if result.is_ok() {
                 self.batch_counts.absorb(&mut self.op_counts);
             }
-            pending.push((op.reply, result, receive_queue));
+            match receive_queue {
+                // A claim is answered before its commit: it acknowledges nothing stored. If
+                // the commit fails or the process dies first, the messages are simply visible
+                // again (at-least-once, as after a lost consumer) and the handles are refused
+                // as stale. The consumer saves a commit wait on every receive; its delete,
+                // which must be durable, arrives in a later batch, after this commit.
+                Some(queue) if result.is_ok() => self.answer_claim(op.reply, result, queue),
+                receive_queue => pending.push((op.reply, result, receive_queue)),
+            }
         }
 
         match self.conn.execute_batch("COMMIT") {
@@ -660,20 +673,15 @@ impl Writer {
                     self.counters.add(&self.batch_counts, |id| {
                         queues.get(&id).map(|q| q.name.clone())
                     });
-                    self.counters.batch_requests.record(pending.len() as u64);
+                    self.counters.batch_requests.record(served);
                 }
                 self.notify();
                 self.cat.push.signal();
                 for (reply, result, receive_queue) in pending {
-                    if let Err(Ok(Reply::Received { messages, .. })) = reply.send(result) {
-                        // The receiver went away after the claim committed: give the messages
-                        // back in the next batch rather than leave them leased to nobody.
-                        let queue = receive_queue.unwrap_or_default();
-                        for m in messages {
-                            let receipt = m.receipt_handle.as_deref().map(Receipt::decode);
-                            if let Some(Ok(receipt)) = receipt {
-                                self.releases.push((queue.clone(), receipt));
-                            }
+                    match receive_queue {
+                        Some(queue) => self.answer_claim(reply, result, queue),
+                        None => {
+                            let _ = reply.send(result);
                         }
                     }
                 }
@@ -696,6 +704,24 @@ impl Writer {
             }
         }
         shutdown
+    }
+
+    /// Answers a receive; when its requester went away, the messages it claimed are given back
+    /// in the next batch rather than left leased to nobody.
+    fn answer_claim(
+        &mut self,
+        reply: oneshot::Sender<Result<Reply>>,
+        result: Result<Reply>,
+        queue: String,
+    ) {
+        if let Err(Ok(Reply::Received { messages, .. })) = reply.send(result) {
+            for m in messages {
+                let receipt = m.receipt_handle.as_deref().map(Receipt::decode);
+                if let Some(Ok(receipt)) = receipt {
+                    self.releases.push((queue.clone(), receipt));
+                }
+            }
+        }
     }
 
     /// Bytes in use (pages not on the free list); only read when a limit is set.
@@ -732,16 +758,27 @@ impl Writer {
             .notifiers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for id in self.wake.drain() {
-            if let Some(n) = self.cat.queues.get(&id).and_then(|q| map.get(&q.name)) {
-                n.notify_waiters();
+        for (id, wake) in self.wake.drain() {
+            let Some(q) = self.cat.queues.get(&id) else {
+                continue;
+            };
+            let Some(n) = map.get(&q.name) else {
+                continue;
+            };
+            if wake.retime {
+                n.earliest.send_replace(q.idx.earliest_invisible());
+            }
+            // One waiter per new message (a woken waiter that goes away passes its turn on);
+            // with none waiting, one permit is kept for the next.
+            for _ in 0..wake.visible.min(MAX_WAKES) {
+                n.visible.notify_one();
             }
         }
         for name in self.wake_names.drain(..) {
             // A deleted queue: its waiters wake to find it gone; a queue created later under the
             // same name gets a fresh entry.
             if let Some(n) = map.remove(&name) {
-                n.notify_waiters();
+                n.visible.notify_waiters();
             }
         }
     }

@@ -600,3 +600,50 @@ async fn tags_and_attributes_with_line_breaks_are_refused() {
     );
     assert!(env.store.peek("q", 1).await.unwrap().is_empty());
 }
+
+/// Requests the writer has served since the store opened.
+fn requests_served(env: &Env) -> u64 {
+    env.store.counters().batch_requests.cumulative(&[]).sum_ns
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_new_message_wakes_one_long_poll_not_every_one() {
+    // Proves: with 8 consumers long-polling an empty queue, one send sends one of them to the
+    // writer to claim it, not all 8 (no thundering herd); the rest still get later messages.
+    let env = Env::new();
+    env.queue("q", |_| {}).await;
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..8 {
+        let (store, done_tx) = (env.store.clone(), done_tx.clone());
+        tokio::spawn(async move {
+            let got = store
+                .receive("q", 1, Some(Duration::from_secs(10)))
+                .await
+                .unwrap();
+            let _ = done_tx.send(got.len());
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = requests_served(&env);
+    env.store.send("q", text("one")).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), done.recv()).await;
+    assert_eq!(first.unwrap(), Some(1), "one poll returns the message");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let served = requests_served(&env) - before;
+    println!("one send with 8 long polls waiting: the writer served {served} requests");
+    assert!(
+        served <= 3,
+        "the send and one claim, not a claim per poll: {served}"
+    );
+    for i in 0..7 {
+        env.store.send("q", text(&format!("m{i}"))).await.unwrap();
+    }
+    for _ in 0..7 {
+        let next = tokio::time::timeout(Duration::from_secs(5), done.recv()).await;
+        assert_eq!(
+            next.unwrap(),
+            Some(1),
+            "every waiting poll gets a later message"
+        );
+    }
+}
