@@ -112,6 +112,19 @@ pub use types::{
 use types::check_range;
 use writer::{Op, OpKind, Reply};
 
+/// A publish unit with each message's [`writer::Digest`], computed on the caller's thread.
+fn digested(
+    items: Vec<(String, PublishRequest)>,
+) -> Result<Vec<(String, PublishRequest, writer::Digest)>> {
+    items
+        .into_iter()
+        .map(|(topic, req)| {
+            let digest = writer::Digest::of(&req.body, &req.attributes)?;
+            Ok((topic, req, digest))
+        })
+        .collect()
+}
+
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -520,7 +533,7 @@ impl Store {
         if let Some(js) = self.nats() {
             return js.publish_batch(items).await;
         }
-        match self.call(OpKind::Publish(items)).await? {
+        match self.call(OpKind::Publish(digested(items)?)).await? {
             Reply::Published(p) => Ok(p),
             other => Err(other.unexpected()),
         }
@@ -547,6 +560,7 @@ impl Store {
             self.check_publish_unit(&items).and_then(|()| {
                 let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
                 let (reply, rx) = oneshot::channel();
+                let items = digested(items)?;
                 tx.bulk
                     .blocking_send(Op {
                         kind: OpKind::Publish(items),
@@ -613,6 +627,13 @@ impl Store {
         if let Some(js) = self.nats() {
             return js.send_batch(queue, requests).await;
         }
+        let requests = requests
+            .into_iter()
+            .map(|r| {
+                let digest = writer::Digest::of(&r.body, &r.attributes)?;
+                Ok((r, digest))
+            })
+            .collect::<Result<Vec<_>>>()?;
         match self.call(OpKind::Send(queue.to_owned(), requests)).await? {
             Reply::Sent(s) => Ok(s),
             other => Err(other.unexpected()),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use md5::{Digest, Md5};
+use md5::{Digest as _, Md5};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -85,8 +85,8 @@ pub(crate) enum OpKind {
         topic: String,
         name: String,
     },
-    Publish(Vec<(String, PublishRequest)>),
-    Send(String, Vec<SendRequest>),
+    Publish(Vec<(String, PublishRequest, Digest)>),
+    Send(String, Vec<(SendRequest, Digest)>),
     Receive(String, usize),
     Peek(String, usize),
     Delete(String, Vec<String>),
@@ -309,6 +309,23 @@ struct RowState {
     next_visible_ms: u64,
     priority: u8,
     body_ref: Option<i64>,
+}
+
+/// What a message's stored row needs that only its content decides: computed by the caller,
+/// so the single writer thread spends its time on SQLite, not on hashing and JSON.
+pub(crate) struct Digest {
+    pub md5: [u8; 16],
+    /// The attributes as stored (JSON), `None` when there are none.
+    pub attributes: Option<String>,
+}
+
+impl Digest {
+    pub(crate) fn of(body: &[u8], attributes: &BTreeMap<String, String>) -> Result<Digest> {
+        Ok(Digest {
+            md5: md5_of(body),
+            attributes: attributes_json(attributes)?,
+        })
+    }
 }
 
 pub(super) fn md5_of(body: &[u8]) -> [u8; 16] {

@@ -502,35 +502,57 @@ impl JetStream {
             })
     }
 
-    /// Creates or updates the queue's stream and consumer to match `attributes`.
-    async fn ensure_stream(&self, name: &str, attributes: &QueueAttributes) -> Result<()> {
-        let config = stream::Config {
-            name: self.stream_name(name),
-            subjects: vec![
-                self.subject(name),
-                format!("{}.qd.{name}.*", self.inner.prefix),
-            ],
+    /// What every sluice stream shares: work-queue retention (a message goes when acked), file
+    /// storage, the configured replicas, the two-minute duplicate window the deduplicating ids
+    /// rely on, and direct gets (peek, dead-letter scans).
+    fn work_queue_config(&self, name: String, subjects: Vec<String>) -> stream::Config {
+        stream::Config {
+            name,
+            subjects,
             retention: RetentionPolicy::WorkQueue,
             storage: StorageType::File,
             num_replicas: self.inner.replicas,
-            max_age: Duration::from_secs(attributes.message_retention_period.into()),
             duplicate_window: Duration::from_secs(120),
             allow_direct: true,
-            allow_message_schedules: true,
             ..Default::default()
-        };
-        let context = || format!("creating the stream of queue {name}");
+        }
+    }
+
+    /// Creates the stream or brings it to `config` (idempotent, so processes racing to create
+    /// one both succeed), then opens it.
+    async fn upsert_stream(
+        &self,
+        config: stream::Config,
+        context: impl Fn() -> String,
+    ) -> Result<stream::Stream> {
+        let name = config.name.clone();
         self.inner
             .js
             .create_or_update_stream(config)
             .await
             .map_err(|e| unavailable(context(), e))?;
-        let stream = self
-            .inner
+        self.inner
             .js
-            .get_stream(self.stream_name(name))
+            .get_stream(name)
             .await
-            .map_err(|e| unavailable(context(), e))?;
+            .map_err(|e| unavailable(context(), e))
+    }
+
+    /// Creates or updates the queue's stream and consumer to match `attributes`.
+    async fn ensure_stream(&self, name: &str, attributes: &QueueAttributes) -> Result<()> {
+        let config = stream::Config {
+            max_age: Duration::from_secs(attributes.message_retention_period.into()),
+            allow_message_schedules: true,
+            ..self.work_queue_config(
+                self.stream_name(name),
+                vec![
+                    self.subject(name),
+                    format!("{}.qd.{name}.*", self.inner.prefix),
+                ],
+            )
+        };
+        let context = || format!("creating the stream of queue {name}");
+        let stream = self.upsert_stream(config, context).await?;
         let consumer = stream
             .create_consumer(pull::Config {
                 durable_name: Some(CONSUMER.into()),

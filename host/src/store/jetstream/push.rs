@@ -28,7 +28,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
-use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use async_nats::jetstream::AckKind;
 
 use super::catalog::{PushState, PushStats, SubRecord};
@@ -101,27 +100,11 @@ impl JetStream {
         push: &HttpPush,
     ) -> Result<PullConsumer> {
         let context = || format!("preparing the pushes of {topic}/{name}");
-        let config = stream::Config {
-            name: self.push_stream_name(topic),
-            subjects: vec![format!("{}.p.{topic}.*", self.inner.prefix)],
-            retention: RetentionPolicy::WorkQueue,
-            storage: StorageType::File,
-            num_replicas: self.inner.replicas,
-            duplicate_window: Duration::from_secs(120),
-            allow_direct: true,
-            ..Default::default()
-        };
-        self.inner
-            .js
-            .create_or_update_stream(config)
-            .await
-            .map_err(|e| unavailable(context(), e))?;
-        let stream = self
-            .inner
-            .js
-            .get_stream(self.push_stream_name(topic))
-            .await
-            .map_err(|e| unavailable(context(), e))?;
+        let config = self.work_queue_config(
+            self.push_stream_name(topic),
+            vec![format!("{}.p.{topic}.*", self.inner.prefix)],
+        );
+        let stream = self.upsert_stream(config, context).await?;
         // A claimed push may wait behind `max_concurrency` others before its attempt starts:
         // the lease covers that and the attempt, so a live process never loses its claims.
         let ack_wait = Duration::from_secs(60 + 4 * u64::from(push.push_timeout_seconds));
@@ -445,26 +428,11 @@ impl JetStream {
             original_enqueue_time_ms: message.enqueue_time_ms,
             last_error: Some(error.to_owned()),
         };
-        let envelope = Envelope {
-            id: message.id,
-            tag: message.tag.as_deref(),
-            attributes: &message.attributes,
-            priority: DEFAULT_PRIORITY,
-            enqueue_time_ms: now_ms(),
-            dead_letter: Some(&origin),
-        };
-        let (subject, msg) = self.message_for(
-            dlq,
-            &envelope,
-            envelope.headers()?,
-            message.body.clone(),
-            0,
-            // The push copy's sequence makes the id unique per exhausted schedule (a redriven
-            // message that runs out again is a new dead letter), the same on a resend.
-            &format!("dl.{}.{name}.{}", message.id, info.stream_sequence),
-        );
-        let copy = self.send_copy(Some(dlq), subject, msg).await?;
-        confirm(&self.inner.js, copy).await?;
+        // The push copy's sequence makes the id unique per exhausted schedule (a redriven
+        // message that runs out again is a new dead letter), the same on a resend.
+        let dedup_id = format!("dl.{}.{name}.{}", message.id, info.stream_sequence);
+        self.store_dead_letter(dlq, &message, &origin, &dedup_id)
+            .await?;
         tracing::info!(topic = %topic, subscription = %name, message_id = %message.id,
             dead_letter_queue = %dlq, error, "push moved to the dead-letter queue after its last retry");
         self.count_push(found, |s| s.dead_lettered += 1);

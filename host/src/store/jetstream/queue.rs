@@ -187,29 +187,37 @@ impl JetStream {
             original_enqueue_time_ms: message.enqueue_time_ms,
             last_error: None,
         };
+        self.store_dead_letter(dlq, message, &origin, &format!("dl.{}", message.id))
+            .await?;
+        if let Err(e) = self.count_dead_letter(queue).await {
+            // The move happened; only the count is short.
+            tracing::warn!(queue, error = %e, "dead-letter move not counted");
+        }
+        Ok(())
+    }
+
+    /// Stores `message` in dead-letter queue `dlq` with its `origin`, under the deduplicating
+    /// id `dedup_id`, and waits for the cluster's acknowledgement.
+    pub(super) async fn store_dead_letter(
+        &self,
+        dlq: &str,
+        message: &Message,
+        origin: &DeadLetterOrigin,
+        dedup_id: &str,
+    ) -> Result<()> {
         let envelope = Envelope {
             id: message.id,
             tag: message.tag.as_deref(),
             attributes: &message.attributes,
             priority: message.priority,
             enqueue_time_ms: now_ms(),
-            dead_letter: Some(&origin),
+            dead_letter: Some(origin),
         };
-        let (subject, msg) = self.message_for(
-            dlq,
-            &envelope,
-            envelope.headers()?,
-            message.body.clone(),
-            0,
-            &format!("dl.{}", message.id),
-        );
-        let resend = self.send_copy(Some(dlq), subject, msg).await?;
-        confirm(&self.inner.js, resend).await?;
-        if let Err(e) = self.count_dead_letter(queue).await {
-            // The move happened; only the count is short.
-            tracing::warn!(queue, error = %e, "dead-letter move not counted");
-        }
-        Ok(())
+        let headers = envelope.headers()?;
+        let (subject, msg) =
+            self.message_for(dlq, &envelope, headers, message.body.clone(), 0, dedup_id);
+        let copy = self.send_copy(Some(dlq), subject, msg).await?;
+        confirm(&self.inner.js, copy).await
     }
 
     pub(in crate::store) async fn peek(&self, queue: &str, max: usize) -> Result<Vec<Message>> {

@@ -55,13 +55,13 @@ impl Writer {
 
     pub(super) fn publish(
         &mut self,
-        items: Vec<(String, PublishRequest)>,
+        items: Vec<(String, PublishRequest, Digest)>,
         now: u64,
     ) -> Result<Vec<Published>> {
         self.check_space()?;
         // Resolve every topic first: an unknown topic fails the unit before anything is written.
         let mut targets = Vec::with_capacity(items.len());
-        for (topic, req) in &items {
+        for (topic, req, _) in &items {
             let t = self
                 .cat
                 .topics
@@ -88,12 +88,12 @@ impl Writer {
             targets.push((subs, pushes));
         }
         let mut out = Vec::with_capacity(items.len());
-        for ((topic, req), (subs, pushes)) in items.iter().zip(targets) {
+        for ((topic, req, digest), (subs, pushes)) in items.iter().zip(targets) {
             self.op_counts.published(topic);
             let id = self.ids.next_at(now);
             let id_text = id.to_string();
-            let md5 = md5_of(&req.body);
-            let attributes = attributes_json(&req.attributes)?;
+            let md5 = digest.md5;
+            let attributes = &digest.attributes;
             let raw_targets = subs.iter().filter(|(_, b64)| !b64).count() + pushes.len();
             let shared = if raw_targets >= 2 {
                 self.conn
@@ -160,27 +160,26 @@ impl Writer {
     pub(super) fn send(
         &mut self,
         queue: &str,
-        reqs: Vec<SendRequest>,
+        reqs: Vec<(SendRequest, Digest)>,
         now: u64,
     ) -> Result<Vec<Sent>> {
         let id = self.queue_id(queue)?;
         self.check_space()?;
         self.with_queue(id, |w, q| {
             let limit = q.attrs.maximum_message_size;
-            if let Some(big) = reqs.iter().find(|r| r.body.len() > limit as usize) {
+            if let Some((big, _)) = reqs.iter().find(|(r, _)| r.body.len() > limit as usize) {
                 return Err(StoreError::MessageTooLarge {
                     size: big.body.len(),
                     limit,
                 });
             }
             let mut out = Vec::with_capacity(reqs.len());
-            for req in &reqs {
+            for (req, digest) in &reqs {
                 let id_text = w.ids.next_at(now).to_string();
-                let md5 = md5_of(&req.body);
-                let attributes = attributes_json(&req.attributes)?;
+                let attributes = &digest.attributes;
                 let row = NewRow {
                     message_id: &id_text,
-                    md5: &md5,
+                    md5: &digest.md5,
                     tag: req.tag.as_deref(),
                     attributes: attributes.as_deref(),
                     priority: req.priority.unwrap_or(DEFAULT_PRIORITY),
