@@ -567,10 +567,17 @@ fn follow_shared_catalog(
     devices: &Arc<DeviceRegistry>,
     registry: &Arc<RuleRegistry>,
 ) {
-    let mut seen = changes.devices;
+    let (mut seen_devices, mut seen_products) = (changes.devices, changes.products);
     let devices = devices.clone();
     tokio::spawn(async move {
-        while seen.changed().await.is_ok() {
+        loop {
+            let changed = tokio::select! {
+                c = seen_devices.changed() => c,
+                c = seen_products.changed() => c,
+            };
+            if changed.is_err() {
+                break;
+            }
             if let Err(e) = devices.reload().await {
                 tracing::warn!(error = %e, "cannot reload the shared devices");
             }

@@ -596,7 +596,7 @@ async fn devices_keys_and_rules_are_shared_by_every_process() {
     assert_eq!(st, 201, "{v}");
     let (st, v) = b.api().get("/v1/devices/pk-shared/d1").await;
     assert_eq!(st, 200, "b shows the device at once: {v}");
-    let closed = hooks::wait_for(within, async || {
+    let closed = hooks::wait_for(Duration::from_secs(20), async || {
         !anonymous(b.mqtt_port, "/pk-shared/d1/user/update").await
     })
     .await;

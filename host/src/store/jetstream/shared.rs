@@ -61,8 +61,11 @@ impl Shared {
 /// Revisions of the shared buckets, for the views that must follow other processes' changes.
 #[derive(Debug, Clone)]
 pub struct SharedChanges {
-    /// Devices or products changed.
+    /// Devices changed.
     pub devices: watch::Receiver<u64>,
+    /// Products changed (a separate bucket: its change may reach this process after the
+    /// device's).
+    pub products: watch::Receiver<u64>,
     /// Access keys changed.
     pub keys: watch::Receiver<u64>,
     /// Rules changed.
@@ -91,10 +94,9 @@ impl JetStream {
     /// Revisions of the shared buckets.
     pub(in crate::store) fn shared_changes(&self) -> SharedChanges {
         let shared = &self.inner.shared;
-        let devices = shared.devices.changes();
-        // A product is only ever added beside a device, so the device revision covers both.
         SharedChanges {
-            devices,
+            devices: shared.devices.changes(),
+            products: shared.products.changes(),
             keys: shared.keys.changes(),
             rules: shared.rules.changes(),
         }
