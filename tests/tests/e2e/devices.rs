@@ -157,6 +157,7 @@ async fn sdk_device_signs_in_posts_and_receives_downlink_over_tcp_and_tls() {
             ["/sys/pk/dev1/thing/event/property/post", property],
         ],
         "wait_message": "/pk/dev1/user/get",
+        "wait_prop_reply": true,
         "then_publish": ["/pk/dev2/user/update", "{\"temperature\":99}"],
         "timeout_s": 20,
     });

@@ -5,7 +5,7 @@ Usage: python3 devices_sdk.py PLAN_JSON
 
 PLAN_JSON: {"port", "product_key", "device_name", "secret", "ca" (PEM text, TLS when set),
 "subscribe": [topics], "publish": [[topic, payload]], "wait_message": topic or null,
-"then_publish": [topic, payload] or null, "timeout_s"}
+"then_publish": [topic, payload] or null, "wait_prop_reply": bool, "timeout_s"}
 
 Prints one JSON object per line on stdout: {"event": "connect", "rc": n} for every CONNACK
 (rc 4 = bad user name or password), "subscribed", "published", "message" (topic, payload),
@@ -45,6 +45,7 @@ connected = threading.Event()
 subscribed = threading.Event()
 disconnected = threading.Event()
 got_message = threading.Event()
+got_reply = threading.Event()
 
 lk = linkkit.LinkKit(
     host_name="127.0.0.1",
@@ -84,6 +85,7 @@ def on_publish_topic(mid, userdata):
 
 def on_thing_prop_post(request_id, code, data, message, userdata):
     emit(event="prop_post_reply", id=request_id, code=code, data=data, message=message)
+    got_reply.set()
 
 
 lk.on_connect = on_connect
@@ -108,6 +110,10 @@ for topic, payload in plan.get("publish", []):
 emit(event="ready")
 if plan.get("wait_message"):
     got_message.wait(max(0.0, deadline - time.time()))
+if plan.get("wait_prop_reply"):
+    # The reply to the property post comes after its commit; wait for it before anything
+    # that ends the connection.
+    got_reply.wait(max(0.0, deadline - time.time()))
 if plan.get("then_publish"):
     topic, payload = plan["then_publish"]
     lk.publish_topic(topic, payload, qos=1)
