@@ -188,6 +188,11 @@ where
             .collect()
     }
 
+    /// The first record `f` picks, read in place (no copy of the other records).
+    pub(super) fn find_map<R>(&self, f: impl FnMut((&String, &T)) -> Option<R>) -> Option<R> {
+        self.read().iter().find_map(f)
+    }
+
     /// The records whose keys start with `prefix`, by key (a range of the local copy, not a
     /// scan: a publish resolves its topic's subscriptions this way).
     pub(super) fn with_prefix(&self, prefix: &str) -> Vec<(String, T)> {

@@ -246,23 +246,20 @@ impl JetStream {
             .collect()
     }
 
+    /// The HTTP subscription with push id `id` (every cycle asks: found in place in the
+    /// catalog copy, only the match is copied).
     fn push_sub(&self, id: i64) -> Option<Found> {
-        self.inner
-            .catalog
-            .subs
-            .all()
-            .into_iter()
-            .find_map(|(_, record)| {
-                let state = record.push.clone().filter(|s| s.id == id)?;
-                let Endpoint::Http(push) = record.spec.endpoint.clone() else {
-                    return None;
-                };
-                Some(Found {
-                    record,
-                    state,
-                    push,
-                })
+        self.inner.catalog.subs.find_map(|(_, record)| {
+            let state = record.push.as_ref().filter(|s| s.id == id)?;
+            let Endpoint::Http(push) = &record.spec.endpoint else {
+                return None;
+            };
+            Some(Found {
+                record: record.clone(),
+                state: state.clone(),
+                push: push.clone(),
             })
+        })
     }
 
     async fn push_consumer(&self, found: &Found) -> Result<Arc<PullConsumer>> {
