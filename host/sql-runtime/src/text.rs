@@ -16,21 +16,27 @@ impl Sink for std::vec::Vec<u8> {
 
 /// Writes `v` in decimal.
 pub fn put_i64(out: &mut (impl Sink + ?Sized), v: i64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut n = v.unsigned_abs();
+    const MOST_DIGITS: usize = 20; // u64::MAX has 20
+    let mut buf = [0u8; MOST_DIGITS];
+    let i = put_digits_before(&mut buf, MOST_DIGITS, v.unsigned_abs());
+    if v < 0 {
+        out.put(b"-");
+    }
+    out.put(&buf[i..]);
+}
+
+/// Writes the decimal digits of `n` into `buf` so that they end just before `end` (at least one
+/// digit, `0` for zero); returns where they start.
+fn put_digits_before(buf: &mut [u8], end: usize, mut n: u64) -> usize {
+    let mut i = end;
     loop {
         i -= 1;
         buf[i] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
-            break;
+            return i;
         }
     }
-    if v < 0 {
-        out.put(b"-");
-    }
-    out.put(&buf[i..]);
 }
 
 /// Writes `v` as serde_json does (shortest round-trip text); `null` when not finite.
@@ -85,15 +91,7 @@ fn put_short_decimal(out: &mut (impl Sink + ?Sized), negative: bool, units: u64,
     }
     i -= 1;
     buf[i] = b'.';
-    let mut whole = units / scale;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (whole % 10) as u8;
-        whole /= 10;
-        if whole == 0 {
-            break;
-        }
-    }
+    i = put_digits_before(&mut buf, i, units / scale);
     if negative {
         i -= 1;
         buf[i] = b'-';

@@ -54,9 +54,9 @@ const DEAD_LETTER_SCAN: usize = 10_000;
 /// This process's share of the push plane.
 #[derive(Debug, Default)]
 pub(super) struct PushPlane {
-    /// Deliveries claimed by this process's workers and not answered yet, by (sub id, stream
-    /// sequence).
-    held: Mutex<HashMap<(i64, u64), async_nats::jetstream::Message>>,
+    /// Deliveries claimed by this process's workers and not answered yet: by push id, then
+    /// stream sequence.
+    held: Mutex<HashMap<i64, HashMap<u64, async_nats::jetstream::Message>>>,
     consumers: Mutex<HashMap<i64, Arc<PullConsumer>>>,
     stats: Mutex<HashMap<i64, LocalStats>>,
     /// The supervisor's waker: bumped whenever the subscriptions bucket changes.
@@ -70,11 +70,27 @@ struct LocalStats {
     flushed_ms: u64,
 }
 
-/// An HTTP subscription found by its id.
+/// An HTTP subscription as a push cycle needs it.
 struct Found {
-    record: SubRecord,
+    topic: String,
+    name: String,
     state: PushState,
     push: HttpPush,
+}
+
+impl Found {
+    /// The push part of `record`; `None` for a queue subscription.
+    fn of(record: &SubRecord) -> Option<Found> {
+        let (Some(state), Endpoint::Http(push)) = (&record.push, &record.spec.endpoint) else {
+            return None;
+        };
+        Some(Found {
+            topic: record.topic.clone(),
+            name: record.name.clone(),
+            state: state.clone(),
+            push: push.clone(),
+        })
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -250,15 +266,8 @@ impl JetStream {
     /// catalog copy, only the match is copied).
     fn push_sub(&self, id: i64) -> Option<Found> {
         self.inner.catalog.subs.find_map(|(_, record)| {
-            let state = record.push.as_ref().filter(|s| s.id == id)?;
-            let Endpoint::Http(push) = &record.spec.endpoint else {
-                return None;
-            };
-            Some(Found {
-                record: record.clone(),
-                state: state.clone(),
-                push: push.clone(),
-            })
+            record.push.as_ref().filter(|s| s.id == id)?;
+            Found::of(record)
         })
     }
 
@@ -267,7 +276,7 @@ impl JetStream {
             return Ok(c.clone());
         }
         let consumer = Arc::new(
-            self.ensure_push_consumer(&found.record.topic, &found.record.name, &found.push)
+            self.ensure_push_consumer(&found.topic, &found.name, &found.push)
                 .await?,
         );
         lock(&self.inner.push.consumers).insert(found.state.id, consumer.clone());
@@ -283,7 +292,7 @@ impl JetStream {
         claim: usize,
     ) -> Result<PushCycle> {
         let Some(found) = self.push_sub(id) else {
-            lock(&self.inner.push.held).retain(|(sub, _), _| *sub != id);
+            lock(&self.inner.push.held).remove(&id);
             lock(&self.inner.push.consumers).remove(&id);
             return Ok(PushCycle {
                 gone: true,
@@ -302,9 +311,9 @@ impl JetStream {
             self.disable_push(&found, reason).await?;
             enabled = false;
         }
-        let nothing_held = !lock(&self.inner.push.held)
-            .keys()
-            .any(|(sub, _)| *sub == id);
+        let nothing_held = lock(&self.inner.push.held)
+            .get(&id)
+            .is_none_or(HashMap::is_empty);
         self.flush_push_stats(&found, claim == 0 && nothing_held)
             .await;
         if !enabled || claim == 0 {
@@ -341,7 +350,10 @@ impl JetStream {
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
                 due_ms: now,
             });
-            lock(&self.inner.push.held).insert((id, seq), m);
+            lock(&self.inner.push.held)
+                .entry(id)
+                .or_default()
+                .insert(seq, m);
         }
         Ok(PushCycle {
             deliveries,
@@ -355,8 +367,10 @@ impl JetStream {
     /// endpoint asked to be disabled. Failures are logged, not returned: an unanswered claim
     /// comes back when its lease ends.
     async fn answer_push(&self, found: &Found, outcome: PushOutcome) -> Option<String> {
-        let (topic, name) = (&found.record.topic, &found.record.name);
-        let m = lock(&self.inner.push.held).remove(&(found.state.id, outcome.seq))?;
+        let (topic, name) = (&found.topic, &found.name);
+        let m = lock(&self.inner.push.held)
+            .get_mut(&found.state.id)?
+            .remove(&outcome.seq)?;
         let (kind, disable) = match outcome.result {
             PushResult::Delivered => {
                 self.count_push(found, |s| s.delivered += 1);
@@ -406,7 +420,7 @@ impl JetStream {
         m: &async_nats::jetstream::Message,
         error: &str,
     ) -> Result<()> {
-        let (topic, name) = (&found.record.topic, &found.record.name);
+        let (topic, name) = (&found.topic, &found.name);
         let info = m
             .info()
             .map_err(|e| StoreError::Internal(format!("push without JetStream info: {e}")))?;
@@ -438,7 +452,7 @@ impl JetStream {
 
     /// `410 Gone`: every process stops pushing the subscription.
     async fn disable_push(&self, found: &Found, reason: String) -> Result<()> {
-        let (topic, name) = (&found.record.topic, &found.record.name);
+        let (topic, name) = (&found.topic, &found.name);
         tracing::warn!(topic = %topic, subscription = %name, reason = %reason,
             "HTTP subscription disabled by its endpoint");
         self.change_push(topic, name, |state, _| {
@@ -446,7 +460,6 @@ impl JetStream {
             state.disabled_reason = Some(reason.clone());
         })
         .await
-        .map(|_| ())
     }
 
     /// Changes an HTTP subscription's catalog record by compare-and-set.
@@ -455,7 +468,7 @@ impl JetStream {
         topic: &str,
         name: &str,
         mut change: impl FnMut(&mut PushState, &mut HttpPush),
-    ) -> Result<SubRecord> {
+    ) -> Result<()> {
         self.topic(topic).await?;
         let updated = self
             .inner
@@ -471,10 +484,12 @@ impl JetStream {
                 Ok(())
             })
             .await?;
-        updated.ok_or_else(|| StoreError::SubscriptionNotExist {
-            topic: topic.to_owned(),
-            name: name.to_owned(),
-        })
+        updated
+            .map(|_| ())
+            .ok_or_else(|| StoreError::SubscriptionNotExist {
+                topic: topic.to_owned(),
+                name: name.to_owned(),
+            })
     }
 
     pub(in crate::store) async fn set_push_enabled(
@@ -490,7 +505,6 @@ impl JetStream {
             }
         })
         .await
-        .map(|_| ())
     }
 
     pub(in crate::store) async fn set_push_strategy(
@@ -501,7 +515,6 @@ impl JetStream {
     ) -> Result<()> {
         self.change_push(topic, name, |_, push| push.strategy = strategy)
             .await
-            .map(|_| ())
     }
 
     pub(in crate::store) async fn rotate_push_secret(
@@ -533,14 +546,7 @@ impl JetStream {
                 topic: topic.to_owned(),
                 name: name.to_owned(),
             })?;
-        match (&record.push, &record.spec.endpoint) {
-            (Some(state), Endpoint::Http(push)) => Ok(Found {
-                state: state.clone(),
-                push: push.clone(),
-                record,
-            }),
-            _ => Err(not_http(topic, name)),
-        }
+        Found::of(&record).ok_or_else(|| not_http(topic, name))
     }
 
     pub(in crate::store) async fn push_status(
@@ -701,11 +707,7 @@ impl JetStream {
                 .inner
                 .catalog
                 .push_stats
-                .get(&stats_key(
-                    &found.record.topic,
-                    &found.record.name,
-                    self.inner.ids.node(),
-                ))
+                .get(&stats_key(&found.topic, &found.name, self.inner.ids.node()))
                 .unwrap_or_default(),
             dirty: false,
             flushed_ms: now_ms(),
@@ -741,11 +743,7 @@ impl JetStream {
             })
         };
         let Some(stats) = due else { return };
-        let key = stats_key(
-            &found.record.topic,
-            &found.record.name,
-            self.inner.ids.node(),
-        );
+        let key = stats_key(&found.topic, &found.name, self.inner.ids.node());
         if let Err(e) = self.inner.catalog.push_stats.put(&key, &stats).await {
             tracing::debug!(key, error = %e, "push counters not written; next time");
             let mut all = lock(&self.inner.push.stats);
