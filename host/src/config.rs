@@ -607,9 +607,21 @@ fn store_backend(flags: &FlagOverrides, file: &FileConfig) -> Result<StoreBacken
     })
 }
 
-/// Parses `sluice.toml` text; the error carries the TOML parser's line and column.
+/// Parses `sluice.toml` text; the error is one line with the TOML parser's line and column
+/// (its own rendering quotes the source over several lines, which does not fit a log line).
 pub fn parse(text: &str) -> Result<FileConfig, String> {
-    toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    toml::from_str(text).map_err(|e| {
+        let message = e.message().trim_end().replace('\n', " ");
+        match e.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: {message}")
+            }
+            None => message,
+        }
+    })
 }
 
 /// A client id stable across restarts of the same data directory, distinct between directories.
@@ -644,8 +656,12 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_errors_with_a_location() {
-        let err = parse("data_dri = \"x\"\n").unwrap_err();
-        assert!(err.contains("data_dri") && err.contains("line 1"), "{err}");
+        let err = parse("http_listen = \"127.0.0.1:0\"\n  data_dri = \"x\"\n").unwrap_err();
+        assert!(
+            err.starts_with("line 2, column 3: unknown field `data_dri`"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "one line: {err}");
         let err = parse("http_listen = \"nope\"").unwrap_err();
         assert!(
             err.contains("http_listen") || err.contains("invalid"),

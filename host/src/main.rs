@@ -45,7 +45,8 @@ fn one_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
-        if line.ends_with(&text) {
+        // A message that already quotes its cause (`...: {source} (hint)`) is not repeated.
+        if line.contains(&text) {
             continue;
         }
         if !line.is_empty() {

@@ -183,6 +183,18 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         listener.bind_tls(tls.listen, acceptor).await?;
     }
 
+    // The sandbox and the config file's rules next: a module that fails to load must fail the
+    // start before the data directory is touched.
+    let runtime = Arc::new(
+        RuleRuntime::new(SandboxConfig {
+            max_memory_bytes: config.rule_max_memory_bytes,
+            call_timeout: std::time::Duration::from_millis(config.rule_call_timeout_ms),
+            ..SandboxConfig::default()
+        })
+        .map_err(|e| ServeError::Sandbox(format!("{e:#}")))?,
+    );
+    check_configured_rules(&config, &runtime)?;
+
     let fresh = !config.data_dir.join("sluice.db").exists();
     let store = open_store(&config).await?;
     let admin_key = store.ensure_admin_key().await?;
@@ -198,14 +210,8 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
             config.mqtt_allow_anonymous,
         )));
     }
-    let runtime = RuleRuntime::new(SandboxConfig {
-        max_memory_bytes: config.rule_max_memory_bytes,
-        call_timeout: std::time::Duration::from_millis(config.rule_call_timeout_ms),
-        ..SandboxConfig::default()
-    })
-    .map_err(|e| ServeError::Sandbox(format!("{e:#}")))?;
     let tags: Arc<dyn TagSource> = devices.clone();
-    let engine = Arc::new(RuleEngine::new(Arc::new(runtime), Some(tags)));
+    let engine = Arc::new(RuleEngine::new(runtime, Some(tags)));
     let registry = {
         let engine = engine.clone();
         let dir = config.data_dir.clone();
@@ -628,6 +634,29 @@ async fn create_running_rule(
     .await
     .map_err(|e| ServeError::Config(e.to_string()))?
     .map_err(|e| ServeError::Config(e.to_string()))
+}
+
+/// Checks every `[[rule]]` of the config file as `rule create` would (definition, grant,
+/// module compiled and trial-instantiated), so a bad one stops the start before anything is
+/// written; the error names the rule and, for a module, its file.
+fn check_configured_rules(
+    config: &ServeConfig,
+    runtime: &Arc<RuleRuntime>,
+) -> Result<(), ServeError> {
+    let checker = RuleEngine::new(runtime.clone(), None);
+    for r in &config.objects.rule {
+        let source = match &r.wasm_file {
+            Some(p) => format!(" ({})", config.config_dir.join(p).display()),
+            None => String::new(),
+        };
+        let fail = |e: String| ServeError::Config(format!("[[rule]] `{}`{source}: {e}", r.name));
+        let spec = rule_definition(r, &config.config_dir)
+            .map_err(fail)?
+            .into_spec(&r.name)
+            .map_err(|e| fail(e.to_string()))?;
+        checker.validate(&spec).map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Creates the config file's objects that do not exist yet; existing ones are left alone.

@@ -163,7 +163,11 @@ pub async fn run(cmd: RuleCommand, client: &Client, as_json: bool) -> anyhow::Re
         }
         RuleCommand::Show { name } => {
             let v: Value = client.get(&path(&name)).await?;
-            output::json(&v);
+            if as_json {
+                output::json(&v);
+            } else {
+                print_rule(&v);
+            }
         }
         RuleCommand::Start { name } => {
             let v: Value = client
@@ -189,6 +193,74 @@ pub async fn run(cmd: RuleCommand, client: &Client, as_json: bool) -> anyhow::Re
         }
     }
     Ok(())
+}
+
+/// `rule show` for people: definition, grant and counters as aligned `key  value` lines.
+fn print_rule(v: &Value) {
+    let list = |v: &Value| {
+        let items: Vec<String> = v
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(output::cell)
+            .collect();
+        if items.is_empty() {
+            "-".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let c = &v["counters"];
+    let failed = c["failed"]
+        .as_object()
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            m.iter()
+                .map(|(kind, n)| format!("{kind} {}", output::cell(n)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_else(|| "0".into());
+    let latency = &c["latency_ns"];
+    let us = |v: &Value| {
+        v.as_u64()
+            .map_or("-".into(), |ns| format!("{:.1} µs", ns as f64 / 1000.0))
+    };
+    let mut pairs = vec![
+        ("name", output::cell(&v["name"])),
+        ("kind", output::cell(&v["kind"])),
+        ("state", output::cell(&v["state"])),
+        ("version", output::cell(&v["version"])),
+        ("from", output::cell(&v["from"])),
+        ("data_type", output::cell(&v["data_type"])),
+        ("actions", list(&v["actions"])),
+        ("error_action", output::cell(&v["error_action"])),
+        ("grant forward", list(&v["grant"]["forward"])),
+        ("grant republish", list(&v["grant"]["republish"])),
+    ];
+    if let Some(bytes) = v["module_bytes"].as_u64() {
+        pairs.push(("module", format!("{bytes} bytes")));
+    }
+    if !v["load_error"].is_null() {
+        pairs.push(("load_error", output::cell(&v["load_error"])));
+    }
+    pairs.extend([
+        ("messages_in", output::cell(&c["messages_in"])),
+        ("outputs", output::cell(&c["outputs"])),
+        ("dropped", output::cell(&c["dropped"])),
+        ("failed", failed),
+        (
+            "latency p50 / p99",
+            format!("{} / {}", us(&latency["p50"]), us(&latency["p99"])),
+        ),
+        ("busy", format!("{} µs", output::cell(&c["busy_us"]))),
+        ("fuel_used", output::cell(&c["fuel_used"])),
+    ]);
+    output::fields(&pairs);
+    if let Some(sql) = v["sql"].as_str() {
+        println!("\n{sql}");
+    }
 }
 
 fn done(as_json: bool, v: &Value, human: impl FnOnce()) {

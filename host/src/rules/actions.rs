@@ -138,7 +138,8 @@ impl Grant {
             Ok(())
         } else {
             Err(format!(
-                "forward to topic `{name}` is outside the rule's grant (granted: {})",
+                "forward to topic `{name}` is outside the rule's grant (granted: {}); add \
+                 `forward:{name}` to the grant",
                 list_or_none(&self.forward)
             ))
         }

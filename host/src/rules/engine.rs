@@ -248,7 +248,10 @@ impl RuleEngine {
             ));
         }
         spec.grant
-            .check_actions(spec.actions.iter(), &spec.from_filter)
+            .check_actions(
+                spec.actions.iter().chain(&spec.error_action),
+                &spec.from_filter,
+            )
             .map_err(|e| invalid("grant", e))?;
         let bytes = module_bytes(spec)?;
         self.runtime.load(&bytes).map_err(|source| RuleError::Load {

@@ -151,16 +151,7 @@ fn bad_modules_are_refused_at_load_with_the_reason() {
 #[test]
 fn republish_is_checked_against_grant_loop_and_status_topics() {
     let rt = runtime();
-    // emit_republish(topic at 0, payload, qos 0) with the topic given in the payload.
-    let wat = r#"(module
-      (import "sluice_v1" "emit_republish" (func $r (param i32 i32 i32 i32 i32) (result i32)))
-      (memory (export "memory") 1)
-      (func (export "sluice_abi_version") (result i32) i32.const 1)
-      (func (export "sluice_alloc") (param i32) (result i32) i32.const 1024)
-      (func (export "sluice_on_message") (param $p i32) (param $l i32) (result i32)
-        (drop (call $r (local.get $p) (local.get $l) (local.get $p) (local.get $l) (i32.const 0)))
-        i32.const 0))"#;
-    let module = rt.load(wat.as_bytes()).unwrap();
+    let module = rt.load(&fixture("republish_to_payload")).unwrap();
     let mut grant = Grant::default();
     grant.add_spec("republish:#").unwrap();
     let binding = Binding {

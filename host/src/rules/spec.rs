@@ -211,8 +211,10 @@ impl RuleDefinition {
             .map(Action::parse)
             .transpose()
             .map_err(|e| invalid("error_action", e.0))?;
-        let mut grant = match &self.grant {
-            None => Grant::from_actions(&actions),
+        // An omitted grant is exactly the declared actions, the error action included; an
+        // explicit one must cover them all, which the engine checks before anything is stored.
+        let grant = match &self.grant {
+            None => Grant::from_actions(actions.iter().chain(&error_action)),
             Some(specs) => {
                 let mut grant = Grant::default();
                 for spec in specs {
@@ -221,12 +223,6 @@ impl RuleDefinition {
                 grant
             }
         };
-        // The error action is sluice's own reporting path: it is always allowed.
-        if let Some(Action::Forward { topic }) = &error_action {
-            if !grant.forward.contains(topic) {
-                grant.forward.push(topic.clone());
-            }
-        }
         let utc_offset_seconds = match &self.timezone {
             None => 0,
             Some(tz) => {

@@ -2,7 +2,8 @@
 //! kind) is counted by kind and reported to the error action while the overheat rule beside it
 //! keeps delivering every message; bad modules and grants are refused with a 400 that changes
 //! nothing; rules are created stopped; and `PUT` swaps a running rule's version under QoS 1 load
-//! with nothing lost, nothing repeated and per-device order kept.
+//! with nothing lost, nothing repeated and per-device order kept; the `sluice rule` CLI manages a
+//! module whose grant is checked at create and at run time.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -719,5 +720,209 @@ async fn updating_a_running_rule_under_qos1_load_loses_nothing_repeats_nothing_a
         "counters carry over updates: {rule}"
     );
     assert_eq!(rule["counters"]["outputs"], total, "{rule}");
+    sluice.stop();
+}
+
+/// Waits up to `wait` for one message on `topic` through a QoS 0 subscription on sluice's
+/// listener; returns its payload.
+async fn next_on(
+    port: u16,
+    topic: &str,
+    wait: Duration,
+    published: impl std::future::Future<Output = ()>,
+) -> Option<Vec<u8>> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut opts = MqttOptions::new("relay-watcher", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    client
+        .subscribe(topic, QoS::AtMostOnce)
+        .await
+        .expect("subscribe");
+    // Subscribed first, then the publish that should reach it.
+    let subscribed = async {
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = eventloop.poll().await.expect("poll") {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(wait, subscribed).await.ok()?;
+    published.await;
+    let got = async {
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = eventloop.poll().await.expect("poll") {
+                return p.payload.to_vec();
+            }
+        }
+    };
+    tokio::time::timeout(wait, got).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rule_cli_manages_a_wasm_rule_whose_grant_is_checked_at_create_and_at_run_time() {
+    // Proves the `sluice rule` CLI end to end on an uploaded module (create with --wasm, --from,
+    // --action, --error-action and --grant; list; start; show; update; stop; delete), that an
+    // explicit grant must cover the error action, that a config file's `grant` is stored as
+    // given, and that at run time a republish into the rule's own FROM filter or a device
+    // status topic is a malformed decision reported to the error action while an allowed one
+    // reaches its MQTT subscriber.
+    let dir = tempfile::tempdir().unwrap();
+    let module = format!(
+        "{}/../host/src/rules/fixtures/republish_to_payload.wat",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[rule]]\nname = \"cfg-relay\"\nwasm_file = \"{module}\"\nfrom = \"/cfg/+/user/update\"\nactions = [\"republish:/cfg/dev1/user/get\"]\ngrant = [\"republish:/cfg/#\", \"forward:audit\"]\n"
+        ),
+    )
+    .expect("write config");
+    let sluice = Sluice::start(
+        &dir.path().join("data"),
+        &["--config", &config.display().to_string()],
+    );
+    let api = sluice.api();
+    topic_with_queue(&sluice, "errors").await;
+    let shown: Value =
+        serde_json::from_str(&sluice.cli_ok(&["rule", "show", "cfg-relay", "--json"])).unwrap();
+    assert_eq!(
+        shown["grant"],
+        json!({"forward": ["audit"], "republish": ["/cfg/#"]}),
+        "the config's grant is stored as given: {shown}"
+    );
+    assert_eq!(shown["state"], "running", "{shown}");
+
+    let create = |grants: &[&str]| {
+        let mut args = vec![
+            "rule",
+            "create",
+            "relay",
+            "--wasm",
+            module.as_str(),
+            "--from",
+            "/pk/+/user/update",
+            "--action",
+            "republish:/pk/dev1/user/get",
+            "--error-action",
+            "forward:errors",
+        ];
+        for g in grants {
+            args.extend(["--grant", g]);
+        }
+        sluice.run_cli(&args)
+    };
+    let (ok, _, err) = create(&["republish:#"]);
+    assert!(!ok, "an explicit grant without the error action is refused");
+    assert!(
+        err.contains("forward:errors"),
+        "the error names the fix: {err}"
+    );
+    let (s, _) = api.get("/v1/rules/relay").await;
+    assert_eq!(s, 404, "a refused rule does not exist");
+
+    let (ok, out, err) = create(&["republish:#", "forward:errors"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("created (stopped)"), "{out}");
+    let list = sluice.cli_ok(&["rule", "list"]);
+    let row = list
+        .lines()
+        .find(|l| l.contains("relay") && !l.contains("cfg-relay"))
+        .unwrap_or_default();
+    assert!(row.contains("wasm") && row.contains("stopped"), "{list}");
+    assert!(sluice
+        .cli_ok(&["rule", "start", "relay"])
+        .contains("running"));
+
+    // Allowed: the payload names /pk/dev1/user/get, inside the grant and outside FROM.
+    let port = sluice.mqtt_port;
+    let relayed = next_on(port, "/pk/dev1/user/get", Duration::from_secs(10), async {
+        let r = publish_qos1(
+            port,
+            "dev1",
+            "/pk/dev1/user/update",
+            vec![(0, b"/pk/dev1/user/get".to_vec())],
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(r.acked.len(), 1, "{:?}", r.error);
+    })
+    .await;
+    assert_eq!(relayed.as_deref(), Some(&b"/pk/dev1/user/get"[..]));
+
+    // Refused at run time: into its own FROM filter (a loop) and into a device status topic.
+    let r = publish_qos1(
+        port,
+        "dev1",
+        "/pk/dev1/user/update",
+        vec![
+            (1, b"/pk/dev1/user/update".to_vec()),
+            (2, b"/as/mqtt/status/pk/dev1".to_vec()),
+        ],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(r.acked.len(), 2, "{:?}", r.error);
+    let reports = api.drain("errors-q", 2, Duration::from_secs(10)).await;
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    let reasons: Vec<&str> = reports
+        .iter()
+        .map(|e| {
+            e["failures"][0]["errorMessage"]
+                .as_str()
+                .unwrap_or_default()
+        })
+        .collect();
+    println!("run-time refusals: {reasons:?}");
+    assert!(
+        reasons.iter().all(|r| r.starts_with("malformed_decision:")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("loop")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("status")), "{reasons:?}");
+
+    let show = sluice.cli_ok(&["rule", "show", "relay"]);
+    let field = |name: &str| {
+        show.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .map(|l| l.trim_start()[name.len()..].trim().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("messages_in"), "3", "{show}");
+    assert_eq!(field("failed"), "malformed_decision 2", "{show}");
+    assert_eq!(field("grant forward"), "errors", "{show}");
+    assert_eq!(field("error_action"), "forward:errors", "{show}");
+
+    let out = sluice.cli_ok(&[
+        "rule",
+        "update",
+        "relay",
+        "--wasm",
+        &module,
+        "--from",
+        "/pk/+/user/update",
+        "--action",
+        "republish:/pk/dev2/user/get",
+        "--error-action",
+        "forward:errors",
+        "--grant",
+        "republish:#",
+        "--grant",
+        "forward:errors",
+    ]);
+    assert!(out.contains("version 2"), "{out}");
+    assert!(sluice
+        .cli_ok(&["rule", "stop", "relay"])
+        .contains("stopped"));
+    assert!(sluice
+        .cli_ok(&["rule", "delete", "relay"])
+        .contains("deleted"));
+    let (ok, _, err) = sluice.run_cli(&["rule", "show", "relay"]);
+    assert!(
+        !ok && err.contains("relay"),
+        "a deleted rule is gone: {err}"
+    );
     sluice.stop();
 }

@@ -359,6 +359,8 @@ fn expect_failure(args: &[&str]) -> String {
     assert!(!out.status.success(), "sluice {args:?} should fail");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     println!("sluice {args:?} -> {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one clear line, nothing else: {stderr}");
     stderr
 }
 
@@ -428,7 +430,64 @@ fn bad_start_conditions_exit_non_zero_with_one_clear_line() {
     .unwrap();
     let err = expect_failure(&["serve", "--config", &cfg.display().to_string()]);
     assert!(
-        err.contains("broken") && err.contains("does not export `sluice_abi_version`"),
+        err.contains("broken")
+            && err.contains(&wasm.display().to_string())
+            && err.contains("does not export `sluice_abi_version`"),
         "{err}"
     );
+    assert!(
+        !data.exists(),
+        "a module that fails to load stops the start before the data directory is made"
+    );
+
+    // On an existing data directory the same failure changes nothing stored.
+    let sluice = Sluice::start(&data, &[]);
+    sluice.stop();
+    let before = snapshot(&data);
+    let err = expect_failure(&["serve", "--config", &cfg.display().to_string()]);
+    assert!(err.contains("broken"), "{err}");
+    assert_eq!(
+        snapshot(&data),
+        before,
+        "a failed start leaves the stored data as it was"
+    );
+
+    // A directory without write permission (meaningless for root, who may write anywhere).
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    let mut perms = std::fs::metadata(&locked).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o500);
+    std::fs::set_permissions(&locked, perms).unwrap();
+    if std::fs::write(locked.join("probe"), "x").is_ok() {
+        println!("running as root: permission bits do not apply, the not-a-directory case above stands for it");
+    } else {
+        let inside = locked.join("data").display().to_string();
+        let err = expect_failure(&[
+            "serve",
+            "--data-dir",
+            &inside,
+            "--http-listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+        ]);
+        assert!(
+            err.contains(&inside) && err.to_lowercase().contains("permission denied"),
+            "{err}"
+        );
+    }
+}
+
+/// Every file under `dir` with its contents, to compare a directory before and after.
+fn snapshot(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .expect("read the data directory")
+        .map(|e| {
+            let path = e.expect("entry").path();
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            (path.display().to_string(), bytes)
+        })
+        .collect();
+    files.sort();
+    files
 }
