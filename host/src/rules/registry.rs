@@ -276,3 +276,65 @@ impl RuleRegistry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::rules::catalog::{CatalogError, RuleCatalog};
+    use crate::rules::runtime::{RuleRuntime, SandboxConfig};
+    use crate::rules::spec::RuleDefinition;
+
+    /// A catalog in memory, holding whatever a test stored (as an older sluice might have).
+    #[derive(Default)]
+    struct Memory(Mutex<Vec<RuleSpec>>);
+
+    impl RuleCatalog for Memory {
+        fn load_all(&self) -> Result<Vec<RuleSpec>, CatalogError> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+        fn save(&self, spec: &RuleSpec) -> Result<(), CatalogError> {
+            let mut rules = self.0.lock().unwrap();
+            rules.retain(|r| r.name != spec.name);
+            rules.push(spec.clone());
+            Ok(())
+        }
+        fn delete(&self, name: &str) -> Result<bool, CatalogError> {
+            let mut rules = self.0.lock().unwrap();
+            let before = rules.len();
+            rules.retain(|r| r.name != name);
+            Ok(rules.len() != before)
+        }
+    }
+
+    #[test]
+    fn starting_a_stored_rule_outside_its_grant_is_refused_and_it_stays_stopped() {
+        let spec = RuleDefinition {
+            sql: Some(r#"SELECT t FROM "/pk/+/user/update" WHERE t > 1"#.into()),
+            actions: vec!["forward:alerts".into()],
+            grant: Some(vec!["forward:audit".into()]),
+            ..RuleDefinition::default()
+        }
+        .into_spec("stored")
+        .expect("the definition itself is well formed");
+        let catalog = Memory::default();
+        catalog.save(&spec).unwrap();
+        let runtime = Arc::new(RuleRuntime::new(SandboxConfig::default()).unwrap());
+        let registry =
+            RuleRegistry::open(Arc::new(RuleEngine::new(runtime, None)), Box::new(catalog))
+                .unwrap();
+
+        let err = registry
+            .set_state("stored", RuleState::Running)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("grant") && err.contains("alerts"),
+            "the refusal names the grant and the action: {err}"
+        );
+        let view = registry.get("stored").unwrap();
+        assert_eq!(view.state, "stopped");
+        assert!(registry.engine().running_filters().is_empty());
+    }
+}
