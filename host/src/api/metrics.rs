@@ -596,10 +596,21 @@ impl Collector for Snapshot {
         family(
             &mut e,
             "sluice_store_commit",
-            "Time one group commit took, fsync included.",
+            "Time one group commit took (at synchronous=FULL the fsync is sluice_store_sync, on its own thread).",
             Some(&Unit::Seconds),
             one(HistogramValue::of(
                 &self.store.commit_time,
+                &COMMIT_BOUNDS_S,
+                1e-9,
+            )),
+        )?;
+        family(
+            &mut e,
+            "sluice_store_sync",
+            "Time one fsync of the write-ahead log took (synchronous=FULL); acknowledgements wait for it.",
+            Some(&Unit::Seconds),
+            one(HistogramValue::of(
+                &self.store.sync_time,
                 &COMMIT_BOUNDS_S,
                 1e-9,
             )),

@@ -32,6 +32,7 @@ mod catalog;
 mod messages;
 mod push;
 mod retention;
+mod syncer;
 use crate::ids::{IdGenerator, MessageId};
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -180,7 +181,26 @@ pub(crate) fn spawn(
         counters,
         op_counts: Counts::default(),
         batch_counts: Counts::default(),
+        syncer: None,
     };
+    if opts.synchronous == super::types::Synchronous::Full {
+        // FULL's guarantee, with the fsync on its own thread (see `syncer`).
+        w.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| StoreError::from_sqlite(e, &paths.db))?;
+        w.syncer = Some(
+            syncer::Syncer::start(
+                paths.db.clone(),
+                syncer::wal_fsync(&paths.db),
+                w.counters.clone(),
+            )
+            .map_err(|source| StoreError::Io {
+                action: "cannot start the sync thread for",
+                path: paths.db.clone(),
+                source,
+            })?,
+        );
+    }
     w.cat.push.signals = push_signals;
     w.load().map_err(|e| w.classify(e))?;
     let (interactive, interactive_rx) = mpsc::channel(w.max_batch);
@@ -255,6 +275,8 @@ struct Writer {
     pub(super) op_counts: Counts,
     /// What the requests of this batch did (kept only if the batch commits).
     batch_counts: Counts,
+    /// At `synchronous=FULL`, the thread that fsyncs each commit and then sends its answers.
+    syncer: Option<syncer::Syncer>,
 }
 
 /// A full queue row as read from SQLite.
@@ -581,6 +603,10 @@ impl Writer {
     }
 
     fn finish(&mut self) {
+        // Every answer of a committed batch is sent before the store reports itself closed.
+        if let Some(syncer) = self.syncer.as_mut() {
+            syncer.finish();
+        }
         // Long polls wake now and find the store closed instead of sleeping out their wait.
         if let Ok(map) = self.notifiers.lock() {
             for n in map.values() {
@@ -614,8 +640,14 @@ impl Writer {
     /// Runs one batch in one transaction; returns the shutdown reply if one was in it.
     fn run_batch(&mut self, batch: Vec<Op>) -> Option<oneshot::Sender<Result<Reply>>> {
         let mut shutdown = None;
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
-            let e = StoreError::from_sqlite(e, &self.db);
+        let begun = match self.syncer.as_ref().and_then(|s| s.failed()) {
+            Some(failed) => Err(failed),
+            None => self
+                .conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(|e| StoreError::from_sqlite(e, &self.db)),
+        };
+        if let Err(e) = begun {
             tracing::error!(error = %e, "store cannot begin a transaction");
             for op in batch {
                 match op.kind {
@@ -694,10 +726,18 @@ impl Writer {
                 }
                 self.notify();
                 self.cat.push.signal();
+                let mut answers = Vec::with_capacity(pending.len());
                 for (reply, result, receive_queue) in pending {
                     match receive_queue {
                         Some(queue) => self.answer_claim(reply, result, queue),
-                        None => {
+                        None => answers.push((reply, result)),
+                    }
+                }
+                match &self.syncer {
+                    // Answered once the commit is on disk, while the next batch runs.
+                    Some(syncer) => syncer.after_commit(answers),
+                    None => {
+                        for (reply, result) in answers {
                             let _ = reply.send(result);
                         }
                     }

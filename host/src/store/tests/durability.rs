@@ -305,3 +305,51 @@ async fn another_process_holding_the_lock_makes_requests_wait_then_fail_cleanly(
     store.send("q", text("m")).await.unwrap();
     assert_eq!(store.get_queue("q").await.unwrap().active_messages, 1);
 }
+
+#[tokio::test]
+async fn at_full_every_acknowledgement_waits_for_an_fsync_of_the_log() {
+    // Proves the FULL store acknowledges through the sync thread (one fsync per commit or per
+    // group of commits) and NORMAL never fsyncs per commit; what is acknowledged is readable
+    // after a reopen either way.
+    for (sync, expect_syncs) in [
+        (crate::store::Synchronous::Full, true),
+        (crate::store::Synchronous::Normal, false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            crate::store::Store::open(
+                dir.path(),
+                crate::store::StoreOptions {
+                    synchronous: sync,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let store = open();
+        super::create_queue(&store, "q", |_| {}).await;
+        let before = store.counters().sync_time.snapshot().samples;
+        for i in 0..5 {
+            store.send("q", text(&format!("m{i}"))).await.unwrap();
+        }
+        let syncs = store.counters().sync_time.snapshot().samples - before;
+        let commits = store
+            .counters()
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed);
+        println!("{sync:?}: 5 sends, {syncs} fsyncs, {commits} commits");
+        if expect_syncs {
+            assert!(
+                (5..=commits).contains(&syncs),
+                "one fsync per acknowledged commit"
+            );
+        } else {
+            assert_eq!(syncs, 0);
+        }
+        store.close().await.unwrap();
+        let store = open();
+        let got = store.receive("q", 10, NO_WAIT).await.unwrap();
+        assert_eq!(got.len(), 5, "{sync:?}: everything acknowledged is there");
+        store.close().await.unwrap();
+    }
+}
