@@ -196,6 +196,10 @@ async fn run(quick: bool) {
     let lost = total - lat.len();
     stop.cancel();
     let _ = deliver.await;
+    let (commit, sync) = (
+        store.counters().commit_time.snapshot(),
+        store.counters().sync_time.snapshot(),
+    );
     store.close().await.unwrap();
 
     let (p50, p99, max) = (
@@ -205,6 +209,18 @@ async fn run(quick: bool) {
     );
     println!("HTTP push to a local endpoint (keep-alive, SIMPLIFIED, 250-byte bodies, max_concurrency 64, synchronous=FULL)");
     println!("  backlog of {backlog}: {pushes_per_sec:>10.0} pushes/s ({drain:?})");
+    let ms = |ns: u64| ns as f64 / 1e6;
+    println!(
+        "  store over the whole run: {} commits, p50/p99/max {:.2}/{:.2}/{:.1} ms; {} fsyncs, p50/p99/max {:.2}/{:.2}/{:.1} ms",
+        commit.samples,
+        ms(commit.p50),
+        ms(commit.p99),
+        ms(commit.max),
+        sync.samples,
+        ms(sync.p50),
+        ms(sync.p99),
+        ms(sync.max)
+    );
     println!(
         "  at {offered_actual:.0}/s offered for {offered_secs} s: commit -> push latency p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; not pushed: {lost}"
     );

@@ -7,7 +7,11 @@
 //! write connection: it takes the first waiting request, drains up to `max_batch_requests` more
 //! that are already queued, runs them in **one transaction** (each inside its own SAVEPOINT, so a
 //! failed request is rolled back alone and never poisons the others), commits, and only then
-//! answers each request (group commit: one fsync for many acknowledgements). Catalog reads
+//! answers each request (group commit: one fsync for many acknowledgements). At
+//! `synchronous=FULL` the fsync runs on a sync thread and the answers wait for it (receives
+//! excepted: a claim acknowledges nothing stored), while the writer goes on with the next
+//! batch, keeping it open to take more requests as long as the disk is busy (`writer::syncer`).
+//! Catalog reads
 //! (topics, subscriptions) and backups use separate read connections (WAL readers never block
 //! the writer), off the async runtime with `spawn_blocking`. Receive is a write (a claim).
 //! `peek` and `get_queue`/`list_queues` also go to the writer, because the delivery order and

@@ -43,24 +43,20 @@ const SWEEP_ROWS: i64 = 512;
 /// surprises; the deadlines themselves set the timer).
 const MAX_IDLE: Duration = Duration::from_secs(60);
 
-/// At most this many rule outputs (bulk requests) per transaction. Applying one costs ~5–20 µs
-/// of the writer's CPU, so a batch of 1,024 held a consumer's receive or delete for ~10 ms (and
-/// a receive + delete cycle needs two batches), while the fsync that batching amortises is
-/// ~0.1–2 ms: 256 keeps commits short without making fsyncs a noticeable share. Measured with
+/// At most this many rule outputs (bulk requests) are taken at a time before the interactive
+/// requests that arrived meanwhile. Applying one costs ~5–20 µs of the writer's CPU, so taking
+/// 1,024 at once held a consumer's receive or delete for ~10 ms behind them. Measured with
 /// `sluice bench` and `sluice_store_commit_seconds` / `sluice_store_commit_requests`.
 const MAX_BULK_PER_BATCH: usize = 256;
+/// Longest a transaction stays open taking requests while the disk is busy with an earlier
+/// commit (see `extend_while_syncing`): receives and deletes in it wait for its commit, so this
+/// bounds what the extension adds to their latency (an fsync here: p50 0.2 ms, p99 0.8 ms).
+const EXTEND_AT_MOST: Duration = Duration::from_millis(2);
 /// Most long polls of one queue one commit wakes one by one; more new messages than this
 /// wake this many (each takes up to 16, and every woken poll that finds more comes back).
 const MAX_WAKES: u32 = 256;
 /// Prepared statements kept per connection: each queue has about ten.
 const STATEMENT_CACHE: usize = 512;
-/// At `synchronous=FULL`, the longest the writer waits for the requesters it just answered to
-/// come back before it starts the next batch (and never more than an eighth of the last
-/// commit's time). Without it, N concurrent requesters split into two groups that commit
-/// alternately (those answered by commit k are still resubmitting when commit k+1 starts),
-/// halving the messages per fsync: measured 37.5 of 64 publishers per commit with a ~3.8 ms
-/// fsync.
-const GATHER_AT_FULL: Duration = Duration::from_micros(200);
 
 /// A request to the writer with its answer channel.
 pub(crate) struct Op {
@@ -161,12 +157,6 @@ pub(crate) fn spawn(
         clock: opts.clock.clone(),
         ids: IdGenerator::new(opts.node_id),
         max_batch: opts.max_batch_requests.max(1),
-        gather: match opts.synchronous {
-            super::types::Synchronous::Full => GATHER_AT_FULL,
-            super::types::Synchronous::Normal => Duration::ZERO,
-        },
-        last_batch: 0,
-        last_commit: Duration::ZERO,
         cat: Catalog::default(),
         undo: Vec::new(),
         wake: HashMap::new(),
@@ -226,6 +216,40 @@ fn take(batch: &mut Vec<Op>, rx: &mut mpsc::Receiver<Op>, up_to: usize) {
     }
 }
 
+/// An answer held until the commit: reply, result, and the queue of a failed receive.
+type Held = (
+    oneshot::Sender<Result<Reply>>,
+    Result<Reply>,
+    Option<String>,
+);
+
+/// A batch whose transaction is open.
+struct Open {
+    /// Answers held until the commit.
+    pending: Vec<Held>,
+    /// Requests applied.
+    served: u64,
+    /// Claims given back or messages expired at the start (a commit worth announcing).
+    changed: bool,
+    /// A shutdown request seen in the batch.
+    shutdown: Option<oneshot::Sender<Result<Reply>>>,
+}
+
+/// Answers every request of a batch that could not start with `e`; returns a shutdown
+/// request's reply if one was among them.
+fn refuse(batch: Vec<Op>, e: &StoreError) -> Option<oneshot::Sender<Result<Reply>>> {
+    let mut shutdown = None;
+    for op in batch {
+        match op.kind {
+            OpKind::Shutdown => shutdown = Some(op.reply),
+            _ => {
+                let _ = op.reply.send(Err(e.duplicate()));
+            }
+        }
+    }
+    shutdown
+}
+
 /// The writer's two request queues. Rule outputs arrive on `bulk` as fast as devices publish
 /// and keep it full under load (that is the back-pressure on ingest); everything else — API
 /// requests such as a consumer's receive and delete, push bookkeeping — arrives on
@@ -245,12 +269,6 @@ struct Writer {
     clock: Arc<dyn Clock>,
     ids: IdGenerator,
     max_batch: usize,
-    /// [`GATHER_AT_FULL`] at `synchronous=FULL`, else zero (a NORMAL commit is too cheap).
-    gather: Duration,
-    /// Requests in the previous batch.
-    last_batch: usize,
-    /// How long the previous batch took, commit included.
-    last_commit: Duration,
     cat: Catalog,
     undo: Vec<Undo>,
     /// Queues whose waiters are woken after the commit, and how.
@@ -529,8 +547,6 @@ impl Writer {
                 return;
             }
         };
-        let half = (self.max_batch / 2).max(1);
-        let bulk_cap = self.max_batch.min(MAX_BULK_PER_BATCH);
         loop {
             let mut batch = Vec::new();
             let mut closed = false;
@@ -554,52 +570,109 @@ impl Writer {
                     Err(_) => {} // timer: retention sweeps
                 }
             }
-            take(&mut batch, &mut interactive, half);
-            let before_bulk = batch.len();
-            take(&mut batch, &mut bulk, before_bulk + bulk_cap);
-            let mut bulk_taken = batch.len() - before_bulk;
-            take(&mut batch, &mut interactive, self.max_batch);
+            self.fill(&mut batch, &mut interactive, &mut bulk, self.max_batch);
             if closed && batch.is_empty() {
                 break;
             }
-            // Several requesters are active: give the ones answered by the last commit a moment
-            // to come back, so one fsync serves them all (see GATHER_AT_FULL).
-            if batch.len() >= 2 && !self.gather.is_zero() {
-                let target = (batch.len() + self.last_batch).min(self.max_batch);
-                let until = std::time::Instant::now() + self.gather.min(self.last_commit / 8);
-                while batch.len() < target && std::time::Instant::now() < until {
-                    let before = batch.len();
-                    take(&mut batch, &mut interactive, target);
-                    let room = bulk_cap - bulk_taken;
-                    let up_to = target.min(batch.len() + room);
-                    let before_bulk = batch.len();
-                    take(&mut batch, &mut bulk, up_to);
-                    bulk_taken += batch.len() - before_bulk;
-                    if batch.len() == before {
-                        std::thread::yield_now();
+            let started = std::time::Instant::now();
+            let mut open = match self.begin() {
+                Ok(open) => open,
+                Err(e) => {
+                    tracing::error!(error = %e, "store cannot begin a transaction");
+                    match refuse(batch, &e) {
+                        Some(reply) => return self.shut_down(reply, interactive, bulk),
+                        None => continue,
                     }
                 }
-            }
-            self.last_batch = batch.len();
-            let started = std::time::Instant::now();
-            let shutdown = self.run_batch(batch);
-            self.last_commit = started.elapsed();
-            if self.last_batch > 0 {
-                self.counters.commit_time.record_duration(self.last_commit);
+            };
+            self.apply_ops(&mut open, batch);
+            self.extend_while_syncing(&rt, &mut open, &mut interactive, &mut bulk);
+            let served = open.served;
+            let shutdown = self.commit(open);
+            if served > 0 {
+                self.counters.commit_time.record_duration(started.elapsed());
             }
             if let Some(reply) = shutdown {
-                for rx in [&mut interactive, &mut bulk] {
-                    rx.close();
-                    while let Ok(op) = rx.try_recv() {
-                        let _ = op.reply.send(Err(StoreError::Closed));
-                    }
-                }
-                self.finish();
-                let _ = reply.send(Ok(Reply::Unit));
-                return;
+                return self.shut_down(reply, interactive, bulk);
             }
         }
         self.finish();
+    }
+
+    /// Moves waiting requests into `batch` until it holds `up_to`: interactive ones first (up
+    /// to half), then at most [`MAX_BULK_PER_BATCH`] bulk ones, then interactive ones again.
+    fn fill(
+        &self,
+        batch: &mut Vec<Op>,
+        interactive: &mut mpsc::Receiver<Op>,
+        bulk: &mut mpsc::Receiver<Op>,
+        up_to: usize,
+    ) {
+        take(batch, interactive, (up_to / 2).max(1));
+        let before_bulk = batch.len();
+        take(batch, bulk, (before_bulk + MAX_BULK_PER_BATCH).min(up_to));
+        take(batch, interactive, up_to);
+    }
+
+    /// While the sync thread is still writing an earlier commit to disk, requests that arrive
+    /// would wait for the next fsync whenever they commit: apply them in this transaction
+    /// instead, and commit when the disk is free, the batch is full or [`EXTEND_AT_MOST`] has
+    /// passed. Fewer, larger commits write each touched page once instead of once per small
+    /// commit, at little cost in latency.
+    fn extend_while_syncing(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        open: &mut Open,
+        interactive: &mut mpsc::Receiver<Op>,
+        bulk: &mut mpsc::Receiver<Op>,
+    ) {
+        let Some(syncer) = self.syncer.as_ref() else {
+            return;
+        };
+        let progress = syncer.progress();
+        let until = tokio::time::Instant::now() + EXTEND_AT_MOST;
+        while open.shutdown.is_none() && open.served < self.max_batch as u64 {
+            let next = rt.block_on(async {
+                let synced = progress.notified();
+                tokio::pin!(synced);
+                synced.as_mut().enable();
+                if !progress.busy() {
+                    return None;
+                }
+                tokio::select! {
+                    biased;
+                    _ = &mut synced => None,
+                    _ = tokio::time::sleep_until(until) => None,
+                    op = interactive.recv() => op,
+                    op = bulk.recv() => op,
+                }
+            });
+            let Some(op) = next else {
+                return;
+            };
+            let mut more = vec![op];
+            let room = self.max_batch.saturating_sub(open.served as usize);
+            self.fill(&mut more, interactive, bulk, room.max(1));
+            self.apply_ops(open, more);
+        }
+    }
+
+    /// Answers the requests still queued after a shutdown request, closes the store, and
+    /// answers the shutdown last.
+    fn shut_down(
+        mut self,
+        reply: oneshot::Sender<Result<Reply>>,
+        mut interactive: mpsc::Receiver<Op>,
+        mut bulk: mpsc::Receiver<Op>,
+    ) {
+        for rx in [&mut interactive, &mut bulk] {
+            rx.close();
+            while let Ok(op) = rx.try_recv() {
+                let _ = op.reply.send(Err(StoreError::Closed));
+            }
+        }
+        self.finish();
+        let _ = reply.send(Ok(Reply::Unit));
     }
 
     fn finish(&mut self) {
@@ -637,28 +710,15 @@ impl Writer {
         }
     }
 
-    /// Runs one batch in one transaction; returns the shutdown reply if one was in it.
-    fn run_batch(&mut self, batch: Vec<Op>) -> Option<oneshot::Sender<Result<Reply>>> {
-        let mut shutdown = None;
-        let begun = match self.syncer.as_ref().and_then(|s| s.failed()) {
-            Some(failed) => Err(failed),
-            None => self
-                .conn
-                .execute_batch("BEGIN IMMEDIATE")
-                .map_err(|e| StoreError::from_sqlite(e, &self.db)),
-        };
-        if let Err(e) = begun {
-            tracing::error!(error = %e, "store cannot begin a transaction");
-            for op in batch {
-                match op.kind {
-                    OpKind::Shutdown => shutdown = Some(op.reply),
-                    _ => {
-                        let _ = op.reply.send(Err(e.duplicate()));
-                    }
-                }
-            }
-            return shutdown;
+    /// Opens a batch's transaction: gives back claims nobody received and sweeps expired
+    /// messages, so the requests of this batch see them gone.
+    fn begin(&mut self) -> Result<Open> {
+        if let Some(failed) = self.syncer.as_ref().and_then(|s| s.failed()) {
+            return Err(failed);
         }
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| StoreError::from_sqlite(e, &self.db))?;
         self.undo.clear();
         self.wake.clear();
         self.wake_names.clear();
@@ -670,14 +730,12 @@ impl Writer {
                 false
             }
         };
-        let had_work = !batch.is_empty() || !self.releases.is_empty();
-
+        let released = !self.releases.is_empty();
         for (queue, receipt) in std::mem::take(&mut self.releases) {
             if let Err(e) = self.in_savepoint(|w| w.release(&queue, receipt)) {
                 tracing::warn!(queue = %queue, error = %e, "releasing an unanswered receive failed");
             }
         }
-        // Retention first, so the requests of this batch see expired messages gone.
         let swept = match self.in_savepoint(|w| w.sweep_due()) {
             Ok(n) => n,
             Err(e) => {
@@ -685,14 +743,22 @@ impl Writer {
                 0
             }
         };
-        let mut pending = Vec::with_capacity(batch.len());
-        let mut served = 0u64;
-        for op in batch {
+        Ok(Open {
+            pending: Vec::new(),
+            served: 0,
+            changed: released || swept > 0,
+            shutdown: None,
+        })
+    }
+
+    /// Applies requests in the open transaction; their answers wait for the commit.
+    fn apply_ops(&mut self, open: &mut Open, ops: Vec<Op>) {
+        for op in ops {
             if let OpKind::Shutdown = op.kind {
-                shutdown = Some(op.reply);
+                open.shutdown = Some(op.reply);
                 continue;
             }
-            served += 1;
+            open.served += 1;
             let receive_queue = match &op.kind {
                 OpKind::Receive(q, _) => Some(q.clone()),
                 _ => None,
@@ -702,20 +768,22 @@ impl Writer {
             if result.is_ok() {
                 self.batch_counts.absorb(&mut self.op_counts);
             }
-            match receive_queue {
-                // A claim is answered before its commit: it acknowledges nothing stored. If
-                // the commit fails or the process dies first, the messages are simply visible
-                // again (at-least-once, as after a lost consumer) and the handles are refused
-                // as stale. The consumer saves a commit wait on every receive; its delete,
-                // which must be durable, arrives in a later batch, after this commit.
-                Some(queue) if result.is_ok() => self.answer_claim(op.reply, result, queue),
-                receive_queue => pending.push((op.reply, result, receive_queue)),
-            }
+            open.pending.push((op.reply, result, receive_queue));
         }
+    }
 
+    /// Commits the open transaction and answers its requests (through the sync thread at
+    /// FULL); returns the shutdown reply if one was in it.
+    fn commit(&mut self, open: Open) -> Option<oneshot::Sender<Result<Reply>>> {
+        let Open {
+            pending,
+            served,
+            changed,
+            shutdown,
+        } = open;
         match self.conn.execute_batch("COMMIT") {
             Ok(()) => {
-                if had_work || swept > 0 {
+                if served > 0 || changed {
                     self.commit_no += 1;
                     self.commit_tx.send_replace(self.commit_no);
                     let queues = &self.cat.queues;
@@ -726,6 +794,10 @@ impl Writer {
                 }
                 self.notify();
                 self.cat.push.signal();
+                // A receive is answered now, before the fsync: it acknowledges nothing stored.
+                // Were its commit lost to a power cut, its messages would simply be visible
+                // again (at-least-once, as after a lost consumer) and its handles refused as
+                // stale. Everything else waits until the commit is on disk.
                 let mut answers = Vec::with_capacity(pending.len());
                 for (reply, result, receive_queue) in pending {
                     match receive_queue {

@@ -18,7 +18,7 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
@@ -39,7 +39,31 @@ pub(super) struct Syncer {
     tx: Option<mpsc::Sender<Vec<Answer>>>,
     thread: Option<std::thread::JoinHandle<()>>,
     failed: Arc<AtomicBool>,
+    progress: Arc<Progress>,
     path: PathBuf,
+}
+
+/// How far the sync thread has got. While it is busy the writer keeps its transaction open
+/// and adds the requests that arrive, and it commits when the disk is free.
+#[derive(Debug, Default)]
+pub(super) struct Progress {
+    /// Commits handed over whose answers are not sent yet.
+    unsynced: AtomicUsize,
+    /// Notified (all waiters) after every fsync.
+    synced: tokio::sync::Notify,
+}
+
+impl Progress {
+    /// Is an fsync running or waiting to run?
+    pub(super) fn busy(&self) -> bool {
+        self.unsynced.load(Ordering::Acquire) > 0
+    }
+
+    /// Completes after the next fsync; enable it before checking [`Progress::busy`] so a sync
+    /// that ends in between is not missed.
+    pub(super) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.synced.notified()
+    }
 }
 
 impl Syncer {
@@ -51,18 +75,27 @@ impl Syncer {
     ) -> std::io::Result<Syncer> {
         let (tx, rx) = mpsc::channel();
         let failed = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(Progress::default());
         let thread = {
-            let (failed, path) = (failed.clone(), path.clone());
+            let (failed, progress, path) = (failed.clone(), progress.clone(), path.clone());
             std::thread::Builder::new()
                 .name("sluice-store-sync".into())
-                .spawn(move || run(rx, make_durable, &failed, &path, &counters))?
+                .spawn(move || {
+                    run(rx, make_durable, &failed, &progress, &path, &counters);
+                })?
         };
         Ok(Syncer {
             tx: Some(tx),
             thread: Some(thread),
             failed,
+            progress,
             path,
         })
+    }
+
+    /// The thread's progress, for the writer to commit when the disk is free.
+    pub(super) fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
     }
 
     /// Hands over the answers of a commit that just returned.
@@ -71,7 +104,9 @@ impl Syncer {
             return;
         }
         if let Some(tx) = &self.tx {
+            self.progress.unsynced.fetch_add(1, Ordering::AcqRel);
             if let Err(mpsc::SendError(answers)) = tx.send(answers) {
+                self.progress.unsynced.fetch_sub(1, Ordering::AcqRel);
                 // The thread is gone (it never exits early; only a panic ends it).
                 for (reply, _) in answers {
                     let _ = reply.send(Err(StoreError::Internal(
@@ -119,13 +154,16 @@ fn run(
     rx: mpsc::Receiver<Vec<Answer>>,
     mut make_durable: MakeDurable,
     failed: &AtomicBool,
+    progress: &Progress,
     path: &Path,
     counters: &StoreCounters,
 ) {
     while let Ok(mut answers) = rx.recv() {
         // Every commit handed over by now was written before this fsync starts: one covers all.
+        let mut commits = 1;
         while let Ok(more) = rx.try_recv() {
             answers.extend(more);
+            commits += 1;
         }
         let started = Instant::now();
         let synced = if failed.load(Ordering::Acquire) {
@@ -149,6 +187,8 @@ fn run(
                 }
             }
         }
+        progress.unsynced.fetch_sub(commits, Ordering::AcqRel);
+        progress.synced.notify_waiters();
     }
 }
 
@@ -212,9 +252,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(first_rx.try_recv().unwrap().is_ok());
         assert!(a_rx.try_recv().is_err() && b_rx.try_recv().is_err());
+        assert!(s.progress().busy(), "two commits wait for the disk");
         gate_tx.send(()).unwrap();
         s.finish();
         assert!(a_rx.try_recv().unwrap().is_ok() && b_rx.try_recv().unwrap().is_ok());
+        assert!(!s.progress().busy());
         assert_eq!(
             syncs.load(Ordering::SeqCst),
             2,
