@@ -57,17 +57,10 @@ pub async fn run(cmd: KeyCommand, client: &Client, as_json: bool) -> anyhow::Res
                     .unwrap_or_default()
                     .iter()
                     .map(|k| {
-                        let allow: Vec<String> = k["allow"]
-                            .as_array()
-                            .map(Vec::as_slice)
-                            .unwrap_or_default()
-                            .iter()
-                            .map(output::cell)
-                            .collect();
                         vec![
                             output::cell(&k["id"]),
                             output::cell(&k["name"]),
-                            allow.join(" "),
+                            output::list(&k["allow"], " "),
                         ]
                     })
                     .collect();

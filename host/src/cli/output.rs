@@ -55,3 +55,19 @@ pub fn cell(value: &serde_json::Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// A JSON array as one cell, its items joined by `sep`; `-` when empty or not an array.
+pub fn list(value: &serde_json::Value, sep: &str) -> String {
+    let items: Vec<String> = value
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(cell)
+        .collect();
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(sep)
+    }
+}

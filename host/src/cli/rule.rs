@@ -197,20 +197,7 @@ pub async fn run(cmd: RuleCommand, client: &Client, as_json: bool) -> anyhow::Re
 
 /// `rule show` for people: definition, grant and counters as aligned `key  value` lines.
 fn print_rule(v: &Value) {
-    let list = |v: &Value| {
-        let items: Vec<String> = v
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .map(output::cell)
-            .collect();
-        if items.is_empty() {
-            "-".to_string()
-        } else {
-            items.join(", ")
-        }
-    };
+    let list = |v: &Value| output::list(v, ", ");
     let c = &v["counters"];
     let failed = c["failed"]
         .as_object()

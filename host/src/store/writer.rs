@@ -229,6 +229,8 @@ struct Open {
     pending: Vec<Held>,
     /// Requests applied.
     served: u64,
+    /// Whether a receive is among them (answered at the commit, so worth committing soon).
+    has_receive: bool,
     /// Claims given back or messages expired at the start (a commit worth announcing).
     changed: bool,
     /// A shutdown request seen in the batch.
@@ -631,7 +633,9 @@ impl Writer {
         };
         let progress = syncer.progress();
         let until = tokio::time::Instant::now() + EXTEND_AT_MOST;
-        while open.shutdown.is_none() && open.served < self.max_batch as u64 {
+        // A receive is answered at its commit and would wait; answers that wait for an fsync
+        // anyway lose nothing by it (the next fsync could not start before this one ends).
+        while open.shutdown.is_none() && open.served < self.max_batch as u64 && !open.has_receive {
             let next = rt.block_on(async {
                 let synced = progress.notified();
                 tokio::pin!(synced);
@@ -746,6 +750,7 @@ impl Writer {
         Ok(Open {
             pending: Vec::new(),
             served: 0,
+            has_receive: false,
             changed: released || swept > 0,
             shutdown: None,
         })
@@ -768,6 +773,7 @@ impl Writer {
             if result.is_ok() {
                 self.batch_counts.absorb(&mut self.op_counts);
             }
+            open.has_receive |= receive_queue.is_some();
             open.pending.push((op.reply, result, receive_queue));
         }
     }
@@ -780,6 +786,7 @@ impl Writer {
             served,
             changed,
             shutdown,
+            ..
         } = open;
         match self.conn.execute_batch("COMMIT") {
             Ok(()) => {
