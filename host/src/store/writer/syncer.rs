@@ -172,6 +172,10 @@ fn run(
             make_durable()
         };
         counters.sync_time.record_duration(started.elapsed());
+        // The disk is free before anyone hears back: a requester answered below that sends its
+        // next request at once finds the writer ready to commit it.
+        progress.unsynced.fetch_sub(commits, Ordering::AcqRel);
+        progress.synced.notify_waiters();
         match synced {
             Ok(()) => {
                 for (reply, result) in answers {
@@ -187,8 +191,6 @@ fn run(
                 }
             }
         }
-        progress.unsynced.fetch_sub(commits, Ordering::AcqRel);
-        progress.synced.notify_waiters();
     }
 }
 
