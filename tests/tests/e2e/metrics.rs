@@ -185,6 +185,8 @@ async fn a_scrape_after_traffic_counts_rules_topics_queues_and_subscriptions() {
     assert_eq!(get(&m, "sluice_pipeline_outputs_committed_total"), 24.0);
     assert!(get(&m, "sluice_store_commits_total") >= 1.0);
     assert!(get(&m, "sluice_store_commit_seconds_count") >= 1.0);
+    // At synchronous=FULL (the default) every acknowledged commit waited for an fsync.
+    assert!(get(&m, "sluice_store_sync_seconds_count") >= 1.0);
     assert!(get(&m, "sluice_store_commit_requests_count") >= 1.0);
     sluice.stop();
 }
