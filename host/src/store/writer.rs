@@ -216,12 +216,21 @@ fn take(batch: &mut Vec<Op>, rx: &mut mpsc::Receiver<Op>, up_to: usize) {
     }
 }
 
-/// An answer held until the commit: reply, result, and the queue of a failed receive.
-type Held = (
-    oneshot::Sender<Result<Reply>>,
-    Result<Reply>,
-    Option<String>,
-);
+/// An answer held until the commit.
+type Held = (oneshot::Sender<Result<Reply>>, Result<Reply>, When);
+
+/// When a request is answered. Only what acknowledges something stored waits for the fsync;
+/// were a commit lost to a power cut, what was answered at it would simply happen again.
+enum When {
+    /// After the commit is on disk (at FULL): publishes, sends, deletes, changes.
+    Durable,
+    /// At the commit: a receive of this queue (its messages would be visible again and its
+    /// handles refused as stale; at-least-once, as after a lost consumer).
+    Claim(String),
+    /// At the commit: a push worker's cycle (its outcomes and claims are sluice's own
+    /// bookkeeping; a lost cycle means a message pushed once more).
+    Internal,
+}
 
 /// A batch whose transaction is open.
 struct Open {
@@ -229,8 +238,8 @@ struct Open {
     pending: Vec<Held>,
     /// Requests applied.
     served: u64,
-    /// Whether a receive is among them (answered at the commit, so worth committing soon).
-    has_receive: bool,
+    /// Whether one is answered at the commit (not after the fsync), so worth committing soon.
+    answers_at_commit: bool,
     /// Claims given back or messages expired at the start (a commit worth announcing).
     changed: bool,
     /// A shutdown request seen in the batch.
@@ -633,9 +642,12 @@ impl Writer {
         };
         let progress = syncer.progress();
         let until = tokio::time::Instant::now() + EXTEND_AT_MOST;
-        // A receive is answered at its commit and would wait; answers that wait for an fsync
+        // An answer given at the commit would wait; answers that wait for an fsync
         // anyway lose nothing by it (the next fsync could not start before this one ends).
-        while open.shutdown.is_none() && open.served < self.max_batch as u64 && !open.has_receive {
+        while open.shutdown.is_none()
+            && open.served < self.max_batch as u64
+            && !open.answers_at_commit
+        {
             let next = rt.block_on(async {
                 let synced = progress.notified();
                 tokio::pin!(synced);
@@ -750,7 +762,7 @@ impl Writer {
         Ok(Open {
             pending: Vec::new(),
             served: 0,
-            has_receive: false,
+            answers_at_commit: false,
             changed: released || swept > 0,
             shutdown: None,
         })
@@ -764,17 +776,20 @@ impl Writer {
                 continue;
             }
             open.served += 1;
-            let receive_queue = match &op.kind {
-                OpKind::Receive(q, _) => Some(q.clone()),
-                _ => None,
+            let when = match &op.kind {
+                OpKind::Receive(q, _) => When::Claim(q.clone()),
+                OpKind::Push(p) if matches!(**p, super::push::PushOp::Cycle { .. }) => {
+                    When::Internal
+                }
+                _ => When::Durable,
             };
             self.op_counts.clear();
             let result = self.apply(op.kind);
             if result.is_ok() {
                 self.batch_counts.absorb(&mut self.op_counts);
             }
-            open.has_receive |= receive_queue.is_some();
-            open.pending.push((op.reply, result, receive_queue));
+            open.answers_at_commit |= !matches!(when, When::Durable);
+            open.pending.push((op.reply, result, when));
         }
     }
 
@@ -801,15 +816,14 @@ impl Writer {
                 }
                 self.notify();
                 self.cat.push.signal();
-                // A receive is answered now, before the fsync: it acknowledges nothing stored.
-                // Were its commit lost to a power cut, its messages would simply be visible
-                // again (at-least-once, as after a lost consumer) and its handles refused as
-                // stale. Everything else waits until the commit is on disk.
                 let mut answers = Vec::with_capacity(pending.len());
-                for (reply, result, receive_queue) in pending {
-                    match receive_queue {
-                        Some(queue) => self.answer_claim(reply, result, queue),
-                        None => answers.push((reply, result)),
+                for (reply, result, when) in pending {
+                    match when {
+                        When::Claim(queue) => self.answer_claim(reply, result, queue),
+                        When::Internal => {
+                            let _ = reply.send(result);
+                        }
+                        When::Durable => answers.push((reply, result)),
                     }
                 }
                 match &self.syncer {
