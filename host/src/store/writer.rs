@@ -49,8 +49,9 @@ const MAX_IDLE: Duration = Duration::from_secs(60);
 /// `sluice bench` and `sluice_store_commit_seconds` / `sluice_store_commit_requests`.
 const MAX_BULK_PER_BATCH: usize = 256;
 /// Longest a transaction stays open taking requests while the disk is busy with an earlier
-/// commit (see `extend_while_syncing`): receives and deletes in it wait for its commit, so this
-/// bounds what the extension adds to their latency (an fsync here: p50 0.2 ms, p99 0.8 ms).
+/// commit (see `extend_while_syncing`): a slow fsync (here p50 0.2 ms, p99 0.8 ms, stalls of
+/// hundreds of ms) must not hold the transaction open, and the visibility of its messages, for
+/// that long.
 const EXTEND_AT_MOST: Duration = Duration::from_millis(2);
 /// Most long polls of one queue one commit wakes one by one; more new messages than this
 /// wake this many (each takes up to 16, and every woken poll that finds more comes back).
