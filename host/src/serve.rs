@@ -26,7 +26,7 @@ use crate::rules::catalog::{RuleCatalog, SqliteRuleCatalog};
 use crate::rules::registry::{RegistryError, RuleRegistry};
 use crate::rules::runtime::TagSource;
 use crate::rules::spec::{RuleDefinition, RuleState};
-use crate::rules::{RuleEngine, RuleRuntime, SandboxConfig};
+use crate::rules::{RuleEngine, RuleRuntime, RuleSpec, SandboxConfig};
 use crate::store::jetstream::{durability, JetStream, JetStreamOptions};
 use crate::store::{
     PublishRequest, QueueAttributes, Store, StoreError, StoreOptions, SubscriptionSpec, Synchronous,
@@ -193,7 +193,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         })
         .map_err(|e| ServeError::Sandbox(format!("{e:#}")))?,
     );
-    check_configured_rules(&config, &runtime)?;
+    let configured_rules = check_configured_rules(&config, &runtime)?;
 
     let fresh = !config.data_dir.join("sluice.db").exists();
     let store = open_store(&config).await?;
@@ -234,7 +234,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     if fresh {
         create_default_setup(&store, &registry).await?;
     }
-    create_configured_objects(&config, &store, &registry).await?;
+    create_configured_objects(&config, configured_rules, &store, &registry).await?;
 
     let ids = Arc::new(IdGenerator::new(config.node_id));
     let downlink;
@@ -558,7 +558,10 @@ async fn create_default_setup(
         actions: vec!["forward:alerts".into()],
         ..RuleDefinition::default()
     };
-    create_running_rule(registry, "overheat", def).await?;
+    let spec = def
+        .into_spec("overheat")
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    create_running_rule(registry, spec).await?;
     tracing::info!("new data directory: created topic alerts, queue alerts-q, subscription alerts-to-q and the running rule overheat");
     Ok(())
 }
@@ -616,17 +619,15 @@ fn follow_shared_catalog(
 
 async fn create_running_rule(
     registry: &Arc<RuleRegistry>,
-    name: &str,
-    def: RuleDefinition,
+    spec: RuleSpec,
 ) -> Result<(), ServeError> {
     let registry = registry.clone();
-    let name = name.to_string();
     tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
+        let name = spec.name.clone();
         if registry.contains(&name) {
-            // A shared catalog: another process of the cluster created it first.
+            // Created on an earlier start, or (a shared catalog) by another process first.
             return Ok(());
         }
-        let spec = def.into_spec(&name)?;
         registry.create(spec)?;
         registry.set_state(&name, RuleState::Running)?;
         Ok(())
@@ -638,12 +639,13 @@ async fn create_running_rule(
 
 /// Checks every `[[rule]]` of the config file as `rule create` would (definition, grant,
 /// module compiled and trial-instantiated), so a bad one stops the start before anything is
-/// written; the error names the rule and, for a module, its file.
+/// written; the error names the rule and, for a module, its file. Returns the checked rules.
 fn check_configured_rules(
     config: &ServeConfig,
     runtime: &Arc<RuleRuntime>,
-) -> Result<(), ServeError> {
+) -> Result<Vec<RuleSpec>, ServeError> {
     let checker = RuleEngine::new(runtime.clone(), None);
+    let mut specs = Vec::with_capacity(config.objects.rule.len());
     for r in &config.objects.rule {
         let source = match &r.wasm_file {
             Some(p) => format!(" ({})", config.config_dir.join(p).display()),
@@ -655,13 +657,16 @@ fn check_configured_rules(
             .into_spec(&r.name)
             .map_err(|e| fail(e.to_string()))?;
         checker.validate(&spec).map_err(|e| fail(e.to_string()))?;
+        specs.push(spec);
     }
-    Ok(())
+    Ok(specs)
 }
 
-/// Creates the config file's objects that do not exist yet; existing ones are left alone.
+/// Creates the config file's objects that do not exist yet (its rules as checked by
+/// [`check_configured_rules`]); existing ones are left alone.
 async fn create_configured_objects(
     config: &ServeConfig,
+    rules: Vec<RuleSpec>,
     store: &Store,
     registry: &Arc<RuleRegistry>,
 ) -> Result<(), ServeError> {
@@ -711,15 +716,11 @@ async fn create_configured_objects(
             Err(e) => return Err(cfg_err("subscription", &s.name, e)),
         }
     }
-    for r in &objects.rule {
-        if registry.contains(&r.name) {
-            continue;
-        }
-        let def = rule_definition(r, &config.config_dir)
-            .map_err(|e| ServeError::Config(format!("[[rule]] `{}`: {e}", r.name)))?;
-        create_running_rule(registry, &r.name, def)
+    for spec in rules {
+        let name = spec.name.clone();
+        create_running_rule(registry, spec)
             .await
-            .map_err(|e| ServeError::Config(format!("[[rule]] `{}`: {e}", r.name)))?;
+            .map_err(|e| ServeError::Config(format!("[[rule]] `{name}`: {e}")))?;
     }
     Ok(())
 }

@@ -217,6 +217,20 @@ fn take(batch: &mut Vec<Op>, rx: &mut mpsc::Receiver<Op>, up_to: usize) {
     }
 }
 
+/// Moves waiting requests into `batch` until it holds `up_to`: interactive ones first (up to
+/// half), then at most [`MAX_BULK_PER_BATCH`] bulk ones, then interactive ones again.
+fn fill(
+    batch: &mut Vec<Op>,
+    interactive: &mut mpsc::Receiver<Op>,
+    bulk: &mut mpsc::Receiver<Op>,
+    up_to: usize,
+) {
+    take(batch, interactive, (up_to / 2).max(1));
+    let before_bulk = batch.len();
+    take(batch, bulk, (before_bulk + MAX_BULK_PER_BATCH).min(up_to));
+    take(batch, interactive, up_to);
+}
+
 /// An answer held until the commit.
 type Held = (oneshot::Sender<Result<Reply>>, Result<Reply>, When);
 
@@ -582,7 +596,7 @@ impl Writer {
                     Err(_) => {} // timer: retention sweeps
                 }
             }
-            self.fill(&mut batch, &mut interactive, &mut bulk, self.max_batch);
+            fill(&mut batch, &mut interactive, &mut bulk, self.max_batch);
             if closed && batch.is_empty() {
                 break;
             }
@@ -609,21 +623,6 @@ impl Writer {
             }
         }
         self.finish();
-    }
-
-    /// Moves waiting requests into `batch` until it holds `up_to`: interactive ones first (up
-    /// to half), then at most [`MAX_BULK_PER_BATCH`] bulk ones, then interactive ones again.
-    fn fill(
-        &self,
-        batch: &mut Vec<Op>,
-        interactive: &mut mpsc::Receiver<Op>,
-        bulk: &mut mpsc::Receiver<Op>,
-        up_to: usize,
-    ) {
-        take(batch, interactive, (up_to / 2).max(1));
-        let before_bulk = batch.len();
-        take(batch, bulk, (before_bulk + MAX_BULK_PER_BATCH).min(up_to));
-        take(batch, interactive, up_to);
     }
 
     /// While the sync thread is still writing an earlier commit to disk, requests that arrive
@@ -669,7 +668,7 @@ impl Writer {
             };
             let mut more = vec![op];
             let room = self.max_batch.saturating_sub(open.served as usize);
-            self.fill(&mut more, interactive, bulk, room.max(1));
+            fill(&mut more, interactive, bulk, room.max(1));
             self.apply_ops(open, more);
         }
     }

@@ -32,12 +32,18 @@ fn start(dir: &tempfile::TempDir) -> Sluice {
     )
 }
 
-/// A `.wat` fixture of the host's sandbox tests (wasmtime takes the text format as a module).
-fn fixture(name: &str) -> Vec<u8> {
-    let path = format!(
+/// The path of a `.wat` fixture of the host's sandbox tests (wasmtime takes the text format as
+/// a module).
+fn fixture_path(name: &str) -> String {
+    format!(
         "{}/../host/src/rules/fixtures/{name}.wat",
         env!("CARGO_MANIFEST_DIR")
-    );
+    )
+}
+
+/// A fixture's bytes.
+fn fixture(name: &str) -> Vec<u8> {
+    let path = fixture_path(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -768,10 +774,7 @@ async fn the_rule_cli_manages_a_wasm_rule_whose_grant_is_checked_at_create_and_a
     // status topic is a malformed decision reported to the error action while an allowed one
     // reaches its MQTT subscriber.
     let dir = tempfile::tempdir().unwrap();
-    let module = format!(
-        "{}/../host/src/rules/fixtures/republish_to_payload.wat",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let module = fixture_path("republish_to_payload");
     let config = dir.path().join("sluice.toml");
     std::fs::write(
         &config,

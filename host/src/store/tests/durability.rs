@@ -307,10 +307,10 @@ async fn another_process_holding_the_lock_makes_requests_wait_then_fail_cleanly(
 }
 
 #[tokio::test]
-async fn at_full_every_acknowledgement_waits_for_an_fsync_of_the_log() {
+async fn at_full_every_acknowledged_commit_goes_through_an_fsync_of_the_log() {
     // Proves the FULL store acknowledges through the sync thread (one fsync per commit or per
-    // group of commits) and NORMAL never fsyncs per commit; what is acknowledged is readable
-    // after a reopen either way.
+    // group of commits; that answers wait for it is the syncer's own unit test) and NORMAL never
+    // fsyncs per commit; what is acknowledged is readable after a reopen either way.
     for (sync, expect_syncs) in [
         (crate::store::Synchronous::Full, true),
         (crate::store::Synchronous::Normal, false),
