@@ -97,7 +97,18 @@ where
             break;
         }
     }
-    let _ = child.wait();
+    // The SDK has been seen spinning in its own teardown after reporting `done` (once in many
+    // runs, over TLS): give it a moment to exit, then end it, so a stuck SDK cannot hang the
+    // suite.
+    let grace = Instant::now() + Duration::from_secs(10);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if matches!(child.try_wait(), Ok(None)) {
+        println!("the SDK process did not exit after its run; killing it");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     events
 }
 
