@@ -617,6 +617,17 @@ impl Collector for Snapshot {
         )?;
         family(
             &mut e,
+            "sluice_store_checkpoint",
+            "Time one checkpoint took (the write-ahead log copied into the database file), mostly on a thread beside the writer.",
+            Some(&Unit::Seconds),
+            one(HistogramValue::of(
+                &self.store.checkpoint_time,
+                &COMMIT_BOUNDS_S,
+                1e-9,
+            )),
+        )?;
+        family(
+            &mut e,
             "sluice_store_commit_requests",
             "Requests served by one commit (group commit: more is cheaper per request).",
             None,

@@ -44,6 +44,9 @@ pub struct StoreCounters {
     /// Time one fsync of the write-ahead log took at `synchronous=FULL`, nanoseconds; the
     /// acknowledgements of the commits it covers wait for it.
     pub sync_time: LatencyHistogram,
+    /// Time one checkpoint took (the write-ahead log copied into the database file and synced),
+    /// nanoseconds; most run on their own thread, beside the writer.
+    pub checkpoint_time: LatencyHistogram,
     queues: Mutex<HashMap<String, QueueTotals>>,
     topics: Mutex<HashMap<String, u64>>,
 }

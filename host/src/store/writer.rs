@@ -29,6 +29,7 @@ use super::types::{
 use super::Notifiers;
 
 mod catalog;
+mod checkpointer;
 mod messages;
 mod push;
 mod retention;
@@ -173,6 +174,7 @@ pub(crate) fn spawn(
         op_counts: Counts::default(),
         batch_counts: Counts::default(),
         syncer: None,
+        checkpoints: None,
     };
     if opts.synchronous == super::types::Synchronous::Full {
         // FULL's guarantee, with the fsync on its own thread (see `syncer`).
@@ -192,6 +194,14 @@ pub(crate) fn spawn(
             })?,
         );
     }
+    w.checkpoints = Some(
+        checkpointer::Checkpoints::start(&w.conn, &paths.db, opts.synchronous, w.counters.clone())
+            .map_err(|source| StoreError::Io {
+                action: "cannot start the checkpoint thread for",
+                path: paths.db.clone(),
+                source,
+            })?,
+    );
     w.cat.push.signals = push_signals;
     w.load().map_err(|e| w.classify(e))?;
     let (interactive, interactive_rx) = mpsc::channel(w.max_batch);
@@ -321,6 +331,8 @@ struct Writer {
     batch_counts: Counts,
     /// At `synchronous=FULL`, the thread that fsyncs each commit and then sends its answers.
     syncer: Option<syncer::Syncer>,
+    /// Copies the write-ahead log into the database, mostly on a thread of its own.
+    checkpoints: Option<checkpointer::Checkpoints>,
 }
 
 /// A full queue row as read from SQLite.
@@ -696,6 +708,9 @@ impl Writer {
         if let Some(syncer) = self.syncer.as_mut() {
             syncer.finish();
         }
+        if let Some(checkpoints) = self.checkpoints.as_mut() {
+            checkpoints.finish();
+        }
         // Long polls wake now and find the store closed instead of sleeping out their wait.
         if let Ok(map) = self.notifiers.lock() {
             for n in map.values() {
@@ -834,6 +849,9 @@ impl Writer {
                             let _ = reply.send(result);
                         }
                     }
+                }
+                if let Some(checkpoints) = self.checkpoints.as_mut() {
+                    checkpoints.after_commit(&self.conn);
                 }
             }
             Err(e) => {

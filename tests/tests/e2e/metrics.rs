@@ -188,5 +188,7 @@ async fn a_scrape_after_traffic_counts_rules_topics_queues_and_subscriptions() {
     // At synchronous=FULL (the default) every acknowledged commit waited for an fsync.
     assert!(get(&m, "sluice_store_sync_seconds_count") >= 1.0);
     assert!(get(&m, "sluice_store_commit_requests_count") >= 1.0);
+    // A few commits do not fill the log far enough for a checkpoint; the series is there.
+    assert!(get(&m, "sluice_store_checkpoint_seconds_count") >= 0.0);
     sluice.stop();
 }
