@@ -996,11 +996,13 @@ impl Writer {
             OpKind::Delete(queue, handles) => {
                 let id = self.queue_id(&queue)?;
                 self.in_savepoint(|w| {
-                    let results = handles
-                        .iter()
-                        .map(|h| w.delete_one(id, h))
-                        .collect::<Result<_>>()?;
-                    Ok(Reply::Deleted(results))
+                    w.with_queue(id, |w, q| {
+                        let results = handles
+                            .iter()
+                            .map(|h| w.delete_one(q, h))
+                            .collect::<Result<_>>()?;
+                        Ok(Reply::Deleted(results))
+                    })
                 })
             }
             OpKind::Shutdown => Ok(Reply::Unit),

@@ -288,32 +288,36 @@ impl Writer {
                 let (_, seq) = unpack(key);
                 let gen = Receipt::new_gen();
                 let at = now + vt;
-                let limit = dlq.map_or(i64::MAX, |(_, n)| i64::from(n));
                 let row = w
                     .conn
-                    .prepare_cached(&q.sql.claim)?
-                    .query_row(
-                        params![at as i64, gen, now as i64, seq as i64, limit],
-                        RawRow::read,
-                    )
+                    .prepare_cached(&q.sql.row)?
+                    .query_row([seq as i64], RawRow::read)
                     .optional()?;
-                match row {
-                    Some(row) => {
+                match (row, dlq) {
+                    // Received as often as allowed: moved instead of delivered once more.
+                    (Some(row), Some((dlq_id, limit))) if row.dequeue_count >= limit => {
+                        w.move_to_dead_letter(q, dlq_id, key, now)?;
+                    }
+                    (Some(mut row), _) => {
+                        w.conn.prepare_cached(&q.sql.claim)?.execute(params![
+                            at as i64,
+                            gen,
+                            now as i64,
+                            seq as i64
+                        ])?;
+                        row.next_visible_ms = at;
+                        row.dequeue_count += 1;
+                        row.first_dequeue_ms.get_or_insert(now);
                         w.journal().remove_visible(q, key);
                         w.journal().add_inflight(q, at, key);
                         let handle = Receipt { seq, gen }.encode();
                         messages.push(w.to_message(row, Some(handle))?);
                         w.op_counts.queue(q.id).received += 1;
                     }
-                    None => match dlq {
-                        Some((dlq_id, _)) if w.row_exists(q, seq)? => {
-                            w.move_to_dead_letter(q, dlq_id, key, now)?;
-                        }
-                        _ => {
-                            tracing::error!(queue = %q.name, seq, "indexed message has no row; dropped from the index");
-                            w.journal().remove_visible(q, key);
-                        }
-                    },
+                    (None, _) => {
+                        tracing::error!(queue = %q.name, seq, "indexed message has no row; dropped from the index");
+                        w.journal().remove_visible(q, key);
+                    }
                 }
             }
             Ok(Reply::Received {
@@ -322,15 +326,6 @@ impl Writer {
                 next_visible_ms: q.idx.earliest_invisible(),
             })
         })
-    }
-
-    pub(super) fn row_exists(&self, q: &QueueState, seq: u64) -> Result<bool> {
-        Ok(self
-            .conn
-            .prepare_cached(&q.sql.state)?
-            .query_row([seq as i64], |_| Ok(()))
-            .optional()?
-            .is_some())
     }
 
     /// Moves a visible message to the dead-letter queue in the current transaction: inserted
@@ -459,40 +454,38 @@ impl Writer {
 
     /// Deletes by handle. The outer error is a database failure (fails the whole request); the
     /// inner one is this handle's refusal, decided before anything is written.
-    pub(super) fn delete_one(&mut self, id: i64, handle: &str) -> Result<Result<()>> {
+    pub(super) fn delete_one(&mut self, q: &mut QueueState, handle: &str) -> Result<Result<()>> {
         let receipt = match Receipt::decode(handle) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
         let now = self.clock.now_ms();
-        self.with_queue(id, |w, q| {
-            let st = match w.lease(q, receipt, now)? {
-                Lease::Held(st) => st,
-                Lease::Stale(reason) => return Ok(Err(StoreError::ReceiptHandleStale { reason })),
-                Lease::Gone if q.tombstones.matches(receipt.seq, receipt.gen, now) => {
-                    return Ok(Ok(())); // deleted before with this very handle
-                }
-                Lease::Gone => {
-                    return Ok(Err(StoreError::MessageNotExist {
-                        queue: q.name.clone(),
-                    }))
-                }
-            };
-            w.conn
-                .prepare_cached(&q.sql.delete)?
-                .execute([receipt.seq as i64])?;
-            if let Some(body) = st.body_ref {
-                w.release_body(body, 1)?;
+        let st = match self.lease(q, receipt, now)? {
+            Lease::Held(st) => st,
+            Lease::Stale(reason) => return Ok(Err(StoreError::ReceiptHandleStale { reason })),
+            Lease::Gone if q.tombstones.matches(receipt.seq, receipt.gen, now) => {
+                return Ok(Ok(())); // deleted before with this very handle
             }
-            let key = pack(st.priority, receipt.seq);
-            let mut j = w.journal();
-            if !j.remove_any(q, st.next_visible_ms, key) {
-                tracing::error!(queue = %q.name, seq = receipt.seq, "deleted message was not indexed");
+            Lease::Gone => {
+                return Ok(Err(StoreError::MessageNotExist {
+                    queue: q.name.clone(),
+                }))
             }
-            j.add_tombstone(q, receipt.seq, receipt.gen, st.next_visible_ms, now);
-            w.op_counts.queue(q.id).deleted += 1;
-            Ok(Ok(()))
-        })
+        };
+        self.conn
+            .prepare_cached(&q.sql.delete)?
+            .execute([receipt.seq as i64])?;
+        if let Some(body) = st.body_ref {
+            self.release_body(body, 1)?;
+        }
+        let key = pack(st.priority, receipt.seq);
+        let mut j = self.journal();
+        if !j.remove_any(q, st.next_visible_ms, key) {
+            tracing::error!(queue = %q.name, seq = receipt.seq, "deleted message was not indexed");
+        }
+        j.add_tombstone(q, receipt.seq, receipt.gen, st.next_visible_ms, now);
+        self.op_counts.queue(q.id).deleted += 1;
+        Ok(Ok(()))
     }
 
     pub(super) fn change_visibility(
