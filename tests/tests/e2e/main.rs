@@ -1,6 +1,7 @@
 //! End-to-end tests: each runs the real `sluice` binary (and real MQTT clients, Mosquitto and
 //! HTTP) on free loopback ports with a temporary data directory.
 
+mod bench;
 mod common;
 mod console;
 mod devices;

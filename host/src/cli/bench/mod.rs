@@ -187,6 +187,16 @@ pub async fn run(
         offered_rate: args.rate,
     };
     print_report(&report, as_json);
+    if !as_json && report.consumed_per_sec < 0.95 * report.ingested_per_sec {
+        // The latency figures then measure the backlog, not the pipeline.
+        eprintln!(
+            "note: the {} consumers fell behind ({:.0}/s consumed of {:.0}/s ingested), so the latency is the backlog's; try more consumers (--consumers {}) or a lower --rate",
+            args.consumers,
+            report.consumed_per_sec,
+            report.ingested_per_sec,
+            args.consumers * 4
+        );
+    }
     if report.lost > 0 {
         anyhow::bail!("{} acknowledged messages were lost", report.lost);
     }

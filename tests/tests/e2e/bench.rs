@@ -1,0 +1,52 @@
+//! `sluice bench`: the real command against the server it starts itself, briefly and slowly
+//! (the figures are the benchmark's business; here: it runs the whole pipeline, reports every
+//! figure, drains the queue and loses nothing).
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::common::sluice_bin;
+
+#[test]
+fn a_short_paced_bench_reports_every_figure_and_loses_nothing() {
+    let config = tempfile::tempdir().unwrap();
+    let out = Command::new(sluice_bin())
+        .args([
+            "bench",
+            "--duration",
+            "3",
+            "--rate",
+            "300",
+            "--devices",
+            "5",
+            "--consumers",
+            "2",
+            "--json",
+        ])
+        .env("SLUICE_CONFIG_DIR", config.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}\n{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    println!("report: {last}");
+    let r: Value = serde_json::from_str(last).expect("--json: one object on the last line");
+    let num = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {r}"));
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    assert_eq!(r["devices"], 5);
+    assert_eq!(r["offered_rate"], 300);
+    // Paced at 300/s for 3 s: generous bounds, the machine may be busy.
+    assert!((100.0..=400.0).contains(&num("ingested_per_sec")), "{r}");
+    // Every reading passes the bench's filter and is consumed (lost is 0 above).
+    assert!(num("consumed_per_sec") > 50.0, "{r}");
+    assert!(num("outputs_per_sec") > 50.0, "{r}");
+    let lat = &r["latency_ms"];
+    for q in ["p50", "p90", "p99", "max"] {
+        assert!(lat[q].as_f64().is_some_and(|v| v > 0.0), "latency {q}: {r}");
+    }
+    assert!(num("server_cpu_percent") > 0.0, "{r}");
+    assert!(num("server_peak_rss_bytes") > 1e6, "{r}");
+}
