@@ -510,9 +510,13 @@ async fn http_push_is_shared_by_two_processes_and_410_and_dead_letters_reach_bot
     println!("redrive: {st} {v}");
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["redriven"], 1, "{v}");
-    // Redriven, it runs out again and is a dead letter again (not deduplicated away).
+    // Redriven, it runs out again and is a dead letter again (not deduplicated away). Each
+    // process writes its attempt counters to the cluster at most once a second, so the sum can
+    // trail the dead-letter count for a moment: wait for both.
     let again = hooks::wait_for(Duration::from_secs(20), async || {
-        hooks::status(&a, "pt", "dead").await["dead_lettered_total"].as_u64() >= Some(2)
+        let shown = hooks::status(&a, "pt", "dead").await;
+        shown["dead_lettered_total"].as_u64() >= Some(2)
+            && shown["failed_attempts_total"].as_u64() >= Some(8)
     })
     .await;
     let shown = hooks::status(&a, "pt", "dead").await;
