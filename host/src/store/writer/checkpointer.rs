@@ -2,7 +2,7 @@
 //!
 //! SQLite's automatic checkpoint runs inside the COMMIT that takes the write-ahead log past
 //! 1,000 pages: the writer copies those pages into the database file and fsyncs it while every
-//! request waits (measured: ~8 % of the writer's time while consumers drain a queue, and single
+//! request waits (measured: ~7 % of the writer's time, publishing or draining a queue, and single
 //! commits of 0.2–0.8 s when the disk stalls). Here the write connection's automatic checkpoint
 //! is off. A thread with a connection of its own copies the log into the database every
 //! [`CHECKPOINT_FRAMES`] new frames, in PASSIVE mode, which never blocks the writer.
@@ -178,7 +178,7 @@ mod tests {
         let counters = Arc::new(StoreCounters::default());
         let mut c = Checkpoints::start(&conn, &db, Synchronous::Normal, counters.clone()).unwrap();
         let page = vec![7u8; 4000];
-        // Each commit adds about one page; write three restart lengths' worth.
+        // Each commit adds at least one page: three restart lengths' worth of commits.
         let mut longest = 0;
         for _ in 0..(3 * RESTART_FRAMES) {
             conn.execute("INSERT INTO t VALUES (?1)", [&page]).unwrap();
