@@ -17,13 +17,13 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::json::{JsonBody, QueryArgs};
 use super::{body, AppState};
-use crate::store::{QueueAttributes, SendRequest, StoreError};
+use crate::store::{Message, QueueAttributes, SendRequest, StoreError};
 
 /// Attributes for create or set; omitted ones take the spec's defaults (create) or keep their
 /// value (set).
@@ -227,7 +227,7 @@ pub async fn receive(
     State(state): State<AppState>,
     Path(queue): Path<String>,
     QueryArgs(q): QueryArgs<ReceiveQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Received>, ApiError> {
     // The store checks the ranges (max 1-16, wait 0-30) and names the field.
     let max = q.max.unwrap_or(1) as usize;
     let messages = if q.peek {
@@ -242,7 +242,14 @@ pub async fn receive(
         let wait = q.wait_seconds.map(|s| Duration::from_secs(s.into()));
         state.store.receive(&queue, max, wait).await?
     };
-    Ok(Json(json!({ "messages": messages })))
+    Ok(Json(Received { messages }))
+}
+
+/// A receive's answer, serialised straight to the response (no `serde_json::Value` tree built
+/// per message on the hot path).
+#[derive(Debug, Serialize)]
+pub struct Received {
+    messages: Vec<Message>,
 }
 
 /// `DELETE /v1/queues/{queue}/messages/{receipt_handle}`

@@ -996,16 +996,17 @@ impl Writer {
             OpKind::Delete(queue, handles) => {
                 let id = self.queue_id(&queue)?;
                 self.in_savepoint(|w| {
-                    w.with_queue(id, |w, q| {
-                        let results = handles
-                            .iter()
-                            .map(|h| w.delete_one(q, h))
-                            .collect::<Result<_>>()?;
-                        Ok(Reply::Deleted(results))
-                    })
+                    w.with_queue(id, |w, q| w.delete_batch(q, &handles).map(Reply::Deleted))
                 })
             }
             OpKind::Shutdown => Ok(Reply::Unit),
+            // Opens a savepoint itself when the unit writes more than one row.
+            OpKind::Publish(items) => {
+                let now = self.clock.now_ms();
+                self.publish(items, now)
+                    .map(Reply::Published)
+                    .map_err(|e| self.classify(e))
+            }
             kind => self.in_savepoint(|w| w.apply_write(kind)),
         }
     }
@@ -1029,7 +1030,6 @@ impl Writer {
             OpKind::DeleteSubscription { topic, name } => {
                 self.delete_subscription(&topic, &name).map(Reply::Bool)
             }
-            OpKind::Publish(items) => self.publish(items, now).map(Reply::Published),
             OpKind::Send(queue, reqs) => self.send(&queue, reqs, now).map(Reply::Sent),
             OpKind::ChangeVisibility(queue, handle, secs) => self
                 .change_visibility(&queue, &handle, secs, now)
@@ -1044,6 +1044,7 @@ impl Writer {
             | OpKind::Peek(..)
             | OpKind::Receive(..)
             | OpKind::Delete(..)
+            | OpKind::Publish(..)
             | OpKind::Shutdown => Err(StoreError::Internal("misrouted request".into())),
         }
     }
