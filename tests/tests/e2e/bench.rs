@@ -47,6 +47,8 @@ fn a_short_paced_bench_reports_every_figure_and_loses_nothing() {
     for q in ["p50", "p90", "p99", "max"] {
         assert!(lat[q].as_f64().is_some_and(|v| v > 0.0), "latency {q}: {r}");
     }
+    // A receive returns 1 to 16 messages (the consumers ask for 16).
+    assert!((1.0..=16.0).contains(&num("messages_per_receive")), "{r}");
     assert!(num("server_cpu_percent") > 0.0, "{r}");
     assert!(num("server_peak_rss_bytes") > 1e6, "{r}");
 }

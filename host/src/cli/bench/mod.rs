@@ -81,6 +81,9 @@ pub struct Report {
     pub consumed_per_sec: f64,
     /// End-to-end latency, publish -> consumer.
     pub latency_ms: Latency,
+    /// Messages per non-empty receive (at most 16): each receive and its batch delete are two
+    /// HTTP requests, so small batches make every message dearer.
+    pub messages_per_receive: f64,
     /// Ingest alone (with `--baseline`).
     pub baseline_per_sec: Option<f64>,
     /// `ingested_per_sec / baseline_per_sec`.
@@ -175,6 +178,10 @@ pub async fn run(
             p90: ms(0.90),
             p99: ms(0.99),
             max: hist.max() as f64 / 1000.0,
+        },
+        messages_per_receive: {
+            let receives = m.stats.receives.load(Ordering::Relaxed);
+            m.stats.consumed.load(Ordering::Relaxed) as f64 / receives.max(1) as f64
         },
         baseline_per_sec: baseline,
         ratio_to_baseline: baseline.map(|b| ingested / b),
@@ -374,6 +381,10 @@ fn print_report(r: &Report, as_json: bool) {
             ),
         ],
     ];
+    rows.push(vec![
+        "messages per receive (of 16)".into(),
+        format!("{:.1}", r.messages_per_receive),
+    ]);
     if let (Some(b), Some(ratio)) = (r.baseline_per_sec, r.ratio_to_baseline) {
         rows.push(vec!["baseline: ingest alone".into(), rate(b)]);
         rows.push(vec!["pipeline / baseline".into(), format!("{ratio:.2}x")]);
