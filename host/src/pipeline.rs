@@ -55,10 +55,11 @@ pub enum CommitError {
 }
 
 /// Where outputs are made durable. `submit` must enqueue the unit before it returns (so units
-/// commit in submission order); the future resolves after the commit.
+/// commit in submission order); the future resolves after the commit. The unit is borrowed: the
+/// pipeline keeps it until then, to resend what a refusal leaves.
 pub trait CommitSink: Send + Sync + 'static {
     /// Commits every output of one device message atomically.
-    fn submit(&self, unit: Vec<Output>) -> BoxFuture<'static, Result<(), CommitError>>;
+    fn submit(&self, unit: &[Output]) -> BoxFuture<'static, Result<(), CommitError>>;
 }
 
 /// Where republish decisions go: the embedded listener's sessions or the external broker.
@@ -395,7 +396,7 @@ impl Worker {
             ack.commit();
             return None;
         }
-        let commit = self.commits.submit(unit.clone());
+        let commit = self.commits.submit(&unit);
         Some(Pending {
             commit,
             unit,
@@ -515,7 +516,7 @@ fn error_output(
 /// Submits again from the acker task: the blocking submit must not run on a reactor thread.
 async fn resubmit(commits: &Arc<dyn CommitSink>, unit: Vec<Output>) -> Result<(), CommitError> {
     let commits = commits.clone();
-    match tokio::task::spawn_blocking(move || commits.submit(unit)).await {
+    match tokio::task::spawn_blocking(move || commits.submit(&unit)).await {
         Ok(commit) => commit.await,
         Err(e) => Err(CommitError::Unavailable(e.to_string())),
     }

@@ -29,7 +29,7 @@ use crate::rules::spec::{RuleDefinition, RuleState};
 use crate::rules::{RuleEngine, RuleRuntime, RuleSpec, SandboxConfig};
 use crate::store::jetstream::{durability, JetStream, JetStreamOptions};
 use crate::store::{
-    PublishRequest, QueueAttributes, Store, StoreError, StoreOptions, SubscriptionSpec, Synchronous,
+    PublishRef, QueueAttributes, Store, StoreError, StoreOptions, SubscriptionSpec, Synchronous,
 };
 
 /// The example rule, built from `rules-examples/overheat` by the build script.
@@ -74,21 +74,16 @@ pub enum ServeError {
 struct StoreSink(Store);
 
 impl CommitSink for StoreSink {
-    fn submit(&self, unit: Vec<Output>) -> BoxFuture<'static, Result<(), CommitError>> {
-        let items = unit
-            .into_iter()
-            .map(|o| {
-                (
-                    o.topic,
-                    PublishRequest {
-                        body: o.body,
-                        tag: None,
-                        attributes: o.attributes,
-                    },
-                )
+    fn submit(&self, unit: &[Output]) -> BoxFuture<'static, Result<(), CommitError>> {
+        let items: Vec<PublishRef<'_>> = unit
+            .iter()
+            .map(|o| PublishRef {
+                topic: &o.topic,
+                body: &o.body,
+                attributes: &o.attributes,
             })
             .collect();
-        let commit = self.0.submit_publish_batch(items);
+        let commit = self.0.submit_publish_batch(&items);
         Box::pin(async move {
             match commit.await {
                 Ok(_) => Ok(()),

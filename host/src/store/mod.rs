@@ -93,7 +93,8 @@ mod tests;
 #[cfg(test)]
 mod push_tests;
 
-use std::collections::HashMap;
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -116,17 +117,46 @@ pub use types::{
 use types::check_range;
 use writer::{Op, OpKind, Reply};
 
-/// A publish unit with each message's [`writer::Digest`], computed on the caller's thread.
+/// A publish unit with each message's [`writer::Digest`], computed on the caller's thread. The
+/// attribute maps are dropped here too: the writer stores their JSON text, and a map freed on the
+/// thread that built it is cheaper than one freed on the writer's.
 fn digested(
     items: Vec<(String, PublishRequest)>,
 ) -> Result<Vec<(String, PublishRequest, writer::Digest)>> {
     items
         .into_iter()
-        .map(|(topic, req)| {
+        .map(|(topic, mut req)| {
             let digest = writer::Digest::of(&req.body, &req.attributes)?;
+            req.attributes = BTreeMap::new();
             Ok((topic, req, digest))
         })
         .collect()
+}
+
+/// One message of a publish unit, borrowed from a caller that keeps it until the commit (the
+/// rule pipeline, for a resend): the store copies only what it stores, and never the attribute
+/// map (it stores the map's JSON text).
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    /// The topic.
+    pub topic: &'a str,
+    /// The body.
+    pub body: &'a Bytes,
+    /// Small string map (source topic, device, rule, ingest time, ...).
+    pub attributes: &'a BTreeMap<String, String>,
+}
+
+impl PublishRef<'_> {
+    fn into_request(self) -> (String, PublishRequest) {
+        (
+            self.topic.to_owned(),
+            PublishRequest {
+                body: self.body.clone(),
+                tag: None,
+                attributes: self.attributes.clone(),
+            },
+        )
+    }
 }
 
 /// Result of store operations.
@@ -533,7 +563,11 @@ impl Store {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        self.check_publish_unit(&items)?;
+        self.check_publish_unit(
+            items
+                .iter()
+                .map(|(_, r)| (r.body.len(), r.tag.as_deref(), &r.attributes)),
+        )?;
         if let Some(js) = self.nats() {
             return js.publish_batch(items).await;
         }
@@ -551,20 +585,34 @@ impl Store {
     /// Must not be called from an async task (it blocks).
     pub fn submit_publish_batch(
         &self,
-        items: Vec<(String, PublishRequest)>,
+        items: &[PublishRef<'_>],
     ) -> impl std::future::Future<Output = Result<Vec<Published>>> + Send + 'static {
+        let checked =
+            self.check_publish_unit(items.iter().map(|i| (i.body.len(), None, i.attributes)));
         if let (Some(js), false) = (self.nats(), items.is_empty()) {
-            let checked = self.check_publish_unit(&items);
-            let submitted = checked.map(|()| js.submit_publish_batch(items));
+            let submitted = checked.map(|()| {
+                js.submit_publish_batch(items.iter().map(|i| i.into_request()).collect())
+            });
             return futures_util::future::Either::Left(async move { submitted?.await });
         }
         let queued = if items.is_empty() {
             Ok(None)
         } else {
-            self.check_publish_unit(&items).and_then(|()| {
+            checked.and_then(|()| {
                 let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
                 let (reply, rx) = oneshot::channel();
-                let items = digested(items)?;
+                let items = items
+                    .iter()
+                    .map(|i| {
+                        let digest = writer::Digest::of(i.body, i.attributes)?;
+                        let req = PublishRequest {
+                            body: i.body.clone(),
+                            tag: None,
+                            attributes: BTreeMap::new(),
+                        };
+                        Ok((i.topic.to_owned(), req, digest))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
                 tx.bulk
                     .blocking_send(Op {
                         kind: OpKind::Publish(items),
@@ -585,7 +633,12 @@ impl Store {
         })
     }
 
-    fn check_publish_unit(&self, items: &[(String, PublishRequest)]) -> Result<()> {
+    /// Checks a publish unit before it is queued: its length, each body against the size cap,
+    /// each tag and attribute map. Takes (body length, tag, attributes) per message.
+    fn check_publish_unit<'a>(
+        &self,
+        items: impl ExactSizeIterator<Item = (usize, Option<&'a str>, &'a BTreeMap<String, String>)>,
+    ) -> Result<()> {
         if items.len() > MAX_PUBLISH_UNIT {
             return Err(StoreError::invalid(
                 "messages",
@@ -593,14 +646,14 @@ impl Store {
             ));
         }
         let cap = self.size_cap();
-        for (_, req) in items {
-            if req.body.len() > cap as usize {
+        for (len, tag, attributes) in items {
+            if len > cap as usize {
                 return Err(StoreError::MessageTooLarge {
-                    size: req.body.len(),
+                    size: len,
                     limit: cap,
                 });
             }
-            types::validate_tag_and_attributes(req.tag.as_deref(), &req.attributes)?;
+            types::validate_tag_and_attributes(tag, attributes)?;
         }
         Ok(())
     }
