@@ -108,10 +108,10 @@ pub use push::{
     PushResult, PushSignals, PushStatus, PushSubscription,
 };
 pub use types::{
-    validate_name, DeadLetterOrigin, Endpoint, Message, PublishRequest, Published, QueueAttributes,
-    QueueInfo, SendRequest, Sent, StoreOptions, SubscriptionInfo, SubscriptionSpec, Synchronous,
-    TopicInfo, VisibilityChanged, DEFAULT_PRIORITY, MAX_BATCH, MAX_MESSAGE_SIZE_CAP,
-    MAX_PUBLISH_UNIT, MAX_WAIT_SECONDS,
+    validate_name, Attributes, DeadLetterOrigin, Endpoint, Message, PublishRequest, Published,
+    QueueAttributes, QueueInfo, SendRequest, Sent, StoreOptions, SubscriptionInfo,
+    SubscriptionSpec, Synchronous, TopicInfo, VisibilityChanged, DEFAULT_PRIORITY, MAX_BATCH,
+    MAX_MESSAGE_SIZE_CAP, MAX_PUBLISH_UNIT, MAX_WAIT_SECONDS,
 };
 
 use types::check_range;

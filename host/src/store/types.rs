@@ -372,6 +372,58 @@ pub struct DeadLetterOrigin {
     pub last_error: Option<String>,
 }
 
+/// A message's attributes, kept as the JSON object text they are stored as: a receive hands
+/// them on to its answer as they are, instead of building and freeing a map per message (parsing
+/// them was ~7 % of the store writer's time while draining a queue).
+#[derive(Debug, Clone, Default)]
+pub struct Attributes(Option<Box<serde_json::value::RawValue>>);
+
+impl Attributes {
+    /// From stored JSON text; checked to be JSON (not parsed into a map).
+    pub fn from_json(text: String) -> Result<Attributes, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text).map(|raw| Attributes(Some(raw)))
+    }
+
+    /// From a map (an empty map is no attributes).
+    pub fn from_map(map: &BTreeMap<String, String>) -> Attributes {
+        if map.is_empty() {
+            return Attributes(None);
+        }
+        Attributes(serde_json::value::to_raw_value(map).ok())
+    }
+
+    /// The attributes as a map, for the few that need one (MNS user properties, push headers).
+    /// Stored attributes that are not a string map (never written by sluice) read as empty.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.0
+            .as_ref()
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or_default()
+    }
+
+    /// One attribute's value.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.to_map().remove(name)
+    }
+}
+
+impl PartialEq for Attributes {
+    fn eq(&self, other: &Attributes) -> bool {
+        self.to_map() == other.to_map()
+    }
+}
+
+impl Eq for Attributes {}
+
+impl Serialize for Attributes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Some(raw) => raw.serialize(s),
+            None => BTreeMap::<String, String>::new().serialize(s),
+        }
+    }
+}
+
 /// A message as received or peeked from a queue.
 ///
 /// Serialises with the field names of design.md; the body becomes `body` when it is UTF-8 and
@@ -387,7 +439,7 @@ pub struct Message {
     /// Tag, if any.
     pub tag: Option<String>,
     /// Attributes.
-    pub attributes: BTreeMap<String, String>,
+    pub attributes: Attributes,
     /// 1–16, 1 highest.
     pub priority: u8,
     /// When it entered this queue, ms.

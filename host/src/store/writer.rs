@@ -22,8 +22,8 @@ use super::metrics::Counts;
 use super::receipt::Receipt;
 use super::schema::{queue_table, queue_table_ddl, Opened};
 use super::types::{
-    DeadLetterOrigin, Endpoint, Message, PublishRequest, Published, QueueAttributes, QueueInfo,
-    SendRequest, Sent, StoreOptions, StorePaths, SubscriptionSpec, VisibilityChanged,
+    Attributes, DeadLetterOrigin, Endpoint, Message, PublishRequest, Published, QueueAttributes,
+    QueueInfo, SendRequest, Sent, StoreOptions, StorePaths, SubscriptionSpec, VisibilityChanged,
     DEFAULT_PRIORITY,
 };
 use super::Notifiers;

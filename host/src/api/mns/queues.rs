@@ -228,7 +228,7 @@ fn message_resp(m: Message, root: bool) -> MessageResp {
         dequeue_count: m.dequeue_count,
         priority: m.priority,
         message_tag: m.tag,
-        user_properties: UserProperties::from_attributes(&m.attributes),
+        user_properties: UserProperties::from_attributes(&m.attributes.to_map()),
     }
 }
 

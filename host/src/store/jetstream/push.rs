@@ -345,7 +345,7 @@ impl JetStream {
                 body: message.body,
                 body_md5: message.body_md5,
                 tag: message.tag,
-                attributes: message.attributes,
+                attributes: message.attributes.to_map(),
                 publish_time_ms: message.enqueue_time_ms,
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
                 due_ms: now,
@@ -657,7 +657,7 @@ impl JetStream {
             let envelope = Envelope {
                 id: m.id,
                 tag: m.tag.as_deref(),
-                attributes: &m.attributes,
+                attributes: &m.attributes.to_map(),
                 priority: DEFAULT_PRIORITY,
                 enqueue_time_ms,
                 dead_letter: None,

@@ -1,7 +1,6 @@
 //! The queue operations: send, receive (a pull, with the dead-letter move), peek, delete
 //! (acks), visibility changes (NAKs with a delay), and reading stored messages back.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -19,7 +18,7 @@ use crate::ids::{now_ms, MessageId};
 use crate::store::metrics::QueueTotals;
 use crate::store::writer::{md5_hex, md5_of};
 use crate::store::{
-    DeadLetterOrigin, Message, QueueAttributes, Result, SendRequest, Sent, StoreError,
+    Attributes, DeadLetterOrigin, Message, QueueAttributes, Result, SendRequest, Sent, StoreError,
     VisibilityChanged, DEFAULT_PRIORITY,
 };
 
@@ -208,7 +207,7 @@ impl JetStream {
         let envelope = Envelope {
             id: message.id,
             tag: message.tag.as_deref(),
-            attributes: &message.attributes,
+            attributes: &message.attributes.to_map(),
             priority: message.priority,
             enqueue_time_ms: now_ms(),
             dead_letter: Some(origin),
@@ -398,9 +397,9 @@ pub(super) fn decode(
         .and_then(MessageId::parse)
         .ok_or_else(|| StoreError::Internal("stored message without a sluice id".into()))?;
     let attributes = match header(H_ATTRIBUTES) {
-        Some(json) => serde_json::from_str(json)
+        Some(json) => Attributes::from_json(json.to_owned())
             .map_err(|e| StoreError::Internal(format!("stored attributes: {e}")))?,
-        None => BTreeMap::new(),
+        None => Attributes::default(),
     };
     let dead_letter = match header(H_DEAD_LETTER) {
         Some(json) => Some(

@@ -161,7 +161,7 @@ async fn send_receive_delete_round_trip(s: Subject) {
     assert_eq!((m.id, body_text(m)), (sent.id, "hello".to_owned()));
     assert_eq!(m.body_md5, sent.body_md5);
     assert_eq!(m.tag.as_deref(), Some("t1"));
-    assert_eq!(m.attributes.get("device").map(String::as_str), Some("d1"));
+    assert_eq!(m.attributes.get("device").as_deref(), Some("d1"));
     assert_eq!((m.dequeue_count, m.priority), (1, 8));
     assert_eq!(m.enqueue_time_ms, sent.enqueue_time_ms);
     assert!(m.first_dequeue_time_ms.is_some());

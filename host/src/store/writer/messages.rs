@@ -267,9 +267,9 @@ impl Writer {
             (None, None) => Bytes::new(),
         };
         let attributes = match row.attributes {
-            Some(a) => serde_json::from_str(&a)
+            Some(a) => Attributes::from_json(a)
                 .map_err(|e| StoreError::Internal(format!("message attributes: {e}")))?,
-            None => BTreeMap::new(),
+            None => Attributes::default(),
         };
         let dead_letter = match row.origin {
             Some(o) => Some(
