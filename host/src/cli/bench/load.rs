@@ -156,7 +156,9 @@ async fn run_device(
     let stream = tokio::net::TcpStream::connect((host, port))
         .await
         .with_context(|| format!("connecting to {host}:{port}"))?;
-    stream.set_nodelay(true)?;
+    // Nagle's algorithm stays on, as in most MQTT client libraries (rumqttc's default among
+    // them): paced publishes of one device may share a segment.
+    stream.set_nodelay(false)?;
     let (mut rd, mut wr) = stream.into_split();
     let mut out = bytes::BytesMut::with_capacity(16 * 1024);
     let mut connect = Connect::new(format!("bench-{run_id:08x}-{d}"));
