@@ -269,6 +269,10 @@ struct Open {
     changed: bool,
     /// A shutdown request seen in the batch.
     shutdown: Option<oneshot::Sender<Result<Reply>>>,
+    /// Set when SQLite ended the transaction by itself (it rolls the whole transaction back on
+    /// some errors, `SQLITE_FULL` among them, savepoint or not): the batch fails as a whole, and
+    /// no later request may run, or it would commit on its own, outside the batch and its fsync.
+    aborted: Option<StoreError>,
 }
 
 /// Answers every request of a batch that could not start with `e`; returns a shutdown
@@ -657,6 +661,7 @@ impl Writer {
         // An answer given at the commit would wait; answers that wait for an fsync
         // anyway lose nothing by it (the next fsync could not start before this one ends).
         while open.shutdown.is_none()
+            && open.aborted.is_none()
             && open.served < self.max_batch as u64
             && !open.answers_at_commit
         {
@@ -774,12 +779,22 @@ impl Writer {
                 0
             }
         };
+        if self.conn.is_autocommit() {
+            // SQLite rolled the transaction back while releasing or sweeping: so must the index.
+            let mut undo = std::mem::take(&mut self.undo);
+            self.cat.rollback(&mut undo, 0);
+            self.undo = undo;
+            return Err(StoreError::Internal(
+                "the transaction was rolled back while it began; the batch is refused".into(),
+            ));
+        }
         Ok(Open {
             pending: Vec::new(),
             served: 0,
             answers_at_commit: false,
             changed: released || swept > 0,
             shutdown: None,
+            aborted: None,
         })
     }
 
@@ -788,6 +803,11 @@ impl Writer {
         for op in ops {
             if let OpKind::Shutdown = op.kind {
                 open.shutdown = Some(op.reply);
+                continue;
+            }
+            if let Some(e) = &open.aborted {
+                open.pending
+                    .push((op.reply, Err(e.duplicate()), When::Durable));
                 continue;
             }
             open.served += 1;
@@ -800,8 +820,13 @@ impl Writer {
             };
             self.op_counts.clear();
             let result = self.apply(op.kind);
-            if result.is_ok() {
-                self.batch_counts.absorb(&mut self.op_counts);
+            match &result {
+                Ok(_) => self.batch_counts.absorb(&mut self.op_counts),
+                Err(e) if self.conn.is_autocommit() => {
+                    tracing::error!(error = %e, "SQLite rolled back the whole batch; it fails as one");
+                    open.aborted = Some(e.duplicate());
+                }
+                Err(_) => {}
             }
             open.answers_at_commit |= !matches!(when, When::Durable);
             open.pending.push((op.reply, result, when));
@@ -816,9 +841,17 @@ impl Writer {
             served,
             changed,
             shutdown,
+            aborted,
             ..
         } = open;
-        match self.conn.execute_batch("COMMIT") {
+        let committed = match aborted {
+            Some(e) => Err(e),
+            None => self
+                .conn
+                .execute_batch("COMMIT")
+                .map_err(|e| StoreError::from_sqlite(e, &self.db)),
+        };
+        match committed {
             Ok(()) => {
                 if served > 0 || changed {
                     self.commit_no += 1;
@@ -855,7 +888,6 @@ impl Writer {
                 }
             }
             Err(e) => {
-                let e = StoreError::from_sqlite(e, &self.db);
                 tracing::error!(error = %e, "store commit failed; batch rolled back");
                 self.batch_counts.clear();
                 let _ = self.conn.execute_batch("ROLLBACK");

@@ -276,6 +276,102 @@ async fn a_request_failing_midway_rolls_back_disk_and_memory_alike() {
 }
 
 #[tokio::test]
+async fn publishes_failing_in_a_full_batch_leave_nothing_behind() {
+    // Proves fault test 1's second half under a full disk: when publishes sharing one commit
+    // run out of space midway, SQLite rolls the whole transaction back; the batch then fails as
+    // one (every publish in it answered StorageFull) and nothing answered with an error appears,
+    // in the index or on disk after a restart; the acknowledged ones are all there.
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(
+        dir.path(),
+        crate::store::StoreOptions {
+            clock: std::sync::Arc::new(crate::store::ManualClock::new(super::T0)),
+            max_db_bytes: Some(1 << 20), // hard cap = 1 MiB + 8 MiB headroom
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    store.create_topic("t").await.unwrap();
+    store
+        .create_queue("q", crate::store::QueueAttributes::default())
+        .await
+        .unwrap();
+    store
+        .create_subscription("t", "q", SubscriptionSpec::queue("q"))
+        .await
+        .unwrap();
+    // A foreign write lock holds the writer in BEGIN while the publishes queue up, so they
+    // share one commit that runs into the hard cap (1 MiB + 8 MiB) in the middle.
+    let foreign = rusqlite::Connection::open(dir.path().join("sluice.db")).unwrap();
+    foreign.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let publishes = (0..400u32).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut body = i.to_string().into_bytes();
+            body.resize(60_000, b' ');
+            store
+                .publish(
+                    "t",
+                    PublishRequest {
+                        body: bytes::Bytes::from(body),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map(|_| i)
+        })
+    });
+    let publishes: Vec<_> = publishes.collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    foreign.execute_batch("COMMIT").unwrap();
+    drop(foreign);
+    let (mut ok, mut full) = (Vec::new(), 0);
+    for p in publishes {
+        match p.await.unwrap() {
+            Ok(i) => ok.push(i),
+            Err(StoreError::StorageFull(_)) => full += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    println!("{} publishes committed, {full} refused as full", ok.len());
+    assert!(full > 0, "the store never filled up");
+    let info = store.get_queue("q").await.unwrap();
+    assert_eq!(info.active_messages, ok.len() as u64);
+    let mut got = Vec::new();
+    loop {
+        let batch = store.receive("q", 16, NO_WAIT).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        got.extend(
+            batch
+                .iter()
+                .map(|m| body_text(m).trim_end().parse::<u32>().unwrap()),
+        );
+    }
+    got.sort_unstable();
+    ok.sort_unstable();
+    assert_eq!(got, ok, "exactly the acknowledged publishes are there");
+    // And on disk: SQLite rolls the whole transaction back on SQLITE_FULL, so a request after
+    // the failed one must not have run (it would have committed on its own, answered failed).
+    store.close().await.unwrap();
+    let store = crate::store::Store::open(
+        dir.path(),
+        crate::store::StoreOptions {
+            clock: std::sync::Arc::new(crate::store::ManualClock::new(super::T0)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let info = store.get_queue("q").await.unwrap();
+    assert_eq!(
+        info.active_messages + info.inactive_messages,
+        ok.len() as u64,
+        "after a restart"
+    );
+}
+
+#[tokio::test]
 async fn another_process_holding_the_lock_makes_requests_wait_then_fail_cleanly() {
     // Proves fault test 23: a foreign write lock delays requests up to busy_timeout, then they
     // fail with Busy naming the file; once the lock is gone the store works again.

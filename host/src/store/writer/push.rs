@@ -145,6 +145,13 @@ impl Writer {
     /// Inserts the pending push of one published message for HTTP subscription `sub` (called by
     /// `publish` inside its transaction).
     pub(super) fn push_insert(&mut self, sub: i64, row: &NewRow<'_>, now: u64) -> Result<()> {
+        // Checked before the INSERT: a publish with one write runs without a savepoint, so
+        // nothing may fail once the row is written.
+        if !self.cat.push.subs.contains_key(&sub) {
+            return Err(StoreError::Internal(format!(
+                "HTTP subscription {sub} has no push state"
+            )));
+        }
         let seq = self.cat.push.next_seq;
         self.cat.push.next_seq += 1;
         let (body_ref, body) = match row.body {
@@ -168,12 +175,11 @@ impl Writer {
                 body_ref,
                 body,
             ])?;
-        let s = self.cat.push.subs.get_mut(&sub).ok_or_else(|| {
-            StoreError::Internal(format!("HTTP subscription {sub} has no push state"))
-        })?;
-        s.due.insert((now, seq));
-        if s.meta.enabled {
-            self.cat.push.wake.insert(sub);
+        if let Some(s) = self.cat.push.subs.get_mut(&sub) {
+            s.due.insert((now, seq));
+            if s.meta.enabled {
+                self.cat.push.wake.insert(sub);
+            }
         }
         self.push_undo(PushUndo::DueAdded(sub, (now, seq)));
         Ok(())
