@@ -526,11 +526,21 @@ impl JetStream {
         context: impl Fn() -> String,
     ) -> Result<stream::Stream> {
         let name = config.name.clone();
-        self.inner
-            .js
-            .create_or_update_stream(config)
-            .await
-            .map_err(|e| unavailable(context(), e))?;
+        // A cluster that is still forming (or has a node restarting) has no room to place the
+        // replicas for a moment: wait for it a little, as sluice often starts beside its NATS.
+        let give_up = tokio::time::Instant::now() + PLACEMENT_WAIT;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.inner.js.create_or_update_stream(config.clone()).await {
+                Ok(_) => break,
+                Err(e) if is_placement_error(&e) && tokio::time::Instant::now() < give_up => {
+                    tracing::info!(stream = %name, error = %e, "waiting for the NATS cluster to place the stream's replicas");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(unavailable(context(), e)),
+            }
+        }
         self.inner
             .js
             .get_stream(name)
@@ -754,6 +764,23 @@ fn rfc3339_ms(ms: u64) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms as i64)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// How long a stream's creation waits for the cluster to have room for its replicas.
+const PLACEMENT_WAIT: Duration = Duration::from_secs(15);
+
+/// True for the errors of a cluster that cannot place replicas yet: no peers online enough
+/// (10005) or the cluster not available (10008). Both pass once the nodes have met.
+fn is_placement_error(e: &async_nats::jetstream::context::CreateStreamError) -> bool {
+    use async_nats::jetstream::context::CreateStreamErrorKind;
+    use async_nats::jetstream::ErrorCode;
+    match e.kind() {
+        CreateStreamErrorKind::JetStream(js) => matches!(
+            js.error_code(),
+            ErrorCode::CLUSTER_NO_PEERS | ErrorCode::CLUSTER_NOT_AVAILABLE
+        ),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
