@@ -526,21 +526,21 @@ impl JetStream {
         context: impl Fn() -> String,
     ) -> Result<stream::Stream> {
         let name = config.name.clone();
-        // A cluster that is still forming (or has a node restarting) has no room to place the
-        // replicas for a moment: wait for it a little, as sluice often starts beside its NATS.
-        let give_up = tokio::time::Instant::now() + PLACEMENT_WAIT;
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match self.inner.js.create_or_update_stream(config.clone()).await {
-                Ok(_) => break,
-                Err(e) if is_placement_error(&e) && tokio::time::Instant::now() < give_up => {
-                    tracing::info!(stream = %name, error = %e, "waiting for the NATS cluster to place the stream's replicas");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
+        let js = &self.inner.js;
+        while_transient(
+            &name,
+            || js.create_or_update_stream(config.clone()),
+            |e| {
+                use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
+                match e.kind() {
+                    Kind::TimedOut => true,
+                    Kind::JetStream(js) => is_placement_error(&js),
+                    _ => false,
                 }
-                Err(e) => return Err(unavailable(context(), e)),
-            }
-        }
+            },
+        )
+        .await
+        .map_err(|e| unavailable(context(), e))?;
         self.inner
             .js
             .get_stream(name)
@@ -563,20 +563,31 @@ impl JetStream {
         };
         let context = || format!("creating the stream of queue {name}");
         let stream = self.upsert_stream(config, context).await?;
-        let consumer = stream
-            .create_consumer(pull::Config {
-                durable_name: Some(CONSUMER.into()),
-                filter_subject: self.subject(name),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(attributes.visibility_timeout.into()),
-                deliver_policy: DeliverPolicy::All,
-                max_deliver: -1,
-                max_ack_pending: 1_000_000,
-                max_waiting: 4096,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable(context(), e))?;
+        let config = pull::Config {
+            durable_name: Some(CONSUMER.into()),
+            filter_subject: self.subject(name),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(attributes.visibility_timeout.into()),
+            deliver_policy: DeliverPolicy::All,
+            max_deliver: -1,
+            max_ack_pending: 1_000_000,
+            max_waiting: 4096,
+            ..Default::default()
+        };
+        let consumer = while_transient(
+            name,
+            || stream.create_consumer(config.clone()),
+            |e| {
+                use async_nats::jetstream::stream::ConsumerErrorKind as Kind;
+                match e.kind() {
+                    Kind::TimedOut => true,
+                    Kind::JetStream(js) => is_placement_error(&js),
+                    _ => false,
+                }
+            },
+        )
+        .await
+        .map_err(|e| unavailable(context(), e))?;
         self.consumers().insert(name.to_owned(), Arc::new(consumer));
         Ok(())
     }
@@ -766,21 +777,40 @@ fn rfc3339_ms(ms: u64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// How long a stream's creation waits for the cluster to have room for its replicas.
+/// How long creating a stream or its consumer goes on through transient cluster errors.
 const PLACEMENT_WAIT: Duration = Duration::from_secs(15);
 
-/// True for the errors of a cluster that cannot place replicas yet: no peers online enough
-/// (10005) or the cluster not available (10008). Both pass once the nodes have met.
-fn is_placement_error(e: &async_nats::jetstream::context::CreateStreamError) -> bool {
-    use async_nats::jetstream::context::CreateStreamErrorKind;
-    use async_nats::jetstream::ErrorCode;
-    match e.kind() {
-        CreateStreamErrorKind::JetStream(js) => matches!(
-            js.error_code(),
-            ErrorCode::CLUSTER_NO_PEERS | ErrorCode::CLUSTER_NOT_AVAILABLE
-        ),
-        _ => false,
+/// Runs an idempotent creation (a stream or a durable consumer, created or updated to the same
+/// config) again while it fails transiently: a cluster that is still forming, or has a node
+/// restarting, cannot place replicas for a moment, and a loaded one can let a request time out.
+/// sluice often starts beside its NATS cluster, so this waits a little instead of failing.
+async fn while_transient<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+    transient: impl Fn(&E) -> bool,
+) -> Result<T, E> {
+    let give_up = tokio::time::Instant::now() + PLACEMENT_WAIT;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Err(e) if transient(&e) && tokio::time::Instant::now() < give_up => {
+                tracing::info!(what, error = %e, "the NATS cluster is not ready for it yet; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            done => return done,
+        }
     }
+}
+
+/// True for the errors of a cluster that cannot place replicas yet: not enough peers online
+/// (10005) or the cluster not available (10008). Both pass once the nodes have met.
+fn is_placement_error(e: &async_nats::jetstream::Error) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    matches!(
+        e.error_code(),
+        ErrorCode::CLUSTER_NO_PEERS | ErrorCode::CLUSTER_NOT_AVAILABLE
+    )
 }
 
 #[cfg(test)]
