@@ -215,29 +215,11 @@ async fn a_full_database_fails_writes_cleanly_and_recovers_after_deletes() {
 
 #[tokio::test]
 async fn a_request_failing_midway_rolls_back_disk_and_memory_alike() {
-    // Proves the savepoint + undo journal: a publish unit that runs out of space after writing
-    // part of its rows leaves neither rows nor index entries behind, and the store goes on.
+    // Proves: a publish unit that runs out of space after writing part of its rows leaves
+    // neither rows nor index entries behind (SQLite rolls the transaction back on SQLITE_FULL,
+    // the writer its index with it), and the store goes on.
     let dir = tempfile::tempdir().unwrap();
-    let store = crate::store::Store::open(
-        dir.path(),
-        crate::store::StoreOptions {
-            clock: std::sync::Arc::new(crate::store::ManualClock::new(super::T0)),
-            max_db_bytes: Some(1 << 20), // hard cap = 1 MiB + 8 MiB headroom
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    store.create_topic("t").await.unwrap();
-    for q in ["a", "b"] {
-        store
-            .create_queue(q, crate::store::QueueAttributes::default())
-            .await
-            .unwrap();
-        store
-            .create_subscription("t", q, SubscriptionSpec::queue(q))
-            .await
-            .unwrap();
-    }
+    let store = capped_store(dir.path(), &["a", "b"]).await;
     let unit: Vec<_> = (0..200)
         .map(|_| {
             (
@@ -282,24 +264,7 @@ async fn publishes_failing_in_a_full_batch_leave_nothing_behind() {
     // one (every publish in it answered StorageFull) and nothing answered with an error appears,
     // in the index or on disk after a restart; the acknowledged ones are all there.
     let dir = tempfile::tempdir().unwrap();
-    let store = crate::store::Store::open(
-        dir.path(),
-        crate::store::StoreOptions {
-            clock: std::sync::Arc::new(crate::store::ManualClock::new(super::T0)),
-            max_db_bytes: Some(1 << 20), // hard cap = 1 MiB + 8 MiB headroom
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    store.create_topic("t").await.unwrap();
-    store
-        .create_queue("q", crate::store::QueueAttributes::default())
-        .await
-        .unwrap();
-    store
-        .create_subscription("t", "q", SubscriptionSpec::queue("q"))
-        .await
-        .unwrap();
+    let store = capped_store(dir.path(), &["q"]).await;
     // A foreign write lock holds the writer in BEGIN while the publishes queue up, so they
     // share one commit that runs into the hard cap (1 MiB + 8 MiB) in the middle.
     let foreign = rusqlite::Connection::open(dir.path().join("sluice.db")).unwrap();
@@ -448,4 +413,30 @@ async fn at_full_every_acknowledged_commit_goes_through_an_fsync_of_the_log() {
         assert_eq!(got.len(), 5, "{sync:?}: everything acknowledged is there");
         store.close().await.unwrap();
     }
+}
+
+/// A store capped at 1 MiB (hard cap 1 MiB + 8 MiB headroom) with topic `t` fanning out to
+/// each of `queues`.
+async fn capped_store(dir: &std::path::Path, queues: &[&str]) -> crate::store::Store {
+    let store = crate::store::Store::open(
+        dir,
+        crate::store::StoreOptions {
+            clock: std::sync::Arc::new(crate::store::ManualClock::new(super::T0)),
+            max_db_bytes: Some(1 << 20),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    store.create_topic("t").await.unwrap();
+    for &q in queues {
+        store
+            .create_queue(q, crate::store::QueueAttributes::default())
+            .await
+            .unwrap();
+        store
+            .create_subscription("t", q, SubscriptionSpec::queue(q))
+            .await
+            .unwrap();
+    }
+    store
 }
