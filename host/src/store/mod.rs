@@ -93,12 +93,12 @@ mod tests;
 #[cfg(test)]
 mod push_tests;
 
-use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{oneshot, watch, Notify};
 
 pub use clock::{Clock, ManualClock, SystemClock};

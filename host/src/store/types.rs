@@ -384,14 +384,6 @@ impl Attributes {
         serde_json::value::RawValue::from_string(text).map(|raw| Attributes(Some(raw)))
     }
 
-    /// From a map (an empty map is no attributes).
-    pub fn from_map(map: &BTreeMap<String, String>) -> Attributes {
-        if map.is_empty() {
-            return Attributes(None);
-        }
-        Attributes(serde_json::value::to_raw_value(map).ok())
-    }
-
     /// The attributes as a map, for the few that need one (MNS user properties, push headers).
     /// Stored attributes that are not a string map (never written by sluice) read as empty.
     pub fn to_map(&self) -> BTreeMap<String, String> {

@@ -49,8 +49,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
 use async_nats::jetstream::kv::CreateErrorKind;
-use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
+use async_nats::jetstream::stream::{
+    self, ConsumerError, ConsumerErrorKind, RetentionPolicy, StorageType,
+};
 use async_nats::jetstream::Context;
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -527,20 +530,9 @@ impl JetStream {
     ) -> Result<stream::Stream> {
         let name = config.name.clone();
         let js = &self.inner.js;
-        while_transient(
-            &name,
-            || js.create_or_update_stream(config.clone()),
-            |e| {
-                use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
-                match e.kind() {
-                    Kind::TimedOut => true,
-                    Kind::JetStream(js) => is_placement_error(&js),
-                    _ => false,
-                }
-            },
-        )
-        .await
-        .map_err(|e| unavailable(context(), e))?;
+        while_transient(&name, || js.create_or_update_stream(config.clone()))
+            .await
+            .map_err(|e| unavailable(context(), e))?;
         self.inner
             .js
             .get_stream(name)
@@ -574,20 +566,9 @@ impl JetStream {
             max_waiting: 4096,
             ..Default::default()
         };
-        let consumer = while_transient(
-            name,
-            || stream.create_consumer(config.clone()),
-            |e| {
-                use async_nats::jetstream::stream::ConsumerErrorKind as Kind;
-                match e.kind() {
-                    Kind::TimedOut => true,
-                    Kind::JetStream(js) => is_placement_error(&js),
-                    _ => false,
-                }
-            },
-        )
-        .await
-        .map_err(|e| unavailable(context(), e))?;
+        let consumer = while_transient(name, || stream.create_consumer(config.clone()))
+            .await
+            .map_err(|e| unavailable(context(), e))?;
         self.consumers().insert(name.to_owned(), Arc::new(consumer));
         Ok(())
     }
@@ -784,16 +765,15 @@ const PLACEMENT_WAIT: Duration = Duration::from_secs(15);
 /// config) again while it fails transiently: a cluster that is still forming, or has a node
 /// restarting, cannot place replicas for a moment, and a loaded one can let a request time out.
 /// sluice often starts beside its NATS cluster, so this waits a little instead of failing.
-async fn while_transient<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+async fn while_transient<T, E: Transient, F: std::future::Future<Output = Result<T, E>>>(
     what: &str,
     mut attempt: impl FnMut() -> F,
-    transient: impl Fn(&E) -> bool,
 ) -> Result<T, E> {
     let give_up = tokio::time::Instant::now() + PLACEMENT_WAIT;
     let mut pause = Duration::from_millis(100);
     loop {
         match attempt().await {
-            Err(e) if transient(&e) && tokio::time::Instant::now() < give_up => {
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < give_up => {
                 tracing::info!(what, error = %e, "the NATS cluster is not ready for it yet; trying again");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
@@ -802,6 +782,30 @@ async fn while_transient<T, E: std::fmt::Display, F: std::future::Future<Output 
         }
     }
 }
+
+/// An error of a creation [`while_transient`] tries again: a request that timed out, or a
+/// cluster that cannot place replicas yet.
+trait Transient: std::fmt::Display {
+    fn is_transient(&self) -> bool;
+}
+
+/// The stream and consumer creation errors have kinds of the same shape but different types.
+macro_rules! transient_on {
+    ($error:ident, $kind:ident) => {
+        impl Transient for $error {
+            fn is_transient(&self) -> bool {
+                match self.kind() {
+                    $kind::TimedOut => true,
+                    $kind::JetStream(js) => is_placement_error(&js),
+                    _ => false,
+                }
+            }
+        }
+    };
+}
+
+transient_on!(CreateStreamError, CreateStreamErrorKind);
+transient_on!(ConsumerError, ConsumerErrorKind);
 
 /// True for the errors of a cluster that cannot place replicas yet: not enough peers online
 /// (10005) or the cluster not available (10008). Both pass once the nodes have met.
