@@ -20,6 +20,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt as _;
 use tokio::sync::mpsc;
 
 use crate::ids::IdGenerator;
@@ -238,11 +239,11 @@ impl Pipeline {
             let (tx, rx) = mpsc::channel::<Ingested>(depth);
             let (ack_tx, ack_rx) = mpsc::channel::<Pending>(depth);
             worker_txs.push(tx);
-            tasks.push(tokio::spawn(acker(
+            tasks.push(tokio::spawn(tokio::task::unconstrained(acker(
                 ack_rx,
                 commits.clone(),
                 counters.clone(),
-            )));
+            ))));
             let worker = Worker {
                 rules: rules.worker(),
                 commits: commits.clone(),
@@ -522,65 +523,110 @@ async fn resubmit(commits: &Arc<dyn CommitSink>, unit: Vec<Output>) -> Result<()
     }
 }
 
-/// Awaits each worker's commits in order and resolves the devices' acks.
+/// At most this many settled messages are acked together (one pass over the sessions).
+const ACK_BATCH: usize = 4096;
+
+/// Awaits each worker's commits in order and resolves the devices' acks, a commit's worth at a
+/// time: every message whose commit has already finished is settled first and acked after, in
+/// one tight loop. A session then finds all its acks of that commit ready at once and sends
+/// them in one write; acking as each commit future was polled let a session wake (and write)
+/// once or twice per commit, and a PUBACK system call cost more than the rest of the ack path.
+/// The task runs unconstrained by tokio's cooperative budget (see `Pipeline::start`), so that
+/// budget does not cut a commit's acks into slices of 128 either.
 async fn acker(
     mut rx: mpsc::Receiver<Pending>,
     commits: Arc<dyn CommitSink>,
     counters: Arc<PipelineCounters>,
 ) {
-    while let Some(mut pending) = rx.recv().await {
-        let mut result = pending.commit.await;
-        // A forward to a deleted topic fails that output only: commit the rest.
-        while let Err(CommitError::TopicMissing(topic)) = &result {
-            tracing::warn!(topic = %topic, "a rule forwarded to a topic that does not exist; output dropped");
-            counters.outputs_refused.fetch_add(1, Ordering::Relaxed);
-            let topic = topic.clone();
-            pending.unit.retain(|o| o.topic != topic);
-            if pending.unit.is_empty() {
-                result = Ok(());
+    let mut settled = Vec::new();
+    let mut next = None;
+    loop {
+        let Some(mut pending) = (match next.take() {
+            Some(p) => Some(p),
+            None => rx.recv().await,
+        }) else {
+            break;
+        };
+        let result = (&mut pending.commit).await;
+        settled.push(settle(pending, result, &commits, &counters).await);
+        while settled.len() < ACK_BATCH {
+            let Ok(mut pending) = rx.try_recv() else {
                 break;
-            }
-            result = resubmit(&commits, pending.unit.clone()).await;
-        }
-        // Outputs the store refuses for good: find them one by one, commit the others.
-        if let Err(CommitError::Refused(why)) = &result {
-            tracing::warn!("the store refused a rule output ({why}); checking outputs one by one");
-            let mut kept = Vec::new();
-            for output in std::mem::take(&mut pending.unit) {
-                match resubmit(&commits, vec![output.clone()]).await {
-                    Ok(()) => kept.push(output),
-                    Err(CommitError::Refused(_) | CommitError::TopicMissing(_)) => {
-                        counters.outputs_refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
+            };
+            match (&mut pending.commit).now_or_never() {
+                Some(result) => settled.push(settle(pending, result, &commits, &counters).await),
+                None => {
+                    next = Some(pending);
+                    break;
                 }
             }
-            if !matches!(result, Err(CommitError::Unavailable(_))) {
-                result = Ok(());
-            }
-            pending.unit = kept;
         }
-        match result {
-            Ok(()) => {
-                for (rule, n) in &pending.rules {
-                    rule.outputs.fetch_add(*n, Ordering::Relaxed);
-                }
-                counters
-                    .outputs_committed
-                    .fetch_add(pending.unit.len() as u64, Ordering::Relaxed);
-                counters.acked.fetch_add(1, Ordering::Relaxed);
-                pending.ack.commit();
-            }
-            Err(e) => {
-                counters.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("commit failed, the device will resend: {e}");
-                pending.ack.reject(e.to_string());
+        for (ack, result) in settled.drain(..) {
+            match result {
+                Ok(()) => ack.commit(),
+                Err(e) => ack.reject(e.to_string()),
             }
         }
     }
+}
+
+/// Finishes one message's commit: drops the outputs the store cannot take (a deleted topic, a
+/// refusal for good) and commits the rest again, counts, and says how to ack the device.
+async fn settle(
+    mut pending: Pending,
+    mut result: Result<(), CommitError>,
+    commits: &Arc<dyn CommitSink>,
+    counters: &PipelineCounters,
+) -> (Ack, Result<(), CommitError>) {
+    // A forward to a deleted topic fails that output only: commit the rest.
+    while let Err(CommitError::TopicMissing(topic)) = &result {
+        tracing::warn!(topic = %topic, "a rule forwarded to a topic that does not exist; output dropped");
+        counters.outputs_refused.fetch_add(1, Ordering::Relaxed);
+        let topic = topic.clone();
+        pending.unit.retain(|o| o.topic != topic);
+        if pending.unit.is_empty() {
+            result = Ok(());
+            break;
+        }
+        result = resubmit(commits, pending.unit.clone()).await;
+    }
+    // Outputs the store refuses for good: find them one by one, commit the others.
+    if let Err(CommitError::Refused(why)) = &result {
+        tracing::warn!("the store refused a rule output ({why}); checking outputs one by one");
+        let mut kept = Vec::new();
+        for output in std::mem::take(&mut pending.unit) {
+            match resubmit(commits, vec![output.clone()]).await {
+                Ok(()) => kept.push(output),
+                Err(CommitError::Refused(_) | CommitError::TopicMissing(_)) => {
+                    counters.outputs_refused.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if !matches!(result, Err(CommitError::Unavailable(_))) {
+            result = Ok(());
+        }
+        pending.unit = kept;
+    }
+    match &result {
+        Ok(()) => {
+            for (rule, n) in &pending.rules {
+                rule.outputs.fetch_add(*n, Ordering::Relaxed);
+            }
+            counters
+                .outputs_committed
+                .fetch_add(pending.unit.len() as u64, Ordering::Relaxed);
+            counters.acked.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            counters.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("commit failed, the device will resend: {e}");
+        }
+    }
+    (pending.ack, result)
 }
 
 #[cfg(test)]

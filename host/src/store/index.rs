@@ -3,7 +3,8 @@
 //! [`Undo`] entry so a request rolled back to its savepoint, or a batch whose commit fails,
 //! leaves memory equal to the database.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use rustc_hash::FxHashMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::schema::queue_table;
 use super::types::{QueueAttributes, SubscriptionSpec};
@@ -184,9 +185,9 @@ pub(crate) struct TopicState {
 /// The whole in-memory catalog.
 #[derive(Debug, Default)]
 pub(crate) struct Catalog {
-    pub queues: HashMap<i64, QueueState>,
-    pub queue_ids: HashMap<String, i64>,
-    pub topics: HashMap<String, TopicState>,
+    pub queues: FxHashMap<i64, QueueState>,
+    pub queue_ids: FxHashMap<String, i64>,
+    pub topics: FxHashMap<String, TopicState>,
     /// HTTP subscriptions and their pending pushes.
     pub push: super::push::PushIndex,
 }
@@ -209,7 +210,7 @@ pub(crate) enum Undo {
     QueueAdded(i64),
     QueueRemoved(Box<QueueState>),
     QueueAttrs(i64, QueueAttributes),
-    Topics(HashMap<String, TopicState>),
+    Topics(FxHashMap<String, TopicState>),
     Push(super::push::PushUndo),
 }
 
@@ -228,7 +229,7 @@ pub(crate) struct Wake {
 /// long-poll waiters must be woken after the commit.
 pub(crate) struct Journal<'a> {
     pub undo: &'a mut Vec<Undo>,
-    pub wake: &'a mut HashMap<i64, Wake>,
+    pub wake: &'a mut FxHashMap<i64, Wake>,
 }
 
 impl Journal<'_> {

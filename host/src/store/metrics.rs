@@ -5,6 +5,8 @@
 //! counted: these figures are what is durable, not what was attempted.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -119,8 +121,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Counts gathered by the writer for one request or one batch, by queue id and topic name.
 #[derive(Debug, Default)]
 pub(crate) struct Counts {
-    pub queues: HashMap<i64, QueueTotals>,
-    pub topics: HashMap<String, u64>,
+    pub queues: FxHashMap<i64, QueueTotals>,
+    pub topics: FxHashMap<String, u64>,
 }
 
 impl Counts {
