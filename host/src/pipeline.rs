@@ -12,7 +12,6 @@
 //! between stages is bounded: when the disk is slow, workers block on submit, the dispatcher
 //! blocks, ingest stops reading, and the device (or broker) buffers.
 
-use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,6 +27,7 @@ use crate::ingest::{Ack, Ingested};
 use crate::rules::{
     Action, Evaluation, MessageContext, Outcome, RuleCounters, RuleEngine, RuleFailure, Target,
 };
+use crate::store::Attributes;
 
 /// One output of one device message: a publish to a sluice topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub struct Output {
     /// The body.
     pub body: Bytes,
     /// Where it came from: source topic, device, rule, message id, ingest time.
-    pub attributes: BTreeMap<String, String>,
+    pub attributes: Attributes,
 }
 
 /// Why a unit of outputs was not committed.
@@ -426,25 +426,24 @@ impl Worker {
                 let tap = &self.counters.tap;
                 for decision in decisions {
                     match decision.target {
-                        Target::Forward(topic) if tap.watched() => {
+                        Target::Forward(topic) => {
                             let body = Bytes::from(decision.payload);
-                            tap.send(TapEvent::Output {
-                                rule: rule.to_string(),
-                                topic: topic.clone(),
-                                payload: body.clone(),
-                                at_ms: ctx.timestamp_ms as u64,
-                            });
-                            unit.push(Output {
-                                topic,
-                                body,
-                                attributes: attributes(ctx, &rule),
-                            })
+                            if tap.watched() {
+                                tap.send(TapEvent::Output {
+                                    rule: rule.to_string(),
+                                    topic: topic.clone(),
+                                    payload: body.clone(),
+                                    at_ms: ctx.timestamp_ms as u64,
+                                });
+                            }
+                            if let Some(attributes) = self.attributes(ctx, &rule) {
+                                unit.push(Output {
+                                    topic,
+                                    body,
+                                    attributes,
+                                });
+                            }
                         }
-                        Target::Forward(topic) => unit.push(Output {
-                            topic,
-                            body: Bytes::from(decision.payload),
-                            attributes: attributes(ctx, &rule),
-                        }),
                         Target::Republish { topic, qos } => {
                             republished += 1;
                             self.republisher
@@ -463,55 +462,69 @@ impl Worker {
             Ok(Outcome::Dropped) => {}
             Err(failure) => {
                 if let Some(action) = error_action {
-                    if let Some(output) = error_output(ctx, &rule, &failure, &action) {
+                    if let Some(output) = self.error_output(ctx, &rule, &failure, &action) {
                         unit.push(output);
                     }
                 }
             }
         }
     }
-}
 
-fn attributes(ctx: &MessageContext<'_>, rule: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("source_topic".to_string(), ctx.topic.to_string()),
-        ("product_key".to_string(), ctx.product_key.to_string()),
-        ("device_name".to_string(), ctx.device_name.to_string()),
-        ("rule".to_string(), rule.to_string()),
-        ("source_message_id".to_string(), ctx.message_id.to_string()),
-        ("ingest_time_ms".to_string(), ctx.timestamp_ms.to_string()),
-    ])
-}
+    /// An output's attributes. Their values come from the device (its topic), so they can fail
+    /// the store's checks (a CR or LF in a topic): that output is refused and counted, as the
+    /// store refuses an output for good, and the device message is still acked.
+    fn attributes(&self, ctx: &MessageContext<'_>, rule: &str) -> Option<Attributes> {
+        let ingest_time_ms = ctx.timestamp_ms.to_string();
+        match Attributes::from_pairs(&[
+            ("device_name", ctx.device_name),
+            ("ingest_time_ms", &ingest_time_ms),
+            ("product_key", ctx.product_key),
+            ("rule", rule),
+            ("source_message_id", ctx.message_id),
+            ("source_topic", ctx.topic),
+        ]) {
+            Ok(attributes) => Some(attributes),
+            Err(e) => {
+                tracing::warn!(rule, topic = ctx.topic, "a rule output was refused ({e})");
+                self.counters
+                    .outputs_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
 
-/// The error action's payload (rule-sql.md, "Forwarding").
-fn error_output(
-    ctx: &MessageContext<'_>,
-    rule: &str,
-    failure: &RuleFailure,
-    action: &Action,
-) -> Option<Output> {
-    let Action::Forward { topic } = action else {
-        // Republish error actions arrive with the device issue's downlink path.
-        return None;
-    };
-    let body = serde_json::json!({
-        "ruleName": rule,
-        "topic": ctx.topic,
-        "productKey": ctx.product_key,
-        "deviceName": ctx.device_name,
-        "messageId": ctx.message_id,
-        "base64OriginalPayload": base64::engine::general_purpose::STANDARD.encode(ctx.payload),
-        "failures": [{
-            "actionType": "RULE",
-            "actionResource": rule,
-            "errorMessage": failure.to_string(),
-        }],
-    });
-    Some(Output {
-        topic: topic.clone(),
-        body: Bytes::from(body.to_string()),
-        attributes: attributes(ctx, rule),
-    })
+    /// The error action's payload (rule-sql.md, "Forwarding").
+    fn error_output(
+        &self,
+        ctx: &MessageContext<'_>,
+        rule: &str,
+        failure: &RuleFailure,
+        action: &Action,
+    ) -> Option<Output> {
+        let Action::Forward { topic } = action else {
+            // Republish error actions arrive with the device issue's downlink path.
+            return None;
+        };
+        let body = serde_json::json!({
+            "ruleName": rule,
+            "topic": ctx.topic,
+            "productKey": ctx.product_key,
+            "deviceName": ctx.device_name,
+            "messageId": ctx.message_id,
+            "base64OriginalPayload": base64::engine::general_purpose::STANDARD.encode(ctx.payload),
+            "failures": [{
+                "actionType": "RULE",
+                "actionResource": rule,
+                "errorMessage": failure.to_string(),
+            }],
+        });
+        Some(Output {
+            topic: topic.clone(),
+            body: Bytes::from(body.to_string()),
+            attributes: self.attributes(ctx, rule)?,
+        })
+    }
 }
 
 /// Submits again from the acker task: the blocking submit must not run on a reactor thread.

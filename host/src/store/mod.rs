@@ -142,8 +142,8 @@ pub struct PublishRef<'a> {
     pub topic: &'a str,
     /// The body.
     pub body: &'a Bytes,
-    /// Small string map (source topic, device, rule, ingest time, ...).
-    pub attributes: &'a BTreeMap<String, String>,
+    /// Source topic, device, rule, ingest time, ... (checked when built).
+    pub attributes: &'a Attributes,
 }
 
 impl PublishRef<'_> {
@@ -153,7 +153,7 @@ impl PublishRef<'_> {
             PublishRequest {
                 body: self.body.clone(),
                 tag: None,
-                attributes: self.attributes.clone(),
+                attributes: self.attributes.to_map(),
             },
         )
     }
@@ -566,7 +566,7 @@ impl Store {
         self.check_publish_unit(
             items
                 .iter()
-                .map(|(_, r)| (r.body.len(), r.tag.as_deref(), &r.attributes)),
+                .map(|(_, r)| (r.body.len(), r.tag.as_deref(), Some(&r.attributes))),
         )?;
         if let Some(js) = self.nats() {
             return js.publish_batch(items).await;
@@ -588,7 +588,8 @@ impl Store {
         items: &[PublishRef<'_>],
     ) -> impl std::future::Future<Output = Result<Vec<Published>>> + Send + 'static {
         let checked =
-            self.check_publish_unit(items.iter().map(|i| (i.body.len(), None, i.attributes)));
+            // The attributes were checked when built (`Attributes::from_pairs`).
+            self.check_publish_unit(items.iter().map(|i| (i.body.len(), None, None)));
         if let (Some(js), false) = (self.nats(), items.is_empty()) {
             let submitted = checked.map(|()| {
                 js.submit_publish_batch(items.iter().map(|i| i.into_request()).collect())
@@ -604,7 +605,7 @@ impl Store {
                 let items = items
                     .iter()
                     .map(|i| {
-                        let digest = writer::Digest::of(i.body, i.attributes)?;
+                        let digest = writer::Digest::of_json(i.body, i.attributes);
                         let req = PublishRequest {
                             body: i.body.clone(),
                             tag: None,
@@ -634,10 +635,13 @@ impl Store {
     }
 
     /// Checks a publish unit before it is queued: its length, each body against the size cap,
-    /// each tag and attribute map. Takes (body length, tag, attributes) per message.
+    /// each tag and attribute map. Takes (body length, tag, attributes) per message; attributes
+    /// that are `None` were checked before.
     fn check_publish_unit<'a>(
         &self,
-        items: impl ExactSizeIterator<Item = (usize, Option<&'a str>, &'a BTreeMap<String, String>)>,
+        items: impl ExactSizeIterator<
+            Item = (usize, Option<&'a str>, Option<&'a BTreeMap<String, String>>),
+        >,
     ) -> Result<()> {
         if items.len() > MAX_PUBLISH_UNIT {
             return Err(StoreError::invalid(
@@ -653,7 +657,9 @@ impl Store {
                     limit: cap,
                 });
             }
-            types::validate_tag_and_attributes(tag, attributes)?;
+            if let Some(attributes) = attributes {
+                types::validate_tag_and_attributes(tag, attributes)?;
+            }
         }
         Ok(())
     }

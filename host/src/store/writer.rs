@@ -409,6 +409,14 @@ impl Digest {
             attributes: attributes_json(attributes)?,
         })
     }
+
+    /// For attributes that are JSON text already.
+    pub(crate) fn of_json(body: &[u8], attributes: &Attributes) -> Digest {
+        Digest {
+            md5: md5_of(body),
+            attributes: attributes.json().map(str::to_owned),
+        }
+    }
 }
 
 pub(super) fn md5_of(body: &[u8]) -> [u8; 16] {

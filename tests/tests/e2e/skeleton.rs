@@ -244,6 +244,79 @@ async fn through_mosquitto_as_external_broker_messages_arrive_once_each() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rule_output_says_where_it_came_from_and_a_line_break_in_its_topic_refuses_it_alone() {
+    // Proves: a rule output carries its origin as attributes (device, rule, source topic and
+    // message, ingest time); an output whose attributes would carry a line break (a topic
+    // level from the device) is refused and counted, the device is still acked, and the next
+    // message goes through.
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let hot = |seq: u64| {
+        (
+            seq,
+            json!({"temperature": 45.0, "location": format!("seq-{seq}")}),
+        )
+    };
+    let bad_topic = "/a1hRrzD/dev\nX-Evil: 1/user/update";
+    for (topic, (seq, payload)) in [
+        ("/a1hRrzD/devA/user/update", hot(1)),
+        (bad_topic, hot(2)),
+        ("/a1hRrzD/devB/user/update", hot(3)),
+    ] {
+        let report = publish_qos1(
+            sluice.mqtt_port,
+            "attrs",
+            topic,
+            vec![(seq, payload.to_string().into_bytes())],
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(report.acked, vec![seq], "acked ({:?})", report.error);
+    }
+    let api = sluice.api();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < 2 && Instant::now() < deadline {
+        let (status, v) = api
+            .get("/v1/queues/alerts-q/messages?max=16&wait_seconds=1")
+            .await;
+        assert_eq!(status, 200, "{v}");
+        got.extend(v["messages"].as_array().cloned().unwrap_or_default());
+    }
+    println!("received: {got:#?}");
+    assert_eq!(
+        got.len(),
+        2,
+        "devA's and devB's alerts, not the refused one"
+    );
+    let a = &got[0]["attributes"];
+    assert_eq!(a["device_name"], "devA");
+    assert_eq!(a["product_key"], "a1hRrzD");
+    assert_eq!(a["rule"], "overheat");
+    assert_eq!(a["source_topic"], "/a1hRrzD/devA/user/update");
+    assert_eq!(
+        a["source_message_id"].as_str().map(str::len),
+        Some(32),
+        "{a}"
+    );
+    let ingest: u64 = a["ingest_time_ms"].as_str().unwrap().parse().unwrap();
+    let sent: u64 = got[0]["enqueue_time_ms"].as_u64().unwrap();
+    assert!(
+        ingest <= sent && sent - ingest < 10_000,
+        "ingest {ingest}, enqueue {sent}"
+    );
+    assert_eq!(got[1]["attributes"]["device_name"], "devB");
+    let (_, metrics) = api.get_text("/metrics").await;
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_pipeline_outputs_refused_total"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(refused.ends_with(" 1"), "one refused output: {refused}");
+    sluice.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_clean_restart_keeps_everything_not_deleted_and_recreates_nothing() {
     // Proves durability across SIGTERM and that the default set-up is created only once.
     let dir = tempfile::tempdir().unwrap();
