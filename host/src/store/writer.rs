@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use md5::{Digest as _, Md5};
 use rusqlite::Connection;
 use rustc_hash::FxHashMap;
@@ -218,13 +219,13 @@ pub(crate) fn spawn(
     Ok((Lanes { interactive, bulk }, handle))
 }
 
-/// Moves requests already waiting in `rx` into `batch` until it holds `up_to`.
+/// Moves requests already waiting in `rx` into `batch` until it holds `up_to`. All at once:
+/// that gives the senders their room back in one go, where taking one at a time woke a rule
+/// thread blocked on the full queue for each message (7 % of the writer's time at full load).
 fn take(batch: &mut Vec<Op>, rx: &mut mpsc::Receiver<Op>, up_to: usize) {
-    while batch.len() < up_to {
-        match rx.try_recv() {
-            Ok(op) => batch.push(op),
-            Err(_) => break,
-        }
+    if batch.len() < up_to {
+        // Ready at once with what is waiting; pending (nothing waiting) counts as nothing.
+        let _ = rx.recv_many(batch, up_to - batch.len()).now_or_never();
     }
 }
 
