@@ -1,7 +1,7 @@
 //! Joins ingest -> rules -> store and sends acks back after the commit.
 //!
 //! ```text
-//! ingest --(bounded)--> dispatcher --(bounded, by device)--> rule worker threads
+//! ingest --(bounded, one queue per worker, chosen by device)--> rule worker threads
 //!     --> CommitSink::submit (enqueued in order, group-committed by the store's writer)
 //!     --(bounded)--> acker task: awaits each commit, then resolves the device's ack
 //! ```
@@ -9,8 +9,8 @@
 //! A worker is a plain thread (Wasm calls never run on the async reactors) with its own rule
 //! instances. Messages of one device always go to the same worker, and a worker submits its
 //! outputs in arrival order, so per-device order is kept from MQTT to the queue. Every queue
-//! between stages is bounded: when the disk is slow, workers block on submit, the dispatcher
-//! blocks, ingest stops reading, and the device (or broker) buffers.
+//! between stages is bounded: when the disk is slow, workers block on submit, their queues fill,
+//! ingest stops reading, and the device (or broker) buffers.
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -23,7 +23,7 @@ use futures_util::FutureExt as _;
 use tokio::sync::mpsc;
 
 use crate::ids::IdGenerator;
-use crate::ingest::{Ack, Ingested};
+use crate::ingest::{Ack, IngestSink, Ingested};
 use crate::rules::{
     Action, Evaluation, MessageContext, Outcome, RuleCounters, RuleEngine, RuleFailure, Target,
 };
@@ -199,7 +199,7 @@ pub struct PipelineCounters {
 /// The running pipeline. Dropping every clone of [`Pipeline::sink`] and awaiting
 /// [`Pipeline::finish`] drains it: every message handed over is acked or rejected.
 pub struct Pipeline {
-    sink: mpsc::Sender<Ingested>,
+    sink: IngestSink,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     counters: Arc<PipelineCounters>,
@@ -231,7 +231,6 @@ impl Pipeline {
     ) -> Pipeline {
         let depth = config.queue_depth.max(1);
         let counters = Arc::new(PipelineCounters::default());
-        let (sink, mut inbox) = mpsc::channel::<Ingested>(depth);
         let mut worker_txs = Vec::new();
         let mut tasks = Vec::new();
         let mut threads = Vec::new();
@@ -258,20 +257,8 @@ impl Pipeline {
                     .expect("spawn rule worker thread"),
             );
         }
-        let dispatch_counters = counters.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some(item) = inbox.recv().await {
-                dispatch_counters
-                    .messages_in
-                    .fetch_add(1, Ordering::Relaxed);
-                let i = shard(&item, worker_txs.len());
-                if let Err(mpsc::error::SendError(item)) = worker_txs[i].send(item).await {
-                    item.ack.reject("sluice is shutting down");
-                }
-            }
-        }));
         Pipeline {
-            sink,
+            sink: IngestSink::sharded(worker_txs, shard),
             tasks,
             threads,
             counters,
@@ -279,7 +266,7 @@ impl Pipeline {
     }
 
     /// Where ingest hands messages over.
-    pub fn sink(&self) -> mpsc::Sender<Ingested> {
+    pub fn sink(&self) -> IngestSink {
         self.sink.clone()
     }
 
@@ -348,6 +335,7 @@ struct Worker {
 impl Worker {
     fn run(mut self, mut rx: mpsc::Receiver<Ingested>, acks: mpsc::Sender<Pending>) {
         while let Some(item) = rx.blocking_recv() {
+            self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
             let pending = self.handle(item);
             if let Some(pending) = pending {
                 if let Err(mpsc::error::SendError(p)) = acks.blocking_send(pending) {

@@ -441,14 +441,14 @@ async fn follow_rule_filters(
 }
 
 /// The bench baseline's sink: acknowledges every message at once, keeps nothing.
-fn ack_everything() -> tokio::sync::mpsc::Sender<crate::ingest::Ingested> {
+fn ack_everything() -> crate::ingest::IngestSink {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::ingest::Ingested>(DEFAULT_QUEUE_DEPTH);
     tokio::spawn(async move {
         while let Some(item) = rx.recv().await {
             item.ack.commit();
         }
     });
-    tx
+    tx.into()
 }
 
 enum Intake {

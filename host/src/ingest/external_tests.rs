@@ -123,7 +123,7 @@ fn run_sluice(url: &str, client_id: &str, filters: &[&str]) -> Running {
     let (broker, handle) = ExternalBroker::new(cfg).expect("valid config");
     let (sink, rx) = mpsc::channel(16);
     let stop = CancellationToken::new();
-    let task = tokio::spawn(broker.run(sink, stop.clone()));
+    let task = tokio::spawn(broker.run(sink.into(), stop.clone()));
     Running {
         handle,
         rx,

@@ -40,7 +40,7 @@ async fn start(cfg: ListenerConfig, sink_capacity: usize) -> Harness {
     let counters = listener.counters();
     let (sink, sink_rx) = mpsc::channel(sink_capacity);
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(listener.run(sink, shutdown.clone()));
+    let task = tokio::spawn(listener.run(sink.into(), shutdown.clone()));
     Harness {
         addr,
         sink_rx,

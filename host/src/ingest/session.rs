@@ -179,6 +179,7 @@ impl Session {
             if self.rbuf.capacity() - self.rbuf.len() < 1024 {
                 self.rbuf.reserve(READ_CHUNK_BYTES);
             }
+            let stalled_queue = self.stalled.as_ref().map(|(i, _)| ctx.sink.queue_for(i));
             tokio::select! {
                 biased;
                 _ = self.takeover.cancelled() => return Exit::TakenOver,
@@ -201,7 +202,7 @@ impl Session {
                         }
                     }
                 }
-                permit = ctx.sink.reserve(), if self.stalled.is_some() => {
+                permit = reserve_on(stalled_queue), if self.stalled.is_some() => {
                     let Ok(permit) = permit else { return Exit::SinkClosed };
                     if let Some((ingested, wait)) = self.stalled.take() {
                         permit.send(ingested);
@@ -540,6 +541,16 @@ impl Session {
             let _ = tokio::time::timeout(FINAL_FLUSH, stream.write_all(&self.wbuf)).await;
         }
         let _ = tokio::time::timeout(FINAL_FLUSH, stream.shutdown()).await;
+    }
+}
+
+/// Room in the queue of a stalled publish; never, when none is stalled.
+async fn reserve_on(
+    queue: Option<&mpsc::Sender<Ingested>>,
+) -> Result<mpsc::Permit<'_, Ingested>, mpsc::error::SendError<()>> {
+    match queue {
+        Some(queue) => queue.reserve().await,
+        None => std::future::pending().await,
     }
 }
 
