@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 /// Counters shared by devices, consumers and the progress display.
@@ -290,11 +290,17 @@ pub fn start_consumers(
         .map(|_| {
             let client = client.clone();
             let base = format!("{http}/v1/queues/{queue}/messages");
+            // Parsed once: a URL parsed per request was part of the load generator's cost.
+            let url = |s: String| reqwest::Url::parse(&s).expect("the queue's URL");
+            let urls = (
+                url(format!("{base}?max=16&wait_seconds=1")),
+                url(format!("{base}/delete")),
+            );
             let stats = stats.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
                 while !stop.is_cancelled() {
-                    if let Err(e) = consume_once(&client, &base, &stats).await {
+                    if let Err(e) = consume_once(&client, &urls, &stats).await {
                         tracing::warn!("bench consumer: {e}");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
@@ -344,9 +350,21 @@ struct DeleteResult {
     deleted: bool,
 }
 
-async fn consume_once(client: &reqwest::Client, base: &str, stats: &Stats) -> anyhow::Result<()> {
+/// A batch delete's request.
+#[derive(Serialize)]
+struct DeleteRequest<'a> {
+    receipt_handles: Vec<&'a str>,
+}
+
+/// One receive (up to 16, long polling 1 s) and one batch delete of what came; `urls` are the
+/// receive's and the delete's.
+async fn consume_once(
+    client: &reqwest::Client,
+    (receive, delete): &(reqwest::Url, reqwest::Url),
+    stats: &Stats,
+) -> anyhow::Result<()> {
     let raw = client
-        .get(format!("{base}?max=16&wait_seconds=1"))
+        .get(receive.clone())
         .send()
         .await?
         .error_for_status()?
@@ -373,8 +391,10 @@ async fn consume_once(client: &reqwest::Client, base: &str, stats: &Stats) -> an
     if !receipts.is_empty() {
         // One batch delete per receive, as a real consumer does.
         let answer = client
-            .post(format!("{base}/delete"))
-            .json(&serde_json::json!({ "receipt_handles": receipts }))
+            .post(delete.clone())
+            .json(&DeleteRequest {
+                receipt_handles: receipts,
+            })
             .send()
             .await?
             .error_for_status()?
