@@ -1,7 +1,7 @@
 //! One device connection, from CONNECT to close.
 //!
 //! A single task owns the socket and runs a `select!` over: reading packets, the ordered queue
-//! of pending acks (`FuturesOrdered`, so PUBACKs leave in the order the PUBLISHes came while many
+//! of pending acks (`AckQueue`, so PUBACKs leave in the order the PUBLISHes came while many
 //! commits are in flight), a message waiting for room in the sink, downlink messages from the
 //! router, the keep-alive timer, takeover and shutdown. Nothing here holds a lock across an
 //! await, and the reader only ever waits on the pipeline through the bounded sink (or the
@@ -14,15 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::stream::FuturesOrdered;
-use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::acks::{AckWait, Resolved};
+use super::acks::{AckQueue, AckWait, Done, Resolved};
 use super::codec::{AckReason, CloseReason, Codec, InPublish, Inbound, Outbound, SubCode};
 use super::connect::{accept_connect, read_connect, Connected};
 use super::counters::{bump, IngestCounters};
@@ -113,7 +111,7 @@ struct Session {
     rbuf: BytesMut,
     wbuf: BytesMut,
     /// Acks of QoS 1/2 publishes handed to the sink, in arrival order.
-    pending: FuturesOrdered<AckWait>,
+    pending: AckQueue,
     /// A publish waiting for room in the sink (reads pause meanwhile).
     stalled: Option<(Ingested, Option<AckWait>)>,
     /// Packet ids of QoS 2 publishes received and not yet released by PUBREL.
@@ -139,7 +137,7 @@ impl Session {
             downlink_rx: c.downlink_rx,
             rbuf,
             wbuf: c.wbuf,
-            pending: FuturesOrdered::new(),
+            pending: AckQueue::default(),
             stalled: None,
             qos2_ids: HashSet::new(),
             out_inflight: HashSet::new(),
@@ -191,12 +189,12 @@ impl Session {
                 _ = sleep_until_opt(drain_deadline), if drain_deadline.is_some() => {
                     return Exit::Shutdown;
                 }
-                Some(done) = self.pending.next(), if !self.pending.is_empty() => {
+                done = self.pending.next(), if !self.pending.is_empty() => {
                     if let Err(exit) = self.on_ack(done) {
                         return exit;
                     }
                     // Batch every ack that is ready into the same write.
-                    while let Some(Some(done)) = self.pending.next().now_or_never() {
+                    while let Some(done) = self.pending.ready() {
                         if let Err(exit) = self.on_ack(done) {
                             return exit;
                         }
@@ -364,7 +362,7 @@ impl Session {
         Ok(())
     }
 
-    fn on_ack(&mut self, (pkid, qos, resolved): (u16, u8, Resolved)) -> Result<(), Exit> {
+    fn on_ack(&mut self, (pkid, qos, resolved): Done) -> Result<(), Exit> {
         let counters = &self.ctx.counters;
         let reason = match resolved {
             Resolved::Committed => {
