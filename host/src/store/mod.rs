@@ -636,7 +636,7 @@ impl Store {
 
     /// Checks a publish unit before it is queued: its length, each body against the size cap,
     /// each tag and attribute map. Takes (body length, tag, attributes) per message; attributes
-    /// that are `None` were checked before.
+    /// that are `None` were checked before (a rule output's, when built).
     fn check_publish_unit<'a>(
         &self,
         items: impl ExactSizeIterator<
@@ -657,9 +657,8 @@ impl Store {
                     limit: cap,
                 });
             }
-            if let Some(attributes) = attributes {
-                types::validate_tag_and_attributes(tag, attributes)?;
-            }
+            static CHECKED_BEFORE: BTreeMap<String, String> = BTreeMap::new();
+            types::validate_tag_and_attributes(tag, attributes.unwrap_or(&CHECKED_BEFORE))?;
         }
         Ok(())
     }
