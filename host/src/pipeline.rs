@@ -221,7 +221,7 @@ struct Pending {
 }
 
 impl Pipeline {
-    /// Starts the dispatcher, the worker threads and their ackers on the current runtime.
+    /// Starts the worker threads and their ackers on the current runtime.
     pub fn start(
         config: PipelineConfig,
         rules: Arc<RuleEngine>,
