@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! ingest --(bounded, one queue per worker, chosen by device)--> rule worker threads
-//!     --> CommitSink::submit (enqueued in order, group-committed by the store's writer)
-//!     --(bounded)--> acker task: awaits each commit, then resolves the device's ack
+//!     --> CommitSink::submit (the messages waiting, together; enqueued in order,
+//!         group-committed by the store's writer)
+//!     --(bounded)--> acker task: awaits each commit, then resolves the devices' acks
 //! ```
 //!
 //! A worker is a plain thread (Wasm calls never run on the async reactors) with its own rule
@@ -55,12 +56,13 @@ pub enum CommitError {
     Unavailable(String),
 }
 
-/// Where outputs are made durable. `submit` must enqueue the unit before it returns (so units
-/// commit in submission order); the future resolves after the commit. The unit is borrowed: the
-/// pipeline keeps it until then, to resend what a refusal leaves.
+/// Where outputs are made durable. `submit` must enqueue the units before it returns (so units
+/// commit in submission order); the future resolves after the commit. The units are borrowed:
+/// the pipeline keeps them until then, to resend what a refusal leaves.
 pub trait CommitSink: Send + Sync + 'static {
-    /// Commits every output of one device message atomically.
-    fn submit(&self, unit: &[Output]) -> BoxFuture<'static, Result<(), CommitError>>;
+    /// Commits each unit (every output of one device message) atomically on its own, and
+    /// answers one result per unit, in order.
+    fn submit(&self, units: &[Vec<Output>]) -> BoxFuture<'static, Vec<Result<(), CommitError>>>;
 }
 
 /// Where republish decisions go: the embedded listener's sessions or the external broker.
@@ -213,12 +215,25 @@ impl std::fmt::Debug for Pipeline {
     }
 }
 
+/// Device messages whose outputs a worker submitted together, waiting for their commit.
 struct Pending {
-    commit: BoxFuture<'static, Result<(), CommitError>>,
-    unit: Vec<Output>,
+    commit: BoxFuture<'static, Vec<Result<(), CommitError>>>,
+    /// Each message's outputs as submitted (kept to resend what a refusal leaves).
+    units: Vec<Vec<Output>>,
+    /// Each message's ack and counts, in the order of `units`.
+    messages: Vec<Submitted>,
+}
+
+/// What settling one submitted device message needs besides its outputs.
+struct Submitted {
     ack: Ack,
     rules: Vec<(Arc<RuleCounters>, u64)>,
 }
+
+/// Most device messages a worker takes from its queue at a time; their outputs go to the store
+/// as one submission. A submission and its answer per message cost the rule threads, the writer
+/// and the acker more than the rows did.
+const MAX_MESSAGES_PER_SUBMIT: usize = 32;
 
 impl Pipeline {
     /// Starts the worker threads and their ackers on the current runtime.
@@ -333,21 +348,42 @@ struct Worker {
 }
 
 impl Worker {
+    /// Takes what waits in the queue (the first message blocking, never waiting for more), runs
+    /// the rules on each message in order, and submits their outputs together.
     fn run(mut self, mut rx: mpsc::Receiver<Ingested>, acks: mpsc::Sender<Pending>) {
-        while let Some(item) = rx.blocking_recv() {
-            self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
-            let pending = self.handle(item);
-            if let Some(pending) = pending {
-                if let Err(mpsc::error::SendError(p)) = acks.blocking_send(pending) {
-                    p.ack.reject("sluice is shutting down");
+        let mut taken = Vec::with_capacity(MAX_MESSAGES_PER_SUBMIT);
+        while rx.blocking_recv_many(&mut taken, MAX_MESSAGES_PER_SUBMIT) > 0 {
+            self.counters
+                .messages_in
+                .fetch_add(taken.len() as u64, Ordering::Relaxed);
+            let mut units = Vec::with_capacity(taken.len());
+            let mut messages = Vec::with_capacity(taken.len());
+            for item in taken.drain(..) {
+                if let Some((unit, submitted)) = self.handle(item) {
+                    units.push(unit);
+                    messages.push(submitted);
+                }
+            }
+            if units.is_empty() {
+                continue;
+            }
+            let commit = self.commits.submit(&units);
+            let pending = Pending {
+                commit,
+                units,
+                messages,
+            };
+            if let Err(mpsc::error::SendError(p)) = acks.blocking_send(pending) {
+                for m in p.messages {
+                    m.ack.reject("sluice is shutting down");
                 }
             }
         }
     }
 
-    /// Runs the rules on one message; returns the commit to wait for, or acks at once when
+    /// Runs the rules on one message; returns its outputs to commit, or acks at once when
     /// there is nothing to commit.
-    fn handle(&mut self, item: Ingested) -> Option<Pending> {
+    fn handle(&mut self, item: Ingested) -> Option<(Vec<Output>, Submitted)> {
         let Ingested { message, ack } = item;
         let id = self.ids.next().to_string();
         let (pk, dn) = match &message.identity {
@@ -385,13 +421,7 @@ impl Worker {
             ack.commit();
             return None;
         }
-        let commit = self.commits.submit(&unit);
-        Some(Pending {
-            commit,
-            unit,
-            ack,
-            rules,
-        })
+        Some((unit, Submitted { ack, rules }))
     }
 
     fn apply(
@@ -518,8 +548,11 @@ impl Worker {
 /// Submits again from the acker task: the blocking submit must not run on a reactor thread.
 async fn resubmit(commits: &Arc<dyn CommitSink>, unit: Vec<Output>) -> Result<(), CommitError> {
     let commits = commits.clone();
-    match tokio::task::spawn_blocking(move || commits.submit(&unit)).await {
-        Ok(commit) => commit.await,
+    match tokio::task::spawn_blocking(move || commits.submit(&[unit])).await {
+        Ok(commit) => commit
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(CommitError::Unavailable("the store gave no answer".into()))),
         Err(e) => Err(CommitError::Unavailable(e.to_string())),
     }
 }
@@ -548,14 +581,16 @@ async fn acker(
         }) else {
             break;
         };
-        let result = (&mut pending.commit).await;
-        settled.push(settle(pending, result, &commits, &counters).await);
+        let results = (&mut pending.commit).await;
+        settle_all(pending, results, &commits, &counters, &mut settled).await;
         while settled.len() < ACK_BATCH {
             let Ok(mut pending) = rx.try_recv() else {
                 break;
             };
             match (&mut pending.commit).now_or_never() {
-                Some(result) => settled.push(settle(pending, result, &commits, &counters).await),
+                Some(results) => {
+                    settle_all(pending, results, &commits, &counters, &mut settled).await
+                }
                 None => {
                     next = Some(pending);
                     break;
@@ -571,10 +606,30 @@ async fn acker(
     }
 }
 
+/// Settles each message of a submission with its result (see [`settle`]) into `settled`.
+async fn settle_all(
+    pending: Pending,
+    results: Vec<Result<(), CommitError>>,
+    commits: &Arc<dyn CommitSink>,
+    counters: &PipelineCounters,
+    settled: &mut Vec<(Ack, Result<(), CommitError>)>,
+) {
+    let mut results = results.into_iter();
+    for (unit, message) in pending.units.into_iter().zip(pending.messages) {
+        let result = results.next().unwrap_or_else(|| {
+            Err(CommitError::Unavailable(
+                "the store gave no answer for this message".into(),
+            ))
+        });
+        settled.push(settle(unit, message, result, commits, counters).await);
+    }
+}
+
 /// Finishes one message's commit: drops the outputs the store cannot take (a deleted topic, a
 /// refusal for good) and commits the rest again, counts, and says how to ack the device.
 async fn settle(
-    mut pending: Pending,
+    mut unit: Vec<Output>,
+    message: Submitted,
     mut result: Result<(), CommitError>,
     commits: &Arc<dyn CommitSink>,
     counters: &PipelineCounters,
@@ -584,18 +639,18 @@ async fn settle(
         tracing::warn!(topic = %topic, "a rule forwarded to a topic that does not exist; output dropped");
         counters.outputs_refused.fetch_add(1, Ordering::Relaxed);
         let topic = topic.clone();
-        pending.unit.retain(|o| o.topic != topic);
-        if pending.unit.is_empty() {
+        unit.retain(|o| o.topic != topic);
+        if unit.is_empty() {
             result = Ok(());
             break;
         }
-        result = resubmit(commits, pending.unit.clone()).await;
+        result = resubmit(commits, unit.clone()).await;
     }
     // Outputs the store refuses for good: find them one by one, commit the others.
     if let Err(CommitError::Refused(why)) = &result {
         tracing::warn!("the store refused a rule output ({why}); checking outputs one by one");
         let mut kept = Vec::new();
-        for output in std::mem::take(&mut pending.unit) {
+        for output in std::mem::take(&mut unit) {
             match resubmit(commits, vec![output.clone()]).await {
                 Ok(()) => kept.push(output),
                 Err(CommitError::Refused(_) | CommitError::TopicMissing(_)) => {
@@ -610,16 +665,16 @@ async fn settle(
         if !matches!(result, Err(CommitError::Unavailable(_))) {
             result = Ok(());
         }
-        pending.unit = kept;
+        unit = kept;
     }
     match &result {
         Ok(()) => {
-            for (rule, n) in &pending.rules {
+            for (rule, n) in &message.rules {
                 rule.outputs.fetch_add(*n, Ordering::Relaxed);
             }
             counters
                 .outputs_committed
-                .fetch_add(pending.unit.len() as u64, Ordering::Relaxed);
+                .fetch_add(unit.len() as u64, Ordering::Relaxed);
             counters.acked.fetch_add(1, Ordering::Relaxed);
         }
         Err(e) => {
@@ -627,7 +682,7 @@ async fn settle(
             tracing::warn!("commit failed, the device will resend: {e}");
         }
     }
-    (pending.ack, result)
+    (message.ack, result)
 }
 
 #[cfg(test)]

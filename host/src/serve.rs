@@ -74,28 +74,40 @@ pub enum ServeError {
 struct StoreSink(Store);
 
 impl CommitSink for StoreSink {
-    fn submit(&self, unit: &[Output]) -> BoxFuture<'static, Result<(), CommitError>> {
-        let items: Vec<PublishRef<'_>> = unit
+    fn submit(&self, units: &[Vec<Output>]) -> BoxFuture<'static, Vec<Result<(), CommitError>>> {
+        let units: Vec<Vec<PublishRef<'_>>> = units
             .iter()
-            .map(|o| PublishRef {
-                topic: &o.topic,
-                body: &o.body,
-                attributes: &o.attributes,
+            .map(|unit| {
+                unit.iter()
+                    .map(|o| PublishRef {
+                        topic: &o.topic,
+                        body: &o.body,
+                        attributes: &o.attributes,
+                    })
+                    .collect()
             })
             .collect();
-        let commit = self.0.submit_publish_batch(&items);
+        let commit = self.0.submit_publish_units(&units);
         Box::pin(async move {
-            match commit.await {
-                Ok(_) => Ok(()),
-                Err(StoreError::TopicNotExist { name }) => Err(CommitError::TopicMissing(name)),
-                // A rule output the store refuses for good (too large, bad attributes) would be
-                // refused again on every resend: it fails that output, not the device message.
-                Err(
-                    e @ (StoreError::MessageTooLarge { .. } | StoreError::InvalidArgument { .. }),
-                ) => Err(CommitError::Refused(e.to_string())),
-                Err(e) => Err(CommitError::Unavailable(e.to_string())),
-            }
+            let results = commit.await;
+            results
+                .into_iter()
+                .map(|r| r.map_err(commit_error))
+                .collect()
         })
+    }
+}
+
+/// How the pipeline treats a unit the store did not commit.
+fn commit_error(e: StoreError) -> CommitError {
+    match e {
+        StoreError::TopicNotExist { name } => CommitError::TopicMissing(name),
+        // A rule output the store refuses for good (too large, bad attributes) would be refused
+        // again on every resend: it fails that output, not the device message.
+        e @ (StoreError::MessageTooLarge { .. } | StoreError::InvalidArgument { .. }) => {
+            CommitError::Refused(e.to_string())
+        }
+        e => CommitError::Unavailable(e.to_string()),
     }
 }
 

@@ -162,6 +162,18 @@ impl PublishRef<'_> {
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// A unit of rule outputs on its way to JetStream.
+type PendingUnit =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Published>>> + Send>>;
+
+/// Where [`Store::submit_publish_units`] queued its units.
+enum Queued {
+    /// One publish per unit.
+    Nats(Vec<PendingUnit>),
+    /// The writer's requests, with how many units each holds.
+    Writer(Vec<(oneshot::Receiver<Result<Reply>>, usize)>),
+}
+
 /// Wakers of long polls, one per queue name; shared by the handles and the writer.
 pub(crate) type Notifiers = Arc<Mutex<HashMap<String, Arc<QueueWaker>>>>;
 
@@ -577,61 +589,127 @@ impl Store {
         }
     }
 
-    /// [`Store::publish_batch`] for a plain thread that must keep order: the unit is queued to
-    /// the writer before this returns (blocking while the writer's queue is full — that is the
-    /// back-pressure), and the returned future resolves after its commit. Units submitted one
-    /// after another commit in that order, while many of them share one commit.
+    /// [`Store::publish_batch`] for many units at once, from a plain thread that must keep order
+    /// (the rule pipeline: one unit per device message). Each unit commits atomically on its own
+    /// and gets a result of its own, in order. The units are queued to the writer before this
+    /// returns (blocking while the writer's queue is full — that is the back-pressure), and the
+    /// returned future resolves after their commit. Units submitted one after another commit in
+    /// that order, while many of them share one commit.
     ///
     /// Must not be called from an async task (it blocks).
-    pub fn submit_publish_batch(
+    pub fn submit_publish_units(
         &self,
-        items: &[PublishRef<'_>],
-    ) -> impl std::future::Future<Output = Result<Vec<Published>>> + Send + 'static {
-        let checked =
-            // The attributes were checked when built (`Attributes::from_pairs`).
-            self.check_publish_unit(items.iter().map(|i| (i.body.len(), None, None)));
-        if let (Some(js), false) = (self.nats(), items.is_empty()) {
-            let submitted = checked.map(|()| {
-                js.submit_publish_batch(items.iter().map(|i| i.into_request()).collect())
-            });
-            return futures_util::future::Either::Left(async move { submitted?.await });
-        }
-        let queued = if items.is_empty() {
-            Ok(None)
-        } else {
-            checked.and_then(|()| {
-                let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
-                let (reply, rx) = oneshot::channel();
-                let items = items
-                    .iter()
-                    .map(|i| {
-                        let digest = writer::Digest::of_json(i.body, i.attributes);
-                        let req = PublishRequest {
-                            body: i.body.clone(),
-                            tag: None,
-                            attributes: BTreeMap::new(),
-                        };
-                        Ok((i.topic.to_owned(), req, digest))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                tx.bulk
-                    .blocking_send(Op {
-                        kind: OpKind::Publish(items),
-                        reply,
-                    })
-                    .map_err(|_| StoreError::Closed)?;
-                Ok(Some(rx))
+        units: &[Vec<PublishRef<'_>>],
+    ) -> impl std::future::Future<Output = Vec<Result<()>>> + Send + 'static {
+        // A unit refused here is answered with its error; the others are queued.
+        // An empty unit has nothing to commit: it is answered at once, like a refused one.
+        let checked: Vec<Option<Result<()>>> = units
+            .iter()
+            .map(|unit| match unit.is_empty() {
+                true => Some(Ok(())),
+                // The attributes were checked when built (`Attributes::from_pairs`).
+                false => self
+                    .check_publish_unit(unit.iter().map(|i| (i.body.len(), None, None)))
+                    .err()
+                    .map(Err),
             })
+            .collect();
+        let accepted = units
+            .iter()
+            .zip(&checked)
+            .filter(|(_, answered)| answered.is_none())
+            .map(|(unit, _)| unit);
+        let queued = match self.nats() {
+            Some(js) => Queued::Nats(
+                accepted
+                    .map(|unit| {
+                        let items = unit.iter().map(|i| i.into_request()).collect();
+                        Box::pin(js.submit_publish_batch(items)) as PendingUnit
+                    })
+                    .collect(),
+            ),
+            None => Queued::Writer(self.queue_units(accepted)),
         };
-        futures_util::future::Either::Right(async move {
-            let Some(rx) = queued? else {
-                return Ok(Vec::new());
-            };
-            match rx.await.map_err(|_| StoreError::Closed)?? {
-                Reply::Published(p) => Ok(p),
-                other => Err(other.unexpected()),
+        async move {
+            let mut results = match queued {
+                Queued::Nats(commits) => futures_util::future::join_all(commits)
+                    .await
+                    .into_iter()
+                    .map(|r| r.map(drop))
+                    .collect(),
+                Queued::Writer(queued) => {
+                    let mut results = Vec::new();
+                    for (rx, n) in queued {
+                        match rx.await.unwrap_or(Err(StoreError::Closed)) {
+                            Ok(Reply::Units(r)) if r.len() == n => results.extend(r),
+                            Ok(other) => {
+                                let e = other.unexpected();
+                                results.extend((0..n).map(|_| Err(e.duplicate())));
+                            }
+                            Err(e) => results.extend((0..n).map(|_| Err(e.duplicate()))),
+                        }
+                    }
+                    results
+                }
             }
-        })
+            .into_iter();
+            // Back in submission order: each queued unit takes the next answer.
+            checked
+                .into_iter()
+                .map(|answered| {
+                    answered.unwrap_or_else(|| {
+                        results.next().unwrap_or_else(|| {
+                            Err(StoreError::Internal("a unit went unanswered".into()))
+                        })
+                    })
+                })
+                .collect()
+        }
+    }
+
+    /// Queues units to the writer's bulk lane, [`writer::MAX_UNITS_PER_REQUEST`] to a request;
+    /// returns each request's answer with how many units it holds. A unit that cannot be queued
+    /// (the store is closing) is answered with that error.
+    fn queue_units<'u, 'a: 'u>(
+        &self,
+        units: impl Iterator<Item = &'u Vec<PublishRef<'a>>>,
+    ) -> Vec<(oneshot::Receiver<Result<Reply>>, usize)> {
+        let mut units = units.peekable();
+        let mut queued = Vec::new();
+        while units.peek().is_some() {
+            let chunk: Vec<Vec<_>> = units
+                .by_ref()
+                .take(writer::MAX_UNITS_PER_REQUEST)
+                .map(|unit| {
+                    unit.iter()
+                        .map(|i| {
+                            let digest = writer::Digest::of_json(i.body, i.attributes);
+                            let req = PublishRequest {
+                                body: i.body.clone(),
+                                tag: None,
+                                attributes: BTreeMap::new(),
+                            };
+                            (i.topic.to_owned(), req, digest)
+                        })
+                        .collect()
+                })
+                .collect();
+            let n = chunk.len();
+            let (reply, rx) = oneshot::channel();
+            let op = Op {
+                kind: OpKind::PublishUnits(chunk),
+                reply,
+            };
+            match self.inner.tx.as_ref() {
+                Some(tx) => {
+                    // A send that fails drops the reply sender: the answer reads as closed.
+                    let _ = tx.bulk.blocking_send(op);
+                }
+                None => drop(op),
+            }
+            queued.push((rx, n));
+        }
+        queued
     }
 
     /// Checks a publish unit before it is queued: its length, each body against the size cap,

@@ -46,11 +46,16 @@ const SWEEP_ROWS: i64 = 512;
 /// surprises; the deadlines themselves set the timer).
 const MAX_IDLE: Duration = Duration::from_secs(60);
 
-/// At most this many rule outputs (bulk requests) are taken at a time before the interactive
-/// requests that arrived meanwhile. Applying one costs ~5–20 µs of the writer's CPU, so taking
-/// 1,024 at once held a consumer's receive or delete for ~10 ms behind them. Measured with
-/// `sluice bench` and `sluice_store_commit_seconds` / `sluice_store_commit_requests`.
+/// At most this many units of rule outputs (one device message's outputs each) are taken at a
+/// time before the interactive requests that arrived meanwhile. Applying one costs ~5–20 µs of
+/// the writer's CPU, so taking 1,024 at once held a consumer's receive or delete for ~10 ms
+/// behind them. Measured with `sluice bench` and `sluice_store_commit_seconds` /
+/// `sluice_store_commit_requests`.
 const MAX_BULK_PER_BATCH: usize = 256;
+/// Most units one [`OpKind::PublishUnits`] request carries; larger submissions are split. The
+/// bulk lane holds `max_batch_requests / MAX_UNITS_PER_REQUEST` requests, so it buffers about
+/// as many device messages as when each was a request of its own.
+pub(crate) const MAX_UNITS_PER_REQUEST: usize = 32;
 /// Longest a transaction stays open taking requests while the disk is busy with an earlier
 /// commit (see `extend_while_syncing`): a slow fsync (here p50 0.2 ms, p99 0.8 ms, stalls of
 /// hundreds of ms) must not hold the transaction open, and the visibility of its messages, for
@@ -87,6 +92,11 @@ pub(crate) enum OpKind {
         name: String,
     },
     Publish(Vec<(String, PublishRequest, Digest)>),
+    /// Rule outputs: several units, each one device message's outputs, each committed atomically
+    /// on its own and answered with a result of its own ([`Reply::Units`]). One request for many
+    /// messages: a request and its answer per message cost the rule threads, the writer and the
+    /// acker more than the rows did.
+    PublishUnits(Vec<Vec<(String, PublishRequest, Digest)>>),
     Send(String, Vec<(SendRequest, Digest)>),
     Receive(String, usize),
     Peek(String, usize),
@@ -115,6 +125,8 @@ pub(crate) enum Reply {
     },
     Messages(Vec<Message>),
     Deleted(Vec<Result<()>>),
+    /// One result per unit of a [`OpKind::PublishUnits`].
+    Units(Vec<Result<()>>),
     Visibility(VisibilityChanged),
     Queues(Vec<QueueInfo>),
     Push(Box<super::push::PushReply>),
@@ -207,7 +219,7 @@ pub(crate) fn spawn(
     w.cat.push.signals = push_signals;
     w.load().map_err(|e| w.classify(e))?;
     let (interactive, interactive_rx) = mpsc::channel(w.max_batch);
-    let (bulk, bulk_rx) = mpsc::channel(w.max_batch);
+    let (bulk, bulk_rx) = mpsc::channel((w.max_batch / MAX_UNITS_PER_REQUEST).max(4));
     let handle = std::thread::Builder::new()
         .name("sluice-store-writer".into())
         .spawn(move || w.run(interactive_rx, bulk_rx))
@@ -217,6 +229,16 @@ pub(crate) fn spawn(
             source,
         })?;
     Ok((Lanes { interactive, bulk }, handle))
+}
+
+impl OpKind {
+    /// What a request counts for against [`MAX_BULK_PER_BATCH`]: its rule outputs' units.
+    fn units(&self) -> usize {
+        match self {
+            OpKind::PublishUnits(units) => units.len(),
+            _ => 1,
+        }
+    }
 }
 
 /// Moves requests already waiting in `rx` into `batch` until it holds `up_to`. All at once:
@@ -229,8 +251,23 @@ fn take(batch: &mut Vec<Op>, rx: &mut mpsc::Receiver<Op>, up_to: usize) {
     }
 }
 
+/// Moves waiting bulk requests into `batch` while it holds fewer than `up_to` requests and
+/// they add up to fewer than [`MAX_BULK_PER_BATCH`] units.
+fn take_bulk(batch: &mut Vec<Op>, rx: &mut mpsc::Receiver<Op>, up_to: usize) {
+    let mut units = 0;
+    while batch.len() < up_to && units < MAX_BULK_PER_BATCH {
+        match rx.try_recv() {
+            Ok(op) => {
+                units += op.kind.units();
+                batch.push(op);
+            }
+            Err(_) => break,
+        }
+    }
+}
+
 /// Moves waiting requests into `batch` until it holds `up_to`: interactive ones first (up to
-/// half), then at most [`MAX_BULK_PER_BATCH`] bulk ones, then interactive ones again.
+/// half), then bulk ones up to [`MAX_BULK_PER_BATCH`] units, then interactive ones again.
 fn fill(
     batch: &mut Vec<Op>,
     interactive: &mut mpsc::Receiver<Op>,
@@ -238,8 +275,7 @@ fn fill(
     up_to: usize,
 ) {
     take(batch, interactive, (up_to / 2).max(1));
-    let before_bulk = batch.len();
-    take(batch, bulk, (before_bulk + MAX_BULK_PER_BATCH).min(up_to));
+    take_bulk(batch, bulk, up_to);
     take(batch, interactive, up_to);
 }
 
@@ -1053,10 +1089,12 @@ impl Writer {
             // Opens a savepoint itself when the unit writes more than one row.
             OpKind::Publish(items) => {
                 let now = self.clock.now_ms();
-                self.publish(items, now)
-                    .map(Reply::Published)
+                let mut published = Vec::with_capacity(items.len());
+                self.publish(items, now, Some(&mut published))
+                    .map(|()| Reply::Published(published))
                     .map_err(|e| self.classify(e))
             }
+            OpKind::PublishUnits(units) => self.publish_units(units),
             kind => self.in_savepoint(|w| w.apply_write(kind)),
         }
     }
@@ -1095,6 +1133,7 @@ impl Writer {
             | OpKind::Receive(..)
             | OpKind::Delete(..)
             | OpKind::Publish(..)
+            | OpKind::PublishUnits(..)
             | OpKind::Shutdown => Err(StoreError::Internal("misrouted request".into())),
         }
     }

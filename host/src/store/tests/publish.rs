@@ -199,3 +199,84 @@ async fn topic_without_subscriptions_accepts_publishes() {
         .unwrap_err();
     assert_eq!(e.field(), Some("body"));
 }
+
+#[tokio::test]
+async fn submitted_units_commit_each_on_its_own_and_answer_in_submission_order() {
+    // Proves: units submitted together (the rule pipeline's way: one unit per device message)
+    // commit each atomically on its own. A unit naming an unknown topic or holding an oversized
+    // body fails alone, with its own error in its own place, and none of its outputs is written;
+    // an empty unit is answered at once; more units than one writer request holds are split
+    // over several requests and still answered, and stored, in submission order.
+    use crate::store::{Attributes, PublishRef, StoreError};
+    let env = Env::new();
+    env.store.create_topic("alerts").await.unwrap();
+    env.queue("alerts-q", |_| {}).await;
+    env.store
+        .create_subscription("alerts", "alerts-to-q", SubscriptionSpec::queue("alerts-q"))
+        .await
+        .unwrap();
+    let attributes = Attributes::from_pairs(&[("rule", "overheat")]).unwrap();
+    let bodies: Vec<Bytes> = (0..75).map(|i| Bytes::from(format!("m{i}"))).collect();
+    let second = Bytes::from_static(b"m40, second output");
+    let too_big = Bytes::from(vec![b'x'; env.store.size_cap() as usize + 1]);
+    let out = |topic, body| PublishRef {
+        topic,
+        body,
+        attributes: &attributes,
+    };
+    let units: Vec<Vec<PublishRef<'_>>> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| match i {
+            3 => vec![out("alerts", body), out("no-such-topic", body)],
+            5 => vec![],
+            7 => vec![out("alerts", body), out("alerts", &too_big)],
+            40 => vec![out("alerts", body), out("alerts", &second)],
+            _ => vec![out("alerts", body)],
+        })
+        .collect();
+    let store = env.store.clone();
+    let commit = std::thread::scope(|s| {
+        s.spawn(|| store.submit_publish_units(&units))
+            .join()
+            .unwrap()
+    });
+    let results = commit.await;
+
+    assert_eq!(results.len(), 75, "one answer per unit");
+    for (i, r) in results.iter().enumerate() {
+        match i {
+            3 => assert!(
+                matches!(r, Err(StoreError::TopicNotExist { name }) if name == "no-such-topic"),
+                "unit 3: {r:?}"
+            ),
+            7 => assert!(
+                matches!(r, Err(StoreError::MessageTooLarge { .. })),
+                "unit 7: {r:?}"
+            ),
+            _ => assert!(r.is_ok(), "unit {i}: {r:?}"),
+        }
+    }
+    let mut expected: Vec<String> = Vec::new();
+    for i in 0..75 {
+        match i {
+            3 | 5 | 7 => {}
+            40 => expected.extend(["m40".to_owned(), "m40, second output".to_owned()]),
+            _ => expected.push(format!("m{i}")),
+        }
+    }
+    let mut stored = Vec::new();
+    loop {
+        let got = env.store.receive("alerts-q", 16, NO_WAIT).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        stored.extend(got.iter().map(body_text));
+    }
+    println!(
+        "{} units submitted, {} messages stored",
+        units.len(),
+        stored.len()
+    );
+    assert_eq!(stored, expected);
+}

@@ -7,13 +7,14 @@ use super::*;
 impl Writer {
     // ----- writing messages -----
 
-    /// Inserts one row into queue `q` and indexes it.
+    /// Inserts one row into queue `q` and indexes it; returns when it becomes visible. Nothing
+    /// fallible runs after the INSERT: a one-write publish runs without a savepoint.
     pub(super) fn insert_row(
         &mut self,
         q: &mut QueueState,
         row: &NewRow<'_>,
         now: u64,
-    ) -> Result<Sent> {
+    ) -> Result<u64> {
         let seq = q.next_seq;
         q.next_seq += 1;
         let at = now + ms(row.delay_s);
@@ -21,10 +22,6 @@ impl Writer {
             BodyRef::Inline(b) => (None, Some(b)),
             BodyRef::Shared(id) => (Some(id), None),
         };
-        // Everything fallible before the INSERT: a one-write publish runs without a savepoint,
-        // so nothing may fail once its row is written.
-        let id = MessageId::parse(row.message_id)
-            .ok_or_else(|| StoreError::Internal("bad message id".into()))?;
         self.conn.prepare_cached(&q.sql.insert)?.execute(params![
             seq as i64,
             at as i64,
@@ -48,22 +45,19 @@ impl Writer {
             .next_sweep_ms
             .min(now + ms(q.attrs.message_retention_period));
         self.op_counts.queue(q.id).enqueued += 1;
-        Ok(Sent {
-            id,
-            body_md5: md5_hex(row.md5),
-            enqueue_time_ms: now,
-            next_visible_time_ms: at,
-        })
+        Ok(at)
     }
 
     /// Publishes one unit atomically. Most units are one output for one queue: a single INSERT,
     /// which SQLite undoes by itself if it fails, so those run without the savepoint that
     /// costs every other request two statements and a copy of each page it touches.
+    /// `published` collects what an API publish answers; rule outputs need no answer but done.
     pub(super) fn publish(
         &mut self,
         items: Vec<(String, PublishRequest, Digest)>,
         now: u64,
-    ) -> Result<Vec<Published>> {
+        published: Option<&mut Vec<Published>>,
+    ) -> Result<()> {
         let targets = self.publish_targets(&items)?;
         let writes: usize = targets
             .iter()
@@ -73,14 +67,47 @@ impl Writer {
             })
             .sum();
         if writes > 1 {
-            return self.in_savepoint(|w| w.publish_to(items, targets, now));
+            return self.in_savepoint(|w| w.publish_to(items, targets, now, published));
         }
         let mark = self.undo.len();
-        self.publish_to(items, targets, now).inspect_err(|_| {
-            let mut undo = std::mem::take(&mut self.undo);
-            self.cat.rollback(&mut undo, mark);
-            self.undo = undo;
-        })
+        self.publish_to(items, targets, now, published)
+            .inspect_err(|_| {
+                let mut undo = std::mem::take(&mut self.undo);
+                self.cat.rollback(&mut undo, mark);
+                self.undo = undo;
+            })
+    }
+
+    /// Publishes each unit of rule outputs atomically on its own: a unit that fails (an unknown
+    /// topic, a full store) is rolled back alone and answered with its error, and the rest go
+    /// on, unless SQLite ended the whole transaction, which fails the request as a whole.
+    pub(super) fn publish_units(
+        &mut self,
+        units: Vec<Vec<(String, PublishRequest, Digest)>>,
+    ) -> Result<Reply> {
+        let now = self.clock.now_ms();
+        let mut results = Vec::with_capacity(units.len());
+        // Counts of the units that committed only (`apply_ops` keeps a request's counts when it
+        // succeeds, and this one succeeds whatever its units do).
+        let mut kept = Counts::default();
+        for items in units {
+            self.op_counts.clear();
+            match self.publish(items, now, None) {
+                Ok(()) => {
+                    kept.absorb(&mut self.op_counts);
+                    results.push(Ok(()));
+                }
+                Err(e) => {
+                    let e = self.classify(e);
+                    if self.conn.is_autocommit() {
+                        return Err(e);
+                    }
+                    results.push(Err(e));
+                }
+            }
+        }
+        self.op_counts = kept;
+        Ok(Reply::Units(results))
     }
 
     /// Each item's queue subscriptions (queue id, base64 body) and HTTP subscriptions. An unknown
@@ -128,8 +155,8 @@ impl Writer {
         items: Vec<(String, PublishRequest, Digest)>,
         targets: Vec<(Vec<(i64, bool)>, Vec<i64>)>,
         now: u64,
-    ) -> Result<Vec<Published>> {
-        let mut out = Vec::with_capacity(items.len());
+        mut published: Option<&mut Vec<Published>>,
+    ) -> Result<()> {
         for ((topic, req, digest), (subs, pushes)) in items.iter().zip(targets) {
             self.op_counts.published(topic);
             let id = self.ids.next_at(now);
@@ -188,15 +215,17 @@ impl Writer {
                 };
                 self.push_insert(sub, &row, now)?;
             }
-            out.push(Published {
-                id,
-                body_md5: md5_hex(&md5),
-                enqueue_time_ms: now,
-                queues: subs.len() as u32,
-                pushes: pushes.len() as u32,
-            });
+            if let Some(out) = published.as_deref_mut() {
+                out.push(Published {
+                    id,
+                    body_md5: md5_hex(&md5),
+                    enqueue_time_ms: now,
+                    queues: subs.len() as u32,
+                    pushes: pushes.len() as u32,
+                });
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     pub(super) fn send(
@@ -217,7 +246,8 @@ impl Writer {
             }
             let mut out = Vec::with_capacity(reqs.len());
             for (req, digest) in &reqs {
-                let id_text = w.ids.next_at(now).to_string();
+                let id = w.ids.next_at(now);
+                let id_text = id.to_string();
                 let attributes = &digest.attributes;
                 let row = NewRow {
                     message_id: &id_text,
@@ -228,7 +258,13 @@ impl Writer {
                     delay_s: req.delay_seconds.unwrap_or(q.attrs.delay_seconds),
                     body: BodyRef::Inline(&req.body[..]),
                 };
-                out.push(w.insert_row(q, &row, now)?);
+                let at = w.insert_row(q, &row, now)?;
+                out.push(Sent {
+                    id,
+                    body_md5: md5_hex(&digest.md5),
+                    enqueue_time_ms: now,
+                    next_visible_time_ms: at,
+                });
             }
             Ok(out)
         })
