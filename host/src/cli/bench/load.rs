@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use hdrhistogram::Histogram;
+use http_body_util::{BodyExt as _, Full};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -273,6 +275,9 @@ async fn run_device(
 const DRAIN_ACKS: Duration = Duration::from_secs(10);
 
 /// Starts `n` consumers that receive from `queue` and delete what they received, until `stop`.
+/// Each keeps one HTTP/1.1 connection and drives it in its own task (hyper's connection API):
+/// the load generator shares the two cores with the server, and a pooled client with a task per
+/// connection cost it ~4 µs per message, more than the server's rule thread spends.
 pub fn start_consumers(
     http: &str,
     auth: reqwest::header::HeaderMap,
@@ -280,34 +285,195 @@ pub fn start_consumers(
     n: usize,
     stats: Arc<Stats>,
     stop: CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let client = reqwest::Client::builder()
-        .default_headers(auth)
-        .pool_max_idle_per_host(64)
-        .build()
-        .expect("HTTP client");
-    (0..n)
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let base = reqwest::Url::parse(http)?;
+    let target = Arc::new(ConsumerTarget {
+        addr: format!(
+            "{}:{}",
+            base.host_str().unwrap_or("127.0.0.1"),
+            base.port_or_known_default().unwrap_or(80)
+        ),
+        tls: match base.scheme() {
+            "http" => None,
+            "https" => Some(tls_connector()),
+            other => anyhow::bail!("the server URL's scheme is {other}; give http:// or https://"),
+        },
+        host: base.host_str().unwrap_or("127.0.0.1").to_owned(),
+        authority: http::HeaderValue::from_str(base.authority())?,
+        auth: auth.get(http::header::AUTHORIZATION).cloned(),
+        receive: format!("/v1/queues/{queue}/messages?max=16&wait_seconds=1"),
+        delete: format!("/v1/queues/{queue}/messages/delete"),
+    });
+    Ok((0..n)
         .map(|_| {
-            let client = client.clone();
-            let base = format!("{http}/v1/queues/{queue}/messages");
-            // Parsed once: a URL parsed per request was part of the load generator's cost.
-            let url = |s: String| reqwest::Url::parse(&s).expect("the queue's URL");
-            let urls = (
-                url(format!("{base}?max=16&wait_seconds=1")),
-                url(format!("{base}/delete")),
-            );
+            let target = target.clone();
             let stats = stats.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
                 while !stop.is_cancelled() {
-                    if let Err(e) = consume_once(&client, &urls, &stats).await {
+                    if let Err(e) = target.consume(&stats, &stop).await {
                         tracing::warn!("bench consumer: {e}");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
             })
         })
-        .collect()
+        .collect())
+}
+
+/// Where the consumers connect and what they ask.
+struct ConsumerTarget {
+    /// `host:port` to connect to.
+    addr: String,
+    /// For an `https://` server.
+    tls: Option<tokio_rustls::TlsConnector>,
+    /// The server's name (TLS).
+    host: String,
+    /// The `Host` header.
+    authority: http::HeaderValue,
+    /// The `Authorization` header, if a key was given.
+    auth: Option<http::HeaderValue>,
+    /// Path and query of a receive (up to 16, long polling 1 s).
+    receive: String,
+    /// Path of a batch delete.
+    delete: String,
+}
+
+impl ConsumerTarget {
+    /// One connection: receives and deletes on it until `stop` or an error.
+    async fn consume(&self, stats: &Stats, stop: &CancellationToken) -> anyhow::Result<()> {
+        let tcp = tokio::net::TcpStream::connect(&self.addr).await?;
+        tcp.set_nodelay(true)?;
+        match &self.tls {
+            None => self.run(tcp, stats, stop).await,
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(self.host.clone())?;
+                let stream = tls.connect(name, tcp).await?;
+                self.run(stream, stats, stop).await
+            }
+        }
+    }
+
+    async fn run<IO>(&self, io: IO, stats: &Stats, stop: &CancellationToken) -> anyhow::Result<()>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+        // The connection is polled in this task, beside the requests on it.
+        let requests = async {
+            while !stop.is_cancelled() {
+                self.consume_once(&mut sender, stats).await?;
+            }
+            anyhow::Ok(())
+        };
+        tokio::select! {
+            done = requests => done,
+            closed = conn => {
+                closed?;
+                anyhow::bail!("the server closed the connection")
+            }
+        }
+    }
+
+    /// Sends one request and returns the answer's body; anything but 2xx is an error.
+    async fn call(
+        &self,
+        sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        method: http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Bytes> {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, self.authority.clone());
+        if let Some(auth) = &self.auth {
+            req = req.header(http::header::AUTHORIZATION, auth.clone());
+        }
+        let body = match body {
+            Some(b) => {
+                req = req.header(http::header::CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(b))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        sender.ready().await?;
+        let response = sender.send_request(req.body(body)?).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            anyhow::bail!("{status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        Ok(bytes)
+    }
+
+    /// One receive and one batch delete of what came.
+    async fn consume_once(
+        &self,
+        sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        stats: &Stats,
+    ) -> anyhow::Result<()> {
+        let raw = self
+            .call(sender, http::Method::GET, &self.receive, None)
+            .await?;
+        let received: Received<'_> = serde_json::from_slice(&raw)?;
+        let now = now_us();
+        let mut receipts = Vec::with_capacity(received.messages.len());
+        {
+            let mut hist = stats.latency_us.lock().unwrap_or_else(|e| e.into_inner());
+            for m in &received.messages {
+                if let Some(r) = &m.receipt_handle {
+                    receipts.push(r.as_ref());
+                }
+                if let Ok(Reading {
+                    location: Location { d, s, t },
+                }) = serde_json::from_str(&m.body)
+                {
+                    let _ = hist.record(now.saturating_sub(t).max(1));
+                    stats.mark_seen(d, s);
+                }
+            }
+        }
+        if !receipts.is_empty() {
+            // One batch delete per receive, as a real consumer does.
+            let body = serde_json::to_vec(&DeleteRequest {
+                receipt_handles: receipts,
+            })?;
+            let answer = self
+                .call(sender, http::Method::POST, &self.delete, Some(body))
+                .await?;
+            let results: DeleteAnswer = serde_json::from_slice(&answer)?;
+            let failed = results.results.iter().filter(|r| !r.deleted).count();
+            if failed > 0 {
+                tracing::warn!(
+                    "bench consumer: {failed} deletes refused: {}",
+                    String::from_utf8_lossy(&answer)
+                );
+            }
+        }
+        if !received.messages.is_empty() {
+            stats.receives.fetch_add(1, Ordering::Relaxed);
+        }
+        stats
+            .consumed
+            .fetch_add(received.messages.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// TLS for an `https://` server: the web's root certificates, as the bench's other requests
+/// (reqwest with rustls) trust.
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 /// What a consumer reads of a receive's answer (typed and borrowed: the load generator shares
@@ -354,66 +520,4 @@ struct DeleteResult {
 #[derive(Serialize)]
 struct DeleteRequest<'a> {
     receipt_handles: Vec<&'a str>,
-}
-
-/// One receive (up to 16, long polling 1 s) and one batch delete of what came; `urls` are the
-/// receive's and the delete's.
-async fn consume_once(
-    client: &reqwest::Client,
-    (receive, delete): &(reqwest::Url, reqwest::Url),
-    stats: &Stats,
-) -> anyhow::Result<()> {
-    let raw = client
-        .get(receive.clone())
-        .send()
-        .await?
-        .error_for_status()?
-        .bytes()
-        .await?;
-    let received: Received<'_> = serde_json::from_slice(&raw)?;
-    let now = now_us();
-    let mut receipts = Vec::with_capacity(received.messages.len());
-    {
-        let mut hist = stats.latency_us.lock().unwrap_or_else(|e| e.into_inner());
-        for m in &received.messages {
-            if let Some(r) = &m.receipt_handle {
-                receipts.push(r.as_ref());
-            }
-            if let Ok(Reading {
-                location: Location { d, s, t },
-            }) = serde_json::from_str(&m.body)
-            {
-                let _ = hist.record(now.saturating_sub(t).max(1));
-                stats.mark_seen(d, s);
-            }
-        }
-    }
-    if !receipts.is_empty() {
-        // One batch delete per receive, as a real consumer does.
-        let answer = client
-            .post(delete.clone())
-            .json(&DeleteRequest {
-                receipt_handles: receipts,
-            })
-            .send()
-            .await?
-            .error_for_status()?
-            .bytes()
-            .await?;
-        let results: DeleteAnswer = serde_json::from_slice(&answer)?;
-        let failed = results.results.iter().filter(|r| !r.deleted).count();
-        if failed > 0 {
-            tracing::warn!(
-                "bench consumer: {failed} deletes refused: {}",
-                String::from_utf8_lossy(&answer)
-            );
-        }
-    }
-    if !received.messages.is_empty() {
-        stats.receives.fetch_add(1, Ordering::Relaxed);
-    }
-    stats
-        .consumed
-        .fetch_add(received.messages.len() as u64, Ordering::Relaxed);
-    Ok(())
 }

@@ -234,7 +234,7 @@ async fn measure(
             args.consumers,
             stats.clone(),
             stop_consumers.clone(),
-        )
+        )?
     } else {
         Vec::new()
     };
