@@ -621,7 +621,14 @@ async fn settle_all(
                 "the store gave no answer for this message".into(),
             ))
         });
-        settled.push(settle(unit, message, result, commits, counters).await);
+        settled.push(match result {
+            // The common case, without the resend machinery's future.
+            Ok(()) => {
+                count(unit.len(), &message.rules, &result, counters);
+                (message.ack, result)
+            }
+            Err(_) => settle(unit, message, result, commits, counters).await,
+        });
     }
 }
 
@@ -667,14 +674,25 @@ async fn settle(
         }
         unit = kept;
     }
-    match &result {
+    count(unit.len(), &message.rules, &result, counters);
+    (message.ack, result)
+}
+
+/// Counts a settled message: its committed outputs and its ack, or its rejection.
+fn count(
+    committed: usize,
+    rules: &[(Arc<RuleCounters>, u64)],
+    result: &Result<(), CommitError>,
+    counters: &PipelineCounters,
+) {
+    match result {
         Ok(()) => {
-            for (rule, n) in &message.rules {
+            for (rule, n) in rules {
                 rule.outputs.fetch_add(*n, Ordering::Relaxed);
             }
             counters
                 .outputs_committed
-                .fetch_add(unit.len() as u64, Ordering::Relaxed);
+                .fetch_add(committed as u64, Ordering::Relaxed);
             counters.acked.fetch_add(1, Ordering::Relaxed);
         }
         Err(e) => {
@@ -682,7 +700,6 @@ async fn settle(
             tracing::warn!("commit failed, the device will resend: {e}");
         }
     }
-    (message.ack, result)
 }
 
 #[cfg(test)]

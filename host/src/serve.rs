@@ -341,7 +341,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         );
     }
 
-    let app = crate::api::router(crate::api::AppState {
+    let app = crate::api::router(crate::api::AppState::new(crate::api::Services {
         store: store.clone(),
         rules: registry.clone(),
         devices: DeviceService {
@@ -354,7 +354,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         },
         keys,
         https: https.is_some(),
-    });
+    }));
     let http_stop = CancellationToken::new();
     let http_stop_wait = http_stop.clone();
     let http_task = match https {
