@@ -605,13 +605,14 @@ impl Store {
         // An empty unit has nothing to commit: it is answered at once, like a refused one.
         let checked: Vec<Option<Result<()>>> = units
             .iter()
-            .map(|unit| match unit.is_empty() {
-                true => Some(Ok(())),
+            .map(|unit| {
+                if unit.is_empty() {
+                    return Some(Ok(()));
+                }
                 // The attributes were checked when built (`Attributes::from_pairs`).
-                false => self
-                    .check_publish_unit(unit.iter().map(|i| (i.body.len(), None, None)))
+                self.check_publish_unit(unit.iter().map(|i| (i.body.len(), None, None)))
                     .err()
-                    .map(Err),
+                    .map(Err)
             })
             .collect();
         let accepted = units
