@@ -1,6 +1,8 @@
 //! The CLI's HTTP client for sluice's `/v1/` API: one place that turns an error body
 //! (`{"error":{"code","message","field"}}`) or a refused connection into one clear line.
 
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -96,6 +98,38 @@ pub fn auth_headers(key: Option<&str>) -> reqwest::header::HeaderMap {
     headers
 }
 
+/// The certificates of a `--ca-cert` PEM file: extra roots to trust for an `https://` server.
+pub fn read_ca_cert(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let ca_err = |detail: String| ClientError::CaCert {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| ca_err(format!("not a PEM certificate bundle: {e}")))?;
+    if certs.is_empty() {
+        return Err(ca_err("no PEM certificate in the file".into()));
+    }
+    Ok(certs)
+}
+
+/// `builder`, trusting `certs` (read from `path`) besides the web's roots.
+pub fn trusting(
+    mut builder: reqwest::ClientBuilder,
+    path: &std::path::Path,
+    certs: &[CertificateDer<'_>],
+) -> Result<reqwest::ClientBuilder, ClientError> {
+    for cert in certs {
+        let cert = reqwest::Certificate::from_der(cert).map_err(|e| ClientError::CaCert {
+            path: path.to_path_buf(),
+            detail: format!("not a certificate: {e}"),
+        })?;
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok(builder)
+}
+
 impl Client {
     /// A client for `server` (e.g. `http://127.0.0.1:8080`) sending `key` (`ID:SECRET`, see
     /// [`resolve_key`]) on every request. `ca_cert` is a PEM file of extra certificates to
@@ -105,24 +139,13 @@ impl Client {
         key: Option<&str>,
         ca_cert: Option<&std::path::Path>,
     ) -> Result<Client, ClientError> {
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(60))
             .default_headers(auth_headers(key));
-        if let Some(path) = ca_cert {
-            let ca_err = |detail: String| ClientError::CaCert {
-                path: path.to_path_buf(),
-                detail,
-            };
-            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| ca_err(format!("not a PEM certificate bundle: {e}")))?;
-            if certs.is_empty() {
-                return Err(ca_err("no PEM certificate in the file".into()));
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
+        let builder = match ca_cert {
+            Some(path) => trusting(builder, path, &read_ca_cert(path)?)?,
+            None => builder,
+        };
         Ok(Client {
             server: server.trim_end_matches('/').to_string(),
             http: builder.build().expect("a TLS-capable HTTP client builds"),

@@ -94,7 +94,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Device(cmd) => device::run(cmd, &client, cli.json).await,
         Command::Pub(args) => device::run_pub(args, &client, cli.json).await,
         Command::Sql(cmd) => sql::run(cmd, cli.json),
-        Command::Bench(args) => bench::run(args, cli.server, cli.key, cli.json).await,
+        Command::Bench(args) => bench::run(args, cli.server, cli.key, cli.ca_cert, cli.json).await,
         Command::Backup(args) => backup::run(args, &client, cli.json).await,
         Command::Key(cmd) => key::run(cmd, &client, cli.json).await,
     }

@@ -281,6 +281,7 @@ const DRAIN_ACKS: Duration = Duration::from_secs(10);
 pub fn start_consumers(
     http: &str,
     auth: reqwest::header::HeaderMap,
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
     queue: &str,
     n: usize,
     stats: Arc<Stats>,
@@ -295,7 +296,7 @@ pub fn start_consumers(
         ),
         tls: match base.scheme() {
             "http" => None,
-            "https" => Some(tls_connector()),
+            "https" => Some(tls_connector(extra_roots)?),
             other => anyhow::bail!("the server URL's scheme is {other}; give http:// or https://"),
         },
         host: base.host_str().unwrap_or("127.0.0.1").to_owned(),
@@ -462,10 +463,18 @@ impl ConsumerTarget {
     }
 }
 
-/// TLS for an `https://` server: the web's root certificates, as the bench's other requests
-/// (reqwest with rustls) trust.
-fn tls_connector() -> tokio_rustls::TlsConnector {
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+/// TLS for an `https://` server: the web's root certificates and `extra_roots` (`--ca-cert`),
+/// as the bench's other requests (reqwest with rustls) trust.
+fn tls_connector(
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in extra_roots {
+        roots
+            .add(cert.clone())
+            .map_err(|e| anyhow::anyhow!("--ca-cert: a certificate TLS cannot use: {e}"))?;
+    }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -473,7 +482,7 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
     .expect("ring supports the default TLS versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// What a consumer reads of a receive's answer (typed and borrowed: the load generator shares

@@ -123,6 +123,7 @@ pub async fn run(
     args: BenchArgs,
     server: Option<String>,
     key: Option<String>,
+    ca_cert: Option<std::path::PathBuf>,
     as_json: bool,
 ) -> anyhow::Result<()> {
     let baseline = if args.baseline {
@@ -152,9 +153,17 @@ pub async fn run(
                 .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
                 .ok_or_else(|| anyhow::anyhow!("--mqtt {mqtt}: write HOST:PORT"))?;
             let key = super::client::resolve_key(key, &http);
-            Target::existing(http, host, port, key)
+            let ca_cert = match ca_cert {
+                Some(path) => {
+                    let certs = super::client::read_ca_cert(&path)?;
+                    Some((path, certs))
+                }
+                None => None,
+            };
+            Target::existing(http, host, port, key, ca_cert)
         }
     };
+    check_queue(&target, &args.queue).await?;
     let rule = if args.wasm_rule {
         "Wasm rule"
     } else {
@@ -220,9 +229,7 @@ async fn measure(
     with_consumers: bool,
     label: &str,
 ) -> anyhow::Result<Measured> {
-    let http = reqwest::Client::builder()
-        .default_headers(target.auth_headers())
-        .build()?;
+    let http = target.http_client()?;
     let outputs_before = rule_outputs(&http, &target.http).await;
     let stats = Stats::new(args.devices);
     let stop_devices = CancellationToken::new();
@@ -231,6 +238,7 @@ async fn measure(
         load::start_consumers(
             &target.http,
             target.auth_headers(),
+            target.extra_roots(),
             &args.queue,
             args.consumers,
             stats.clone(),
@@ -348,6 +356,32 @@ async fn use_sql_rule(base: &str, auth: reqwest::header::HeaderMap) -> anyhow::R
 }
 
 /// Sum of the running rules' committed outputs, from the API.
+/// Fails at once, naming the problem, when the API cannot be reached (an untrusted certificate
+/// among the causes) or the queue does not exist: otherwise the consumers would only log their
+/// errors while the devices publish, and the run would end with every message lost.
+async fn check_queue(target: &Target, queue: &str) -> anyhow::Result<()> {
+    let base = &target.http;
+    let answer = target
+        .http_client()?
+        .get(format!("{base}/v1/queues/{queue}"))
+        .send()
+        .await
+        .map_err(|e| {
+            let hint = if base.starts_with("https://") && target.ca_cert.is_none() {
+                "\nhint: a self-signed --http-tls-cert (or a private CA) is trusted with --ca-cert FILE"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("cannot reach sluice at {base}: {:#}{hint}", anyhow::Error::from(e))
+        })?;
+    if !answer.status().is_success() {
+        let status = answer.status();
+        let body = answer.text().await.unwrap_or_default();
+        anyhow::bail!("the bench drains queue `{queue}` (--queue): {status} {body}");
+    }
+    Ok(())
+}
+
 async fn rule_outputs(http: &reqwest::Client, base: &str) -> u64 {
     let Ok(r) = http.get(format!("{base}/v1/rules")).send().await else {
         return 0;

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
+
 /// Where the bench sends load.
 #[derive(Debug)]
 pub struct Target {
@@ -19,6 +21,9 @@ pub struct Target {
     /// The access key (`ID:SECRET`) for the API: the bench server's admin key, or the one
     /// given for an existing server.
     pub key: Option<String>,
+    /// `--ca-cert`: a PEM file of extra certificates to trust for an `https://` server, and
+    /// what it holds.
+    pub ca_cert: Option<(PathBuf, Vec<CertificateDer<'static>>)>,
     /// The process, when the bench started it.
     owned: Option<Owned>,
 }
@@ -37,14 +42,31 @@ impl Target {
         mqtt_host: String,
         mqtt_port: u16,
         key: Option<String>,
+        ca_cert: Option<(PathBuf, Vec<CertificateDer<'static>>)>,
     ) -> Target {
         Target {
             http,
             mqtt_host,
             mqtt_port,
             key,
+            ca_cert,
             owned: None,
         }
+    }
+
+    /// An HTTP client for the bench's API requests: its key, and its `--ca-cert`.
+    pub fn http_client(&self) -> anyhow::Result<reqwest::Client> {
+        let builder = reqwest::Client::builder().default_headers(self.auth_headers());
+        let builder = match &self.ca_cert {
+            Some((path, certs)) => super::super::client::trusting(builder, path, certs)?,
+            None => builder,
+        };
+        Ok(builder.build()?)
+    }
+
+    /// The extra roots the consumers trust (`--ca-cert`).
+    pub fn extra_roots(&self) -> &[CertificateDer<'static>] {
+        self.ca_cert.as_ref().map_or(&[], |(_, certs)| certs)
     }
 
     /// `Authorization` for the API requests of the bench.
@@ -114,6 +136,7 @@ impl Target {
             mqtt_host: host,
             mqtt_port: port,
             key,
+            ca_cert: None,
             owned: Some(Owned {
                 child,
                 data_dir,
