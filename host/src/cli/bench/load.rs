@@ -288,22 +288,25 @@ pub fn start_consumers(
     stop: CancellationToken,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let base = reqwest::Url::parse(http)?;
+    let host = base.host_str().unwrap_or("127.0.0.1");
+    // A server behind a proxy may live under a path: the API's paths go after it.
+    let prefix = base.path().trim_end_matches('/');
     let target = Arc::new(ConsumerTarget {
-        addr: format!(
-            "{}:{}",
-            base.host_str().unwrap_or("127.0.0.1"),
-            base.port_or_known_default().unwrap_or(80)
-        ),
+        addr: format!("{host}:{}", base.port_or_known_default().unwrap_or(80)),
         tls: match base.scheme() {
             "http" => None,
             "https" => Some(tls_connector(extra_roots)?),
             other => anyhow::bail!("the server URL's scheme is {other}; give http:// or https://"),
         },
-        host: base.host_str().unwrap_or("127.0.0.1").to_owned(),
+        // An IPv6 address is bracketed in a URL, not in a TLS server name.
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
         authority: http::HeaderValue::from_str(base.authority())?,
         auth: auth.get(http::header::AUTHORIZATION).cloned(),
-        receive: format!("/v1/queues/{queue}/messages?max=16&wait_seconds=1"),
-        delete: format!("/v1/queues/{queue}/messages/delete"),
+        receive: format!("{prefix}/v1/queues/{queue}/messages?max=16&wait_seconds=1"),
+        delete: format!("{prefix}/v1/queues/{queue}/messages/delete"),
     });
     Ok((0..n)
         .map(|_| {
