@@ -9,22 +9,25 @@ use serde_json::Value;
 
 use crate::common::sluice_bin;
 
+/// A short, slow bench: 5 devices at 300 messages/s for 3 s, 2 consumers, the report as JSON.
+const SHORT_BENCH: &[&str] = &[
+    "--duration",
+    "3",
+    "--rate",
+    "300",
+    "--devices",
+    "5",
+    "--consumers",
+    "2",
+    "--json",
+];
+
 #[test]
 fn a_short_paced_bench_reports_every_figure_and_loses_nothing() {
     let config = tempfile::tempdir().unwrap();
     let out = Command::new(sluice_bin())
-        .args([
-            "bench",
-            "--duration",
-            "3",
-            "--rate",
-            "300",
-            "--devices",
-            "5",
-            "--consumers",
-            "2",
-            "--json",
-        ])
+        .arg("bench")
+        .args(SHORT_BENCH)
         .env("SLUICE_CONFIG_DIR", config.path())
         .output()
         .unwrap();
@@ -73,20 +76,8 @@ fn a_bench_against_an_https_server_trusts_its_ca_cert_and_loses_nothing() {
         let out = Command::new(sluice_bin())
             .args(["--server", &sluice.http, "--key", &sluice.key])
             .args(trust)
-            .args([
-                "bench",
-                "--mqtt",
-                &mqtt,
-                "--duration",
-                "3",
-                "--rate",
-                "300",
-                "--devices",
-                "5",
-                "--consumers",
-                "2",
-                "--json",
-            ])
+            .args(["bench", "--mqtt", &mqtt])
+            .args(SHORT_BENCH)
             .env("SLUICE_CONFIG_DIR", &sluice.config_dir)
             .env_remove("SLUICE_CA_CERT")
             .output()
