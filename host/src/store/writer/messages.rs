@@ -51,7 +51,8 @@ impl Writer {
     /// Publishes one unit atomically. Most units are one output for one queue: a single INSERT,
     /// which SQLite undoes by itself if it fails, so those run without the savepoint that
     /// costs every other request two statements and a copy of each page it touches.
-    /// `published` collects what an API publish answers; rule outputs need no answer but done.
+    /// `published` collects the answers of an API publish; rule outputs need only success or
+    /// failure.
     pub(super) fn publish(
         &mut self,
         items: Vec<(String, PublishRequest, Digest)>,
