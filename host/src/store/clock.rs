@@ -3,7 +3,7 @@
 //! jump with the wall clock while the process runs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// A source of "now" in milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
@@ -17,19 +17,26 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
 /// Why: a wall-clock step of an hour during load must neither expire every lease at once nor
 /// stretch them (fault test 24). Stored times stay wall-clock based, so a restart re-anchors on
 /// the wall clock.
+///
+/// The anchor is kept in nanoseconds and rounded down once per reading: rounding the anchor and
+/// the elapsed time to milliseconds each put this clock up to 1 ms behind the wall clock, so a
+/// rule output could be enqueued a millisecond "before" the ingest time the wall clock gave it.
 #[derive(Debug)]
 pub struct SystemClock {
-    anchor_ms: u64,
+    anchor_ns: u128,
     anchor: Instant,
 }
 
 impl SystemClock {
     /// A clock anchored on the wall clock now.
     pub fn new() -> SystemClock {
-        SystemClock {
-            anchor_ms: crate::ids::now_ms(),
-            anchor: Instant::now(),
-        }
+        // The monotonic reading first: the clock then runs a few nanoseconds ahead of the wall
+        // clock, never behind it.
+        let anchor = Instant::now();
+        let anchor_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        SystemClock { anchor_ns, anchor }
     }
 }
 
@@ -41,7 +48,7 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        self.anchor_ms + self.anchor.elapsed().as_millis() as u64
+        ((self.anchor_ns + self.anchor.elapsed().as_nanos()) / 1_000_000) as u64
     }
 }
 
@@ -73,5 +80,26 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
         self.now.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_system_clock_never_reads_behind_the_wall_clock_it_was_anchored_on() {
+        // Proves: read after the wall clock, a fresh system clock gives the same millisecond or a
+        // later one (it rounds once, not twice), so an enqueue time is never before the ingest
+        // time the wall clock gave the same message.
+        let clock = SystemClock::new();
+        let mut later = 0;
+        for _ in 0..20_000 {
+            let wall = crate::ids::now_ms();
+            let store = clock.now_ms();
+            assert!(store >= wall, "store {store} < wall {wall}");
+            later += u32::from(store > wall);
+        }
+        println!("20,000 readings, {later} a millisecond on (the boundary between the two reads)");
     }
 }
