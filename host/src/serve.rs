@@ -29,7 +29,8 @@ use crate::rules::spec::{RuleDefinition, RuleState};
 use crate::rules::{RuleEngine, RuleRuntime, RuleSpec, SandboxConfig};
 use crate::store::jetstream::{durability, JetStream, JetStreamOptions};
 use crate::store::{
-    PublishRef, QueueAttributes, Store, StoreError, StoreOptions, SubscriptionSpec, Synchronous,
+    Attributes, PublishItem, QueueAttributes, Store, StoreError, StoreOptions, SubscriptionSpec,
+    Synchronous,
 };
 
 /// The example rule, built from `rules-examples/overheat` by the build script.
@@ -75,19 +76,7 @@ struct StoreSink(Store);
 
 impl CommitSink for StoreSink {
     fn submit(&self, units: &[Vec<Output>]) -> BoxFuture<'static, Vec<Result<(), CommitError>>> {
-        let units: Vec<Vec<PublishRef<'_>>> = units
-            .iter()
-            .map(|unit| {
-                unit.iter()
-                    .map(|o| PublishRef {
-                        topic: &o.topic,
-                        body: &o.body,
-                        attributes: &o.attributes,
-                    })
-                    .collect()
-            })
-            .collect();
-        let commit = self.0.submit_publish_units(&units);
+        let commit = self.0.submit_publish_units(units);
         Box::pin(async move {
             let results = commit.await;
             results
@@ -95,6 +84,21 @@ impl CommitSink for StoreSink {
                 .map(|r| r.map_err(commit_error))
                 .collect()
         })
+    }
+}
+
+/// The store publishes a rule output as it is, lent until the commit.
+impl PublishItem for Output {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    fn attributes(&self) -> &Attributes {
+        &self.attributes
     }
 }
 

@@ -3,6 +3,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::rules::registry::RegistryError;
@@ -55,10 +56,36 @@ impl ApiError {
     }
 }
 
+/// The object inside `"error"`; also one item's failure in a batch answer (a batch delete's
+/// results). Fields in the order a `json!` map gives them (sorted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorDetail {
+    /// Machine-readable code.
+    pub code: &'static str,
+    /// The request field at fault.
+    pub field: Option<String>,
+    /// What went wrong and how to fix it.
+    pub message: String,
+}
+
+impl From<&StoreError> for ErrorDetail {
+    fn from(e: &StoreError) -> ErrorDetail {
+        ErrorDetail {
+            code: e.code(),
+            field: e.field().map(str::to_string),
+            message: e.to_string(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
+        let detail = ErrorDetail {
+            code: self.code,
+            field: self.field,
+            message: self.message,
+        };
+        let body = json!({ "error": detail });
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the oversized body stays unread, so this connection cannot carry another
@@ -78,11 +105,16 @@ impl From<StoreError> for ApiError {
         if status.is_server_error() {
             tracing::error!("store error: {e}");
         }
+        let ErrorDetail {
+            code,
+            field,
+            message,
+        } = ErrorDetail::from(&e);
         ApiError {
             status,
-            code: e.code(),
-            message: e.to_string(),
-            field: e.field().map(str::to_string),
+            code,
+            message,
+            field,
         }
     }
 }

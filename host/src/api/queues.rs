@@ -20,7 +20,7 @@ use axum::Json;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorDetail};
 use super::json::{JsonBody, QueryArgs};
 use super::{body, AppState};
 use crate::store::{Message, QueueAttributes, SendRequest, StoreError};
@@ -312,11 +312,7 @@ pub async fn delete_batch(
         .zip(results)
         .map(|(receipt_handle, r)| DeleteResult {
             deleted: r.is_ok(),
-            error: r.err().map(|e| DeleteError {
-                code: e.code(),
-                field: e.field().map(str::to_owned),
-                message: e.to_string(),
-            }),
+            error: r.err().as_ref().map(ErrorDetail::from),
             receipt_handle,
         })
         .collect();
@@ -335,16 +331,8 @@ pub struct DeleteAnswer {
 pub struct DeleteResult {
     deleted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<DeleteError>,
+    error: Option<ErrorDetail>,
     receipt_handle: String,
-}
-
-/// Why one handle of a batch delete failed, in the API's error shape.
-#[derive(Debug, Serialize)]
-pub struct DeleteError {
-    code: &'static str,
-    field: Option<String>,
-    message: String,
 }
 
 /// A visibility change.

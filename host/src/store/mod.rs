@@ -133,9 +133,20 @@ fn digested(
         .collect()
 }
 
-/// One message of a publish unit, borrowed from a caller that keeps it until the commit (the
-/// rule pipeline, for a resend): the store copies only what it stores, and never the attribute
-/// map (it stores the map's JSON text).
+/// One message of a publish unit, lent by a caller that keeps it until the commit (the rule
+/// pipeline's outputs, kept for a resend): the store copies only what it stores, and never the
+/// attribute map (it stores the map's JSON text). Lent as the caller holds it, so no borrowed
+/// copy of each unit is built per message.
+pub trait PublishItem {
+    /// The topic.
+    fn topic(&self) -> &str;
+    /// The body.
+    fn body(&self) -> &Bytes;
+    /// Source topic, device, rule, ingest time, ... (checked when built).
+    fn attributes(&self) -> &Attributes;
+}
+
+/// A publish item made of borrowed parts.
 #[derive(Debug, Clone, Copy)]
 pub struct PublishRef<'a> {
     /// The topic.
@@ -146,17 +157,30 @@ pub struct PublishRef<'a> {
     pub attributes: &'a Attributes,
 }
 
-impl PublishRef<'_> {
-    fn into_request(self) -> (String, PublishRequest) {
-        (
-            self.topic.to_owned(),
-            PublishRequest {
-                body: self.body.clone(),
-                tag: None,
-                attributes: self.attributes.to_map(),
-            },
-        )
+impl PublishItem for PublishRef<'_> {
+    fn topic(&self) -> &str {
+        self.topic
     }
+
+    fn body(&self) -> &Bytes {
+        self.body
+    }
+
+    fn attributes(&self) -> &Attributes {
+        self.attributes
+    }
+}
+
+/// An item as the JetStream backend publishes it (an attribute map).
+fn to_request(item: &impl PublishItem) -> (String, PublishRequest) {
+    (
+        item.topic().to_owned(),
+        PublishRequest {
+            body: item.body().clone(),
+            tag: None,
+            attributes: item.attributes().to_map(),
+        },
+    )
 }
 
 /// Result of store operations.
@@ -597,20 +621,25 @@ impl Store {
     /// that order, while many of them share one commit.
     ///
     /// Must not be called from an async task (it blocks).
-    pub fn submit_publish_units(
+    pub fn submit_publish_units<U, I>(
         &self,
-        units: &[Vec<PublishRef<'_>>],
-    ) -> impl std::future::Future<Output = Vec<Result<()>>> + Send + 'static {
+        units: &[U],
+    ) -> impl std::future::Future<Output = Vec<Result<()>>> + Send + 'static
+    where
+        U: AsRef<[I]>,
+        I: PublishItem,
+    {
         // A unit refused here is answered with its error; the others are queued.
         // An empty unit has nothing to commit: it is answered at once, like a refused one.
         let checked: Vec<Option<Result<()>>> = units
             .iter()
             .map(|unit| {
+                let unit = unit.as_ref();
                 if unit.is_empty() {
                     return Some(Ok(()));
                 }
                 // The attributes were checked when built (`Attributes::from_pairs`).
-                self.check_publish_unit(unit.iter().map(|i| (i.body.len(), None, None)))
+                self.check_publish_unit(unit.iter().map(|i| (i.body().len(), None, None)))
                     .err()
                     .map(Err)
             })
@@ -619,12 +648,12 @@ impl Store {
             .iter()
             .zip(&checked)
             .filter(|(_, answered)| answered.is_none())
-            .map(|(unit, _)| unit);
+            .map(|(unit, _)| unit.as_ref());
         let queued = match self.nats() {
             Some(js) => Queued::Nats(
                 accepted
                     .map(|unit| {
-                        let items = unit.iter().map(|i| i.into_request()).collect();
+                        let items = unit.iter().map(to_request).collect();
                         Box::pin(js.submit_publish_batch(items)) as PendingUnit
                     })
                     .collect(),
@@ -671,9 +700,9 @@ impl Store {
     /// Queues units to the writer's bulk lane, [`writer::MAX_UNITS_PER_REQUEST`] to a request;
     /// returns each request's answer with how many units it holds. A unit that cannot be queued
     /// (the store is closing) is answered with that error.
-    fn queue_units<'u, 'a: 'u>(
+    fn queue_units<'u, I: PublishItem + 'u>(
         &self,
-        units: impl Iterator<Item = &'u Vec<PublishRef<'a>>>,
+        units: impl Iterator<Item = &'u [I]>,
     ) -> Vec<(oneshot::Receiver<Result<Reply>>, usize)> {
         let mut units = units.peekable();
         let mut queued = Vec::new();
@@ -684,13 +713,13 @@ impl Store {
                 .map(|unit| {
                     unit.iter()
                         .map(|i| {
-                            let digest = writer::Digest::of_json(i.body, i.attributes);
+                            let digest = writer::Digest::of_json(i.body(), i.attributes());
                             let req = PublishRequest {
-                                body: i.body.clone(),
+                                body: i.body().clone(),
                                 tag: None,
                                 attributes: BTreeMap::new(),
                             };
-                            (i.topic.to_owned(), req, digest)
+                            (i.topic().to_owned(), req, digest)
                         })
                         .collect()
                 })

@@ -22,6 +22,20 @@ const SHORT_BENCH: &[&str] = &[
     "--json",
 ];
 
+/// The report of a bench that must have succeeded (its `--json` line), checked to have lost and
+/// duplicated nothing.
+fn lossless_report(out: &std::process::Output, label: &str) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}\n{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    println!("{label}: {last}");
+    let r: Value = serde_json::from_str(last).expect("--json: one object on the last line");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    r
+}
+
 #[test]
 fn a_short_paced_bench_reports_every_figure_and_loses_nothing() {
     let config = tempfile::tempdir().unwrap();
@@ -31,15 +45,8 @@ fn a_short_paced_bench_reports_every_figure_and_loses_nothing() {
         .env("SLUICE_CONFIG_DIR", config.path())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench failed: {stderr}\n{stdout}");
-    let last = stdout.lines().last().unwrap_or_default();
-    println!("report: {last}");
-    let r: Value = serde_json::from_str(last).expect("--json: one object on the last line");
+    let r = lossless_report(&out, "report");
     let num = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {r}"));
-    assert_eq!(r["lost"], 0, "{r}");
-    assert_eq!(r["duplicates"], 0, "{r}");
     assert_eq!(r["devices"], 5);
     assert_eq!(r["offered_rate"], 300);
     // Paced at 300/s for 3 s: generous bounds, the machine may be busy.
@@ -100,14 +107,8 @@ fn a_bench_against_an_https_server_trusts_its_ca_cert_and_loses_nothing() {
     );
 
     let (out, _) = bench(&["--ca-cert", &cert]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r = lossless_report(&out, "with --ca-cert");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench failed: {stderr}\n{stdout}");
-    let last = stdout.lines().last().unwrap_or_default();
-    println!("with --ca-cert: {last}");
-    let r: Value = serde_json::from_str(last).expect("--json: one object on the last line");
-    assert_eq!(r["lost"], 0, "{r}");
-    assert_eq!(r["duplicates"], 0, "{r}");
     let consumed = r["consumed_per_sec"].as_f64().unwrap_or_default();
     assert!(consumed > 50.0, "the consumers drained over TLS: {r}");
     assert!(

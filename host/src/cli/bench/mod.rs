@@ -355,7 +355,6 @@ async fn use_sql_rule(base: &str, auth: reqwest::header::HeaderMap) -> anyhow::R
     .await
 }
 
-/// Sum of the running rules' committed outputs, from the API.
 /// Fails at once, naming the problem, when the API cannot be reached (an untrusted certificate
 /// among the causes) or the queue does not exist: otherwise the consumers would only log their
 /// errors while the devices publish, and the run would end with every message lost.
@@ -382,6 +381,7 @@ async fn check_queue(target: &Target, queue: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sum of the running rules' committed outputs, from the API.
 async fn rule_outputs(http: &reqwest::Client, base: &str) -> u64 {
     let Ok(r) = http.get(format!("{base}/v1/rules")).send().await else {
         return 0;
