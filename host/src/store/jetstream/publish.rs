@@ -327,5 +327,13 @@ fn publish_error(subject: &str, e: async_nats::jetstream::context::PublishError)
     if e.kind() == PublishErrorKind::MaxPayloadExceeded {
         return StoreError::invalid("body", e.to_string());
     }
+    if e.kind() == PublishErrorKind::StreamNotFound {
+        // NATS's "no responders": no server took the publish. The catalog knows the stream,
+        // so it has no leader right now (an election after a node failed) or was just deleted.
+        return StoreError::Unavailable(format!(
+            "storing a message on {subject}: no NATS server took it; the stream has no leader \
+             (an election after a node failed takes up to about 10 s) or was deleted; retry"
+        ));
+    }
     unavailable(format!("storing a message on {subject}"), e)
 }
