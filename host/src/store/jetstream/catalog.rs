@@ -112,8 +112,23 @@ impl Catalog {
     }
 }
 
-/// Opens a bucket, creating it when missing (two processes racing to create it both succeed).
+/// A key no record uses: [`open_bucket`] reads it to learn that the bucket answers reads.
+const READY_PROBE: &str = "sluice-ready-probe";
+
+/// Opens a bucket, creating it when missing (two processes racing to create it both succeed),
+/// and returns it once it answers reads. Reads are direct gets, answered by the bucket's
+/// replicas, which start answering a moment after the stream exists: until then a read fails
+/// with "no responders" (seen as the first read of the admin key failing a start on a fresh
+/// cluster). The failure is [`StoreError::Unavailable`], which the start retries.
 pub(super) async fn open_bucket(js: &Context, name: &str, replicas: usize) -> Result<kv::Store> {
+    let kv = find_or_create_bucket(js, name, replicas).await?;
+    kv.get(READY_PROBE)
+        .await
+        .map_err(|e| unavailable(format!("reading from key-value bucket {name}"), e))?;
+    Ok(kv)
+}
+
+async fn find_or_create_bucket(js: &Context, name: &str, replicas: usize) -> Result<kv::Store> {
     if let Ok(kv) = js.get_key_value(name).await {
         return Ok(kv);
     }
