@@ -969,11 +969,17 @@ impl Writer {
         queue: String,
     ) {
         if let Err(Ok(Reply::Received { messages, .. })) = reply.send(result) {
-            for m in messages {
-                let receipt = m.receipt_handle.as_deref().map(Receipt::decode);
-                if let Some(Ok(receipt)) = receipt {
-                    self.releases.push((queue.clone(), receipt));
-                }
+            self.give_back(&queue, messages);
+        }
+    }
+
+    /// Hands claimed `messages` of `queue` that nobody will get back to the queue in the next
+    /// batch, so they are not left leased to nobody until their visibility timeout.
+    fn give_back(&mut self, queue: &str, messages: Vec<Message>) {
+        for m in messages {
+            let receipt = m.receipt_handle.as_deref().map(Receipt::decode);
+            if let Some(Ok(receipt)) = receipt {
+                self.releases.push((queue.to_owned(), receipt));
             }
         }
     }
@@ -1078,12 +1084,14 @@ impl Writer {
                 Ok(Reply::Queues(infos))
             }
             OpKind::Peek(queue, max) => self.peek(&queue, max).map(Reply::Messages),
-            OpKind::Receive(queue, max) => self.in_savepoint(|w| w.receive(&queue, max)),
+            // Without a savepoint, each of their writes whole or not at all (see `receive` and
+            // `delete_batch`).
+            OpKind::Receive(queue, max) => self.receive(&queue, max).map_err(|e| self.classify(e)),
             OpKind::Delete(queue, handles) => {
                 let id = self.queue_id(&queue)?;
-                self.in_savepoint(|w| {
-                    w.with_queue(id, |w, q| w.delete_batch(q, &handles).map(Reply::Deleted))
-                })
+                self.with_queue(id, |w, q| w.delete_batch(q, &handles))
+                    .map(Reply::Deleted)
+                    .map_err(|e| self.classify(e))
             }
             OpKind::Shutdown => Ok(Reply::Unit),
             // Opens a savepoint itself when the unit writes more than one row.

@@ -257,6 +257,170 @@ async fn a_request_failing_midway_rolls_back_disk_and_memory_alike() {
     }
 }
 
+/// A foreign connection to `env`'s database that makes SQLite refuse one kind of write to
+/// queue `queue`'s rows matching `when` (a trigger raising an error), as a failing disk or a
+/// damaged page would in the middle of a request.
+fn refuse_writes(env: &Env, queue: &str, write: &str, when: &str) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(env.dir.path().join("sluice.db")).unwrap();
+    let id: i64 = conn
+        .query_row("SELECT id FROM queues WHERE name = ?1", [queue], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    conn.execute_batch(&format!(
+        "CREATE TRIGGER refuse BEFORE {write} ON q_{id} WHEN {when} \
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+    ))
+    .unwrap();
+    conn
+}
+
+/// Rows of queue `queue` on disk, read past the writer.
+fn rows_on_disk(env: &Env, queue: &str) -> i64 {
+    let conn = rusqlite::Connection::open(env.dir.path().join("sluice.db")).unwrap();
+    let id: i64 = conn
+        .query_row("SELECT id FROM queues WHERE name = ?1", [queue], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    conn.query_row(&format!("SELECT COUNT(*) FROM q_{id}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_receive_failing_midway_gives_back_what_it_claimed_and_the_queue_goes_on() {
+    // Proves: when SQLite refuses a claim in the middle of a receive, the receive fails, the
+    // message claimed before it is given back at once (not left leased to nobody until its
+    // visibility timeout), disk and index agree (before and after a restart), and every
+    // message is received afterwards, each counted as received once.
+    let mut env = Env::new();
+    env.queue("q", |_| {}).await;
+    for m in ["m1", "m2", "m3"] {
+        env.store.send("q", text(m)).await.unwrap();
+    }
+    let foreign = refuse_writes(&env, "q", "UPDATE", "CAST(old.body AS TEXT) = 'm2'");
+    let e = env.store.receive("q", 16, NO_WAIT).await.unwrap_err();
+    println!("the receive failed: {e}");
+    assert!(e.to_string().contains("injected failure"), "{e}");
+    foreign.execute_batch("DROP TRIGGER refuse").unwrap();
+    drop(foreign);
+    let info = env.store.get_queue("q").await.unwrap();
+    assert_eq!((info.active_messages, info.inactive_messages), (3, 0));
+    env.reopen().await;
+    let info = env.store.get_queue("q").await.unwrap();
+    assert_eq!((info.active_messages, info.inactive_messages), (3, 0));
+    let got = env.store.receive("q", 16, NO_WAIT).await.unwrap();
+    let seen: Vec<(String, u32)> = got
+        .iter()
+        .map(|m| (body_text(m), m.dequeue_count))
+        .collect();
+    assert_eq!(
+        seen,
+        [("m1".into(), 1), ("m2".into(), 1), ("m3".into(), 1)],
+        "every message, each counted once"
+    );
+}
+
+#[tokio::test]
+async fn a_delete_failing_midway_keeps_what_it_deleted_and_answers_the_retry() {
+    // Proves: when SQLite refuses one row's delete in a batch of own-body rows, the deletes
+    // before it stand on disk and in the index alike, and the same batch sent again deletes the
+    // rest and answers "deleted" for every handle (tombstones). With rows sharing bodies the
+    // batch is all or none: nothing is deleted and no body loses a reference.
+    let env = Env::new();
+    env.queue("q", |_| {}).await;
+    for m in ["m1", "m2", "m3"] {
+        env.store.send("q", text(m)).await.unwrap();
+    }
+    let handles: Vec<String> = env
+        .store
+        .receive("q", 16, NO_WAIT)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.receipt_handle.unwrap())
+        .collect();
+    let foreign = refuse_writes(&env, "q", "DELETE", "CAST(old.body AS TEXT) = 'm2'");
+    let e = env
+        .store
+        .delete_batch("q", handles.clone())
+        .await
+        .unwrap_err();
+    println!("the delete failed: {e}");
+    foreign.execute_batch("DROP TRIGGER refuse").unwrap();
+    drop(foreign);
+    let info = env.store.get_queue("q").await.unwrap();
+    assert_eq!((info.active_messages, info.inactive_messages), (0, 2));
+    assert_eq!(rows_on_disk(&env, "q"), 2, "m1 deleted, m2 and m3 kept");
+    for r in env.store.delete_batch("q", handles).await.unwrap() {
+        r.unwrap();
+    }
+    assert_eq!(rows_on_disk(&env, "q"), 0);
+
+    // Shared bodies: two queues subscribed to one topic share each message's body.
+    env.queue("a", |_| {}).await;
+    env.queue("b", |_| {}).await;
+    env.store.create_topic("t").await.unwrap();
+    for q in ["a", "b"] {
+        env.store
+            .create_subscription("t", &format!("t-{q}"), SubscriptionSpec::queue(q))
+            .await
+            .unwrap();
+    }
+    for m in ["s1", "s2", "s3"] {
+        let body = bytes::Bytes::from(m);
+        env.store
+            .publish(
+                "t",
+                PublishRequest {
+                    body,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let mut held = Vec::new();
+    for q in ["a", "b"] {
+        let got = env.store.receive(q, 16, NO_WAIT).await.unwrap();
+        held.push(
+            got.into_iter()
+                .map(|m| m.receipt_handle.unwrap())
+                .collect::<Vec<_>>(),
+        );
+    }
+    let foreign = refuse_writes(
+        &env,
+        "a",
+        "DELETE",
+        "old.body_ref IS NOT NULL AND old.seq = 2",
+    );
+    let e = env
+        .store
+        .delete_batch("a", held[0].clone())
+        .await
+        .unwrap_err();
+    println!("the shared-body delete failed: {e}");
+    foreign.execute_batch("DROP TRIGGER refuse").unwrap();
+    drop(foreign);
+    assert_eq!(rows_on_disk(&env, "a"), 3, "all or none");
+    let info = env.store.get_queue("a").await.unwrap();
+    assert_eq!((info.active_messages, info.inactive_messages), (0, 3));
+    for (q, handles) in ["a", "b"].into_iter().zip(held) {
+        for r in env.store.delete_batch(q, handles).await.unwrap() {
+            r.unwrap();
+        }
+    }
+    let conn = rusqlite::Connection::open(env.dir.path().join("sluice.db")).unwrap();
+    let bodies: i64 = conn
+        .query_row("SELECT COUNT(*) FROM bodies", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        bodies, 0,
+        "every shared body freed once its last copy was deleted"
+    );
+}
+
 #[tokio::test]
 async fn publishes_failing_in_a_full_batch_leave_nothing_behind() {
     // Proves fault test 1's second half under a full disk: when publishes sharing one commit
