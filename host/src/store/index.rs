@@ -60,6 +60,7 @@ pub(crate) struct Tombstones {
     slots: Vec<Option<Tombstone>>,
 }
 
+/// One deleted message's handle, answered "deleted" again until `until_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tombstone {
     seq: u64,

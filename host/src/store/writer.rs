@@ -1084,8 +1084,8 @@ impl Writer {
                 Ok(Reply::Queues(infos))
             }
             OpKind::Peek(queue, max) => self.peek(&queue, max).map(Reply::Messages),
-            // Without a savepoint, each of their writes whole or not at all (see `receive` and
-            // `delete_batch`).
+            // No savepoint: each of their writes is applied whole or not at all on its own
+            // (see `receive` and `delete_batch`).
             OpKind::Receive(queue, max) => self.receive(&queue, max).map_err(|e| self.classify(e)),
             OpKind::Delete(queue, handles) => {
                 let id = self.queue_id(&queue)?;

@@ -361,7 +361,7 @@ impl Writer {
         // the database and the index agree on what was claimed; the messages claimed for an
         // answer that is not given are handed back in the next batch, as for a receiver gone.
         // (A savepoint cost every receive two statements and a copy of each page it touched:
-        // ~4 % of the writer draining a queue.)
+        // ~5 % of the writer's CPU draining a queue, with batch deletes.)
         let mut messages = Vec::with_capacity(max);
         let claimed = loop {
             let next = self.with_queue(id, |w, q| w.claim_visible(q, &mut messages, max, dlq, now));
