@@ -322,6 +322,36 @@ async fn a_receive_failing_midway_gives_back_what_it_claimed_and_the_queue_goes_
 }
 
 #[tokio::test]
+async fn a_damaged_message_fails_one_receive_not_every_one_after_it() {
+    // Proves: a stored message that cannot be turned back into a message (here its id is
+    // damaged on disk) fails the receive that meets it, but is claimed there, so the next
+    // receive gets the messages behind it instead of failing on it again; the message before
+    // it is handed back and received again.
+    let env = Env::new();
+    env.queue("q", |_| {}).await;
+    for m in ["m1", "m2", "m3"] {
+        env.store.send("q", text(m)).await.unwrap();
+    }
+    let conn = rusqlite::Connection::open(env.dir.path().join("sluice.db")).unwrap();
+    let id: i64 = conn
+        .query_row("SELECT id FROM queues WHERE name = 'q'", [], |r| r.get(0))
+        .unwrap();
+    let damaged = conn
+        .execute(
+            &format!("UPDATE q_{id} SET message_id = 'damaged' WHERE CAST(body AS TEXT) = 'm2'"),
+            [],
+        )
+        .unwrap();
+    assert_eq!(damaged, 1);
+    drop(conn);
+    let e = env.store.receive("q", 16, NO_WAIT).await.unwrap_err();
+    println!("the receive that met it: {e}");
+    let got = env.store.receive("q", 16, NO_WAIT).await.unwrap();
+    let bodies: Vec<String> = got.iter().map(body_text).collect();
+    assert_eq!(bodies, ["m1", "m3"], "the messages before and behind it");
+}
+
+#[tokio::test]
 async fn a_delete_failing_midway_keeps_what_it_deleted_and_answers_the_retry() {
     // Proves: when SQLite refuses one row's delete in a batch of own-body rows, the deletes
     // before it stand on disk and in the index alike, and the same batch sent again deletes the
