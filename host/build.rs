@@ -48,6 +48,7 @@ const MODULES: &[(&str, &str, &str)] = &[
 ];
 
 fn main() {
+    require_wasm_target();
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let root = manifest_dir
         .parent()
@@ -105,6 +106,41 @@ fn main() {
             .join(format!("{file}.wasm"));
         assert!(path.exists(), "expected {} after the build", path.display());
         println!("cargo:rustc-env={var}={}", path.display());
+    }
+}
+
+/// Stops the build at once, in one line that says what to run, when the toolchain has no standard
+/// library for `wasm32-unknown-unknown`. Without this the nested build fails only after the host's
+/// dependencies compiled, minutes in, with an error about crate `core`. rustup installs the
+/// target listed in `rust-toolchain.toml` only when it installs the toolchain itself, so a
+/// toolchain that was already there (or `RUSTUP_AUTO_INSTALL=0`) lacks it.
+fn require_wasm_target() {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let libdir = Command::new(&rustc)
+        .args([
+            "--print",
+            "target-libdir",
+            "--target",
+            "wasm32-unknown-unknown",
+        ])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    let has_core = libdir
+        .and_then(|dir| std::fs::read_dir(dir).ok())
+        .is_some_and(|mut entries| {
+            entries.any(|e| {
+                e.ok()
+                    .is_some_and(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
+            })
+        });
+    if !has_core {
+        eprintln!(
+            "error: the Rust target wasm32-unknown-unknown is not installed (the example rules and \
+             the SQL runtime are built for it); run: rustup target add wasm32-unknown-unknown"
+        );
+        std::process::exit(1);
     }
 }
 

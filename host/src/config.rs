@@ -102,6 +102,9 @@ pub struct FileConfig {
     pub rule: Vec<RuleConfig>,
     /// Accept anonymous MQTT clients from any address, not only loopback.
     pub mqtt_allow_anonymous: Option<bool>,
+    /// Give a new data directory the example set-up (default true): topic `alerts`, queue
+    /// `alerts-q`, subscription `alerts-to-q` and the running rule `overheat`.
+    pub example_setup: Option<bool>,
     /// The MQTT over TLS listener address (devices' SDKs default to port 8883).
     pub mqtt_tls_listen: Option<SocketAddr>,
     /// PEM certificate chain of the TLS listener (relative to the config file).
@@ -248,6 +251,8 @@ pub struct FlagOverrides {
     pub ingest_only: bool,
     /// `--mqtt-allow-anonymous`
     pub mqtt_allow_anonymous: bool,
+    /// `--no-example-setup`
+    pub no_example_setup: bool,
     /// `--mqtt-tls-listen`
     pub mqtt_tls_listen: Option<SocketAddr>,
     /// `--mqtt-tls-cert`
@@ -334,6 +339,8 @@ pub struct ServeConfig {
     pub ingest_only: bool,
     /// Accept anonymous MQTT clients from any address (default: loopback only).
     pub mqtt_allow_anonymous: bool,
+    /// Create the example set-up in a new data directory.
+    pub example_setup: bool,
     /// The MQTT over TLS listener, when configured (own listener mode only).
     pub mqtt_tls: Option<MqttTls>,
     /// HTTPS for the API: certificate chain and key files (PEM); plain HTTP when `None`.
@@ -438,6 +445,7 @@ impl ServeConfig {
         Ok(ServeConfig {
             mqtt_allow_anonymous: flags.mqtt_allow_anonymous
                 || file.mqtt_allow_anonymous.unwrap_or(false),
+            example_setup: !flags.no_example_setup && file.example_setup.unwrap_or(true),
             mqtt_tls,
             http_tls,
             push_deny_private_networks: flags
@@ -532,6 +540,23 @@ fn http_tls(
 }
 
 /// The store backend from `--store` / `store` and the NATS settings that go with it.
+/// Splits `nats://HOST:PORT[,HOST:PORT...]` into one `nats://HOST:PORT` per server. The list
+/// starts with `nats://` (that is what names the backend); the servers after the first may repeat
+/// the scheme or leave it out. Answers the entry at fault when one names another scheme.
+fn nats_server_list(list: &str) -> Result<Vec<String>, String> {
+    if !list.starts_with("nats://") {
+        return Err(list.to_owned());
+    }
+    list.split(',')
+        .map(str::trim)
+        .map(|server| match server.split_once("://") {
+            Some(("nats", _)) => Ok(server.to_owned()),
+            Some(_) => Err(server.to_owned()),
+            None => Ok(format!("nats://{server}")),
+        })
+        .collect()
+}
+
 fn store_backend(flags: &FlagOverrides, file: &FileConfig) -> Result<StoreBackend, ConfigError> {
     let invalid = |key: &str, message: String| ConfigError::Invalid {
         key: key.into(),
@@ -554,18 +579,15 @@ fn store_backend(flags: &FlagOverrides, file: &FileConfig) -> Result<StoreBacken
             }
             return Ok(StoreBackend::Sqlite);
         }
-        Some(list) => list
-            .split(',')
-            .map(|s| s.trim().to_owned())
-            .collect::<Vec<_>>(),
-    };
-    for server in &servers {
-        let host_port = server.strip_prefix("nats://").ok_or_else(|| {
+        Some(list) => nats_server_list(list).map_err(|bad| {
             invalid(
                 "store",
-                format!("`{server}`: use sqlite or nats://HOST:PORT[,nats://HOST:PORT...]"),
+                format!("`{bad}`: use sqlite or nats://HOST:PORT[,HOST:PORT...]"),
             )
-        })?;
+        })?,
+    };
+    for server in &servers {
+        let host_port = server.strip_prefix("nats://").unwrap_or(server);
         let port_ok = host_port
             .rsplit_once(':')
             .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
@@ -746,6 +768,13 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
+        // The scheme may be given once, before the first server, as the help text shows.
+        let short = load(FlagOverrides {
+            store: Some("nats://10.0.0.1:4222, 10.0.0.2:4222".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(short.store, cfg.store);
         assert_eq!(
             cfg.store,
             StoreBackend::JetStream {
@@ -773,6 +802,20 @@ mod tests {
             (
                 FlagOverrides {
                     store: Some("redis://x:1".into()),
+                    ..Default::default()
+                },
+                "store",
+            ),
+            (
+                FlagOverrides {
+                    store: Some("nats://a:4222,tls://b:4222".into()),
+                    ..Default::default()
+                },
+                "store",
+            ),
+            (
+                FlagOverrides {
+                    store: Some("nats://a:4222,b".into()),
                     ..Default::default()
                 },
                 "store",

@@ -1,6 +1,8 @@
 //! The `sluice` binary: parse the command line, set up logging, run. Everything else lives in
 //! the library (`sluice::cli`, `sluice::serve`).
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 
 /// mimalloc instead of glibc malloc: the pipeline allocates and frees small buffers on several
@@ -19,6 +21,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_logs())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -37,6 +40,12 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Colour codes only for a person at a terminal: a log file or a pipe gets plain text, and
+/// `NO_COLOR` (set and not empty, as <https://no-color.org> defines it) turns colour off.
+fn colour_logs() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// The error and its causes on one line, skipping a cause whose text the line already ends

@@ -242,7 +242,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     if let Some(changes) = store.shared_changes() {
         follow_shared_catalog(changes, &store, &keys, &devices, &registry);
     }
-    if fresh {
+    if fresh && config.example_setup {
         create_default_setup(&store, &registry).await?;
     }
     create_configured_objects(&config, configured_rules, &store, &registry).await?;
@@ -385,8 +385,9 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         },
     };
     tracing::info!(
-        "sluice ready: HTTP API on {scheme}://{http_addr}, {mqtt_human}, data in {}",
-        config.data_dir.display()
+        "sluice ready: HTTP API on {scheme}://{http_addr}, {mqtt_human}, data in {}; {}",
+        config.data_dir.display(),
+        running_rules_summary(&registry)
     );
     // The admin key under this server's URL, for the CLI on this machine (before the ready
     // line, so whoever waits for it finds the key).
@@ -548,6 +549,27 @@ fn node_label(data_dir: &std::path::Path) -> String {
         .unwrap_or_else(|_| "localhost".into());
     let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     format!("{host}:{}", dir.display())
+}
+
+/// The ready line's account of the rules that run on every matching device message, so a user
+/// sees at once that the example rule is live (and how to start without it).
+fn running_rules_summary(registry: &RuleRegistry) -> String {
+    let running: Vec<_> = registry
+        .list()
+        .into_iter()
+        .filter(|r| r.state == "running")
+        .map(|r| format!("{} on {}", r.name, r.from))
+        .collect();
+    let example = running.iter().any(|r| r.starts_with("overheat on "));
+    match (running.len(), example) {
+        (0, _) => "no rule running".into(),
+        (_, true) => format!(
+            "rules running: {} (overheat is the example rule; remove it with `sluice rule \
+             delete overheat`, or start a new data directory with --no-example-setup)",
+            running.join(", ")
+        ),
+        _ => format!("rules running: {}", running.join(", ")),
+    }
 }
 
 /// The quickstart set-up on an empty data directory: topic `alerts`, queue `alerts-q`,

@@ -164,6 +164,7 @@ pub async fn test(
         },
         data_type: spec.data_type,
         topic: req.topic,
+        from: Some(spec.from_filter),
         payload: req.payload.into_bytes(),
         timestamp_ms: req
             .timestamp_ms
@@ -192,6 +193,11 @@ pub async fn test(
             })).collect::<Vec<_>>(),
         }),
         TrialOutcome::Dropped => json!({"outcome": "dropped", "decisions": []}),
+        TrialOutcome::TopicNotMatched { filter } => json!({
+            "outcome": "topic_not_matched",
+            "decisions": [],
+            "filter": filter,
+        }),
         TrialOutcome::Failed { kind, message } => json!({
             "outcome": "failed",
             "decisions": [],

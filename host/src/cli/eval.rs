@@ -22,6 +22,10 @@ pub struct EvalArgs {
     /// The MQTT topic the message arrived on.
     #[arg(long)]
     pub topic: String,
+    /// The topic filter of a Wasm rule (as `rule create --from`): a --topic it does not match is
+    /// reported instead of run. A SQL rule's filter is its FROM clause.
+    #[arg(long, requires = "wasm")]
+    pub from: Option<String>,
     /// The payload (JSON text, or any text for binary rules).
     #[arg(
         long,
@@ -57,6 +61,9 @@ pub struct EvalArgs {
 
 /// Exit code when the rule failed the message.
 pub const EXIT_RULE_FAILED: u8 = 2;
+
+/// Exit code when the topic does not match the rule's filter (the rule was not run).
+pub const EXIT_TOPIC_NOT_MATCHED: u8 = 3;
 
 /// Runs `rule eval`; returns the process exit code.
 pub fn run(args: EvalArgs) -> anyhow::Result<u8> {
@@ -109,6 +116,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<u8> {
         source,
         data_type,
         topic: args.topic.clone(),
+        from: args.from.clone(),
         payload,
         timestamp_ms: now,
         message_id,
@@ -134,6 +142,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<u8> {
             Ok(0)
         }
         TrialOutcome::Dropped => Ok(0),
+        TrialOutcome::TopicNotMatched { filter } => {
+            eprintln!(
+                "the topic {} does not match the rule's filter {filter}: a running rule would \
+                 never see this message, so it was not run (no decisions); give a --topic the \
+                 filter matches",
+                args.topic
+            );
+            Ok(EXIT_TOPIC_NOT_MATCHED)
+        }
         TrialOutcome::Failed { kind, message } => {
             println!(
                 "{}",

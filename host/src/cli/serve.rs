@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// reach the port may then publish to unregistered products' topics.
     #[arg(long)]
     pub mqtt_allow_anonymous: bool,
+    /// Start a new data directory empty, without the example set-up (topic alerts, queue
+    /// alerts-q, subscription alerts-to-q and the running rule overheat).
+    #[arg(long)]
+    pub no_example_setup: bool,
     /// MQTT over TLS listener address, beside the plain one (device SDKs use 8883).
     #[arg(long, requires_all = ["mqtt_tls_cert", "mqtt_tls_key"])]
     pub mqtt_tls_listen: Option<SocketAddr>,
@@ -109,6 +113,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             push_deny_private_networks: args.push_deny_private_networks.then_some(true),
             ingest_only: args.ingest_only,
             mqtt_allow_anonymous: args.mqtt_allow_anonymous,
+            no_example_setup: args.no_example_setup,
             mqtt_tls_listen: args.mqtt_tls_listen,
             mqtt_tls_cert: args.mqtt_tls_cert,
             mqtt_tls_key: args.mqtt_tls_key,

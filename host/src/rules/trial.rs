@@ -32,6 +32,9 @@ pub struct Trial {
     pub data_type: DataType,
     /// The MQTT topic the sample message arrived on.
     pub topic: String,
+    /// A Wasm rule's topic filter (`--from`); a SQL rule's comes from its FROM clause. `None`
+    /// runs a Wasm rule on any topic.
+    pub from: Option<String>,
     /// The sample payload.
     pub payload: Vec<u8>,
     /// The clock, ms since the epoch.
@@ -67,6 +70,12 @@ pub enum TrialOutcome {
     Emitted(Vec<TrialDecision>),
     /// The rule forwarded nothing (WHERE was false, or it dropped the message).
     Dropped,
+    /// The sample's topic does not match the rule's filter: the running rule would never see
+    /// this message, so the rule is not run and there are no decisions to show.
+    TopicNotMatched {
+        /// The rule's topic filter.
+        filter: String,
+    },
     /// The rule failed the message (trap, timeout, malformed decision).
     Failed {
         /// The failure kind's stable name.
@@ -100,8 +109,13 @@ pub fn run(runtime: &RuleRuntime, trial: &Trial) -> Result<TrialOutcome, TrialEr
             let compiled = super::sql::compile(sql, &opts)?;
             (compiled.wasm, compiled.from_filter, compiled.raw_output)
         }
-        TrialSource::Wasm(bytes) => (bytes.clone(), String::new(), false),
+        TrialSource::Wasm(bytes) => (bytes.clone(), trial.from.clone().unwrap_or_default(), false),
     };
+    if !from_filter.is_empty() && !crate::topic::topic_matches(&from_filter, &trial.topic) {
+        return Ok(TrialOutcome::TopicNotMatched {
+            filter: from_filter,
+        });
+    }
     let module = runtime
         .load(&wasm)
         .map_err(|e| TrialError::Module(e.to_string()))?;
@@ -193,6 +207,7 @@ mod tests {
             source: TrialSource::Sql(sql.into()),
             data_type: DataType::Json,
             topic: "/pk/dev/user/update".into(),
+            from: None,
             payload: payload.as_bytes().to_vec(),
             timestamp_ms: 0,
             message_id: "0".repeat(32),
@@ -219,6 +234,15 @@ mod tests {
         assert_eq!(
             run(&rt, &trial(sql, r#"{"t":20}"#)).unwrap(),
             TrialOutcome::Dropped
+        );
+        // A sample the rule's FROM filter does not match: the rule is not run.
+        let mut elsewhere = trial(sql, r#"{"t":40}"#);
+        elsewhere.topic = "/pk/dev/user/other".into();
+        assert_eq!(
+            run(&rt, &elsewhere).unwrap(),
+            TrialOutcome::TopicNotMatched {
+                filter: "/pk/+/user/update".into()
+            }
         );
         let err = run(&rt, &trial("SELECT t\nFRM x", "{}")).unwrap_err();
         match err {

@@ -5,6 +5,7 @@ mod bench;
 mod common;
 mod console;
 mod devices;
+mod first_run;
 mod jetstream;
 mod metrics;
 mod mns;

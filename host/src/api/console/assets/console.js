@@ -317,8 +317,8 @@ async function runTest() {
     const r = await api('POST', `/v1/rules/${enc(name)}/test`, {
       rule: def, topic: $('test-topic').value, payload: $('test-payload').value,
     });
-    const head = { emitted: `${r.decisions.length} decision(s)`, dropped: 'Dropped: the rule chose not to forward this message (WHERE was false).', failed: 'The rule failed this message.' }[r.outcome];
-    out.replaceChildren(h('p', { class: r.outcome === 'failed' ? 'error' : 'ok', id: 'test-outcome', 'data-outcome': r.outcome }, head),
+    const head = { emitted: `${r.decisions.length} decision(s)`, dropped: 'Dropped: the rule chose not to forward this message (WHERE was false).', failed: 'The rule failed this message.', topic_not_matched: `Not run: the topic does not match the rule's filter ${r.filter}, so the running rule would never see this message.` }[r.outcome];
+    out.replaceChildren(h('p', { class: r.outcome === 'emitted' || r.outcome === 'dropped' ? 'ok' : 'error', id: 'test-outcome', 'data-outcome': r.outcome }, head),
       r.failure ? h('p', { class: 'error' }, `${r.failure.kind}: ${r.failure.message}`) : '',
       h('ol', { class: 'decisions' }, r.decisions.map((d) => h('li', { class: 'decision' },
         h('div', {}, h('strong', {}, d.kind), ' → ', h('code', {}, d.target)),
