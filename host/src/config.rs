@@ -163,7 +163,7 @@ pub struct TopicConfig {
     pub name: String,
 }
 
-/// `[[queue]]`: attributes spelled as in the message-service spec.
+/// `[[queue]]`: attributes spelled as in docs/message-service.md.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {

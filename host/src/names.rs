@@ -1,5 +1,5 @@
 //! Names of topics, queues, subscriptions and rules: 1–120 characters, letters, digits and `-`,
-//! starting with a letter or digit (the message-service spec), so they are safe in URL paths.
+//! starting with a letter or digit (docs/message-service.md), so they are safe in URL paths.
 
 /// The longest name.
 pub const MAX_NAME_LEN: usize = 120;

@@ -512,7 +512,7 @@ impl Worker {
         }
     }
 
-    /// The error action's payload (rule-sql.md, "Forwarding").
+    /// The error action's payload (docs/rule-sql.md, "Actions and the error action").
     fn error_output(
         &self,
         ctx: &MessageContext<'_>,
@@ -521,7 +521,8 @@ impl Worker {
         action: &Action,
     ) -> Option<Output> {
         let Action::Forward { topic } = action else {
-            // Republish error actions arrive with the device issue's downlink path.
+            // Only a forward error action receives the failure report; a republish error
+            // action is accepted at create but gets nothing here.
             return None;
         };
         let body = serde_json::json!({

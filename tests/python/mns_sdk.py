@@ -4,7 +4,7 @@ Run by the e2e suite (tests/tests/e2e/mns.rs), one scenario per call:
 
     python3 mns_sdk.py ops  ENDPOINT ACCESS_KEY_ID SECRET   # every operation + error paths
     python3 mns_sdk.py deny ENDPOINT ACCESS_KEY_ID SECRET   # a key limited to queues/allowed-q
-    python3 mns_sdk.py flow ENDPOINT ACCESS_KEY_ID SECRET N # item 4: read rule output from queues
+    python3 mns_sdk.py flow ENDPOINT ACCESS_KEY_ID SECRET N # read rule output from queues
 
 Prints one line per step and `ALL OK` at the end; any failure raises (non-zero exit).
 """

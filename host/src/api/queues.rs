@@ -25,7 +25,7 @@ use super::json::{JsonBody, QueryArgs};
 use super::{body, AppState};
 use crate::store::{Message, QueueAttributes, SendRequest, StoreError};
 
-/// Attributes for create or set; omitted ones take the spec's defaults (create) or keep their
+/// Attributes for create or set; omitted ones take their defaults (create) or keep their
 /// value (set).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -6,13 +6,13 @@ use serde_json::{json, Map, Value};
 use super::client::{segment, Client};
 use super::output;
 
-/// Most messages in one send, receive, peek or delete request (the spec's batch limit).
+/// Most messages in one send, receive, peek or delete request (the batch limit of MNS).
 const BATCH: usize = 16;
 
 /// `sluice queue VERB`
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
-    /// Create a queue (attributes as in the message-service spec). Creating it again with the
+    /// Create a queue (attributes as in docs/message-service.md). Creating it again with the
     /// same attributes succeeds; with different ones it fails (change them with `queue set`).
     Create(AttributeArgs),
     /// Change attributes of an existing queue; the ones not given keep their value.

@@ -1,5 +1,5 @@
-//! The body of a push by content format (spec "HTTP push"): SIMPLIFIED (the body as is),
-//! JSON and XML (MNS notification documents).
+//! The body of a push by content format (docs/message-service.md, "HTTP push"): SIMPLIFIED (the
+//! body as is), JSON and XML (MNS notification documents).
 //!
 //! JSON and XML carry the body as text in `Message`. A body that is not UTF-8 (or, for XML,
 //! holds characters XML 1.0 cannot carry) is sent base64-encoded instead, with

@@ -1,18 +1,18 @@
-//! How long to wait before the next attempt: the notify strategies of the spec as pure
-//! functions, apart from the decision whether to retry at all (`classify`), so each can be
-//! tested on exact sequences (style item 10).
+//! How long to wait before the next attempt: the retry strategies of docs/message-service.md as
+//! pure functions, apart from the decision whether to retry at all (`classify`), so each can be
+//! tested on exact sequences.
 
 use std::time::Duration;
 
 use crate::store::NotifyStrategy;
 
-/// Retries of BACKOFF_RETRY (spec: "up to 3 retries").
+/// Retries of BACKOFF_RETRY (up to 3, as in MNS).
 pub const BACKOFF_RETRIES: u32 = 3;
 /// Shortest wait of BACKOFF_RETRY.
 pub const BACKOFF_MIN: Duration = Duration::from_secs(10);
 /// Longest wait of BACKOFF_RETRY.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(20);
-/// Retries of EXPONENTIAL_DECAY_RETRY (spec: "up to 176 retries").
+/// Retries of EXPONENTIAL_DECAY_RETRY (up to 176, as in MNS: about a day in all).
 pub const EXPONENTIAL_RETRIES: u32 = 176;
 /// EXPONENTIAL_DECAY_RETRY doubles from 1 s up to this wait (1, 2, 4, ..., 256 s) ...
 pub const EXPONENTIAL_LAST_DOUBLING: Duration = Duration::from_secs(256);

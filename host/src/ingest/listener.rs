@@ -1,8 +1,8 @@
 //! sluice's own MQTT listener: accepts TCP connections and runs one session task per device.
 //!
 //! It is sluice's, not a general broker, because the PUBACK must wait for the durable commit, the
-//! CONNACK must carry the policy's answer, and every PUBLISH and SUBSCRIBE must pass the policy
-//! (see the design's Ingest section). The per-connection protocol lives in `session.rs`.
+//! CONNACK must carry the policy's answer, and every PUBLISH and SUBSCRIBE must pass the policy.
+//! The per-connection protocol lives in `session.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

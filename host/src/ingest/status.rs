@@ -1,7 +1,7 @@
 //! Device status messages: when a signed-in device connects or goes away, sluice itself
 //! publishes `{"status":"online"|"offline",...}` on `/as/mqtt/status/{pk}/{dn}` into the rules,
 //! exactly like a device message, so a rule (`FROM "/as/mqtt/status/{pk}/+"`) can forward it.
-//! The fields are those of `spec/rule-sql.md`; times are UTC (`time` as
+//! The fields are those of docs/rule-sql.md, "Device status"; times are UTC (`time` as
 //! `yyyy-MM-dd HH:mm:ss.SSS`, `utcTime` as ISO 8601 with `Z`).
 
 use std::net::SocketAddr;
@@ -69,7 +69,7 @@ mod tests {
 
     #[test]
     fn status_message_has_the_platform_fields() {
-        // Proves the status payload shape of rule-sql.md, with UTC times in both formats.
+        // Proves the status payload shape of docs/rule-sql.md, with UTC times in both formats.
         let id = DeviceIdentity {
             product_key: "pk".into(),
             device_name: "dev".into(),

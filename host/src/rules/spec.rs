@@ -102,7 +102,7 @@ pub struct RuleSpec {
     pub utc_offset_seconds: i32,
 }
 
-/// The most actions a rule may have (rule-sql.md).
+/// The most actions a rule may have (docs/rule-sql.md, "Limits").
 pub const MAX_ACTIONS: usize = 10;
 
 mod base64_bytes {

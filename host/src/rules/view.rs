@@ -1,4 +1,4 @@
-//! What a json rule sees of a thing-model message (rule-sql.md, "What the rule sees"): the
+//! What a json rule sees of a thing-model message (docs/rule-sql.md, "What a rule sees"): the
 //! platform view of property posts and event posts, built once per message by the host so every
 //! rule — SQL or uploaded — sees the same thing. Other topics pass through untouched.
 

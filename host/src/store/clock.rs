@@ -15,7 +15,7 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
 /// clock.
 ///
 /// Why: a wall-clock step of an hour during load must neither expire every lease at once nor
-/// stretch them (fault test 24). Stored times stay wall-clock based, so a restart re-anchors on
+/// stretch them. Stored times stay wall-clock based, so a restart re-anchors on
 /// the wall clock.
 ///
 /// The anchor is kept in nanoseconds and rounded down once per reading: rounding the anchor and

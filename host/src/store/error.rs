@@ -49,7 +49,7 @@ pub enum StoreError {
         name: String,
     },
     /// A request value is out of range or malformed; `field` names it (queue attributes use the
-    /// spelling of the spec) and the message gives the allowed range.
+    /// spelling of docs/message-service.md) and the message gives the allowed range.
     #[error("invalid {field}: {message}")]
     InvalidArgument {
         /// The offending field, e.g. `visibility_timeout`.

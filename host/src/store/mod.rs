@@ -1,5 +1,5 @@
 //! The durable store: topics, subscriptions and queues on SQLite, with the semantics of
-//! `shared/spec/message-service.md` (visibility timeout, receipt handles, long polling, delay,
+//! docs/message-service.md (visibility timeout, receipt handles, long polling, delay,
 //! priority, retention, dead letters).
 //!
 //! # Shape

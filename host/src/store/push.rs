@@ -42,9 +42,9 @@ use super::types::{validate_name, Message};
 use super::writer::{OpKind, Reply};
 use super::{Result, Store};
 
-/// Longest push timeout a subscription may set, seconds (spec: "configurable up to 60 s").
+/// Longest push timeout a subscription may set, seconds.
 pub const MAX_PUSH_TIMEOUT_SECONDS: u32 = 60;
-/// Push timeout when the subscription does not set one, seconds (spec: default 5 s).
+/// Push timeout when the subscription does not set one, seconds.
 pub const DEFAULT_PUSH_TIMEOUT_SECONDS: u32 = 5;
 /// Most requests in flight to one subscription when it does not set `max_concurrency`: enough
 /// to keep a healthy local endpoint busy over keep-alive connections, few enough that a dead
@@ -52,7 +52,7 @@ pub const DEFAULT_PUSH_TIMEOUT_SECONDS: u32 = 5;
 pub const DEFAULT_PUSH_CONCURRENCY: u32 = 32;
 /// Highest `max_concurrency` a subscription may set.
 pub const MAX_PUSH_CONCURRENCY: u32 = 256;
-/// Spacing of overdue retries at open (fault test 5: not all at once).
+/// Spacing of overdue retries at open (released one by one, not all at once).
 pub const OVERDUE_SPACING_MS: u64 = 100;
 /// Overdue retries of one subscription are spread over at most this window at open.
 pub const OVERDUE_WINDOW_MS: u64 = 60_000;
@@ -62,7 +62,7 @@ pub const DEFAULT_ROTATION_GRACE_SECONDS: u32 = 86_400;
 /// Most dead letters one list or redrive call handles.
 pub const MAX_DEAD_LETTER_PAGE: usize = 1000;
 
-/// How the body of a push is shaped (spec "HTTP push").
+/// How the body of a push is shaped (docs/message-service.md, "HTTP push").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ContentFormat {
@@ -75,7 +75,7 @@ pub enum ContentFormat {
     Xml,
 }
 
-/// When failed pushes are retried (spec "Notify strategies").
+/// When failed pushes are retried (docs/message-service.md, "Retry strategies").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum NotifyStrategy {

@@ -1,5 +1,5 @@
 //! The public data types of the store: options, queue attributes, subscriptions, requests and
-//! the messages handed back. Field names follow `spec/message-service.md` and design.md, because
+//! the messages handed back. Field names are those of docs/message-service.md, because
 //! the API layer serialises these types as they are.
 
 use std::collections::BTreeMap;
@@ -13,14 +13,14 @@ use super::clock::{Clock, SystemClock};
 use super::error::StoreError;
 use crate::ids::MessageId;
 
-/// Most messages in one `send_batch`, `receive`, `peek` or `delete_batch` (the spec's batch
-/// limit).
+/// Most messages in one `send_batch`, `receive`, `peek` or `delete_batch` (the batch limit
+/// of MNS).
 pub const MAX_BATCH: usize = 16;
 /// Most outputs in one `publish_batch` unit: bounds one transaction's size.
 pub const MAX_PUBLISH_UNIT: usize = 1024;
-/// Longest long-poll wait, seconds (spec: `wait_seconds` 0–30).
+/// Longest long-poll wait, seconds (`wait_seconds` 0–30, as in MNS).
 pub const MAX_WAIT_SECONDS: u64 = 30;
-/// Longest tag, characters (spec).
+/// Longest tag, characters (as in MNS).
 pub const MAX_TAG_CHARS: usize = 16;
 /// Most attributes on one message: "a small string map".
 pub const MAX_ATTRIBUTES: usize = 64;
@@ -28,9 +28,10 @@ pub const MAX_ATTRIBUTES: usize = 64;
 pub const MAX_ATTRIBUTE_KEY_BYTES: usize = 128;
 /// Longest attribute value, bytes.
 pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 4096;
-/// Highest `maximum_message_size` a server may allow (spec: "may raise the cap to 1 MiB").
+/// Highest `maximum_message_size` a server may allow (MNS stops at 64 KiB; sluice allows up to
+/// 1 MiB).
 pub const MAX_MESSAGE_SIZE_CAP: u32 = 1 << 20;
-/// Default per-message priority (spec: 1–16, 1 highest, default 8).
+/// Default per-message priority (1–16, 1 highest, default 8, as in MNS).
 pub const DEFAULT_PRIORITY: u8 = 8;
 
 /// How hard SQLite syncs each commit.
@@ -85,7 +86,7 @@ impl Default for StoreOptions {
     }
 }
 
-/// The attributes of a queue, spelled as in the spec (JSON, TOML and errors alike).
+/// The attributes of a queue, spelled as in docs/message-service.md (JSON, TOML and errors alike).
 ///
 /// Missing fields take their defaults when deserialised, so a partial JSON object is a valid
 /// request; [`QueueAttributes::validate`] checks the ranges.
@@ -139,8 +140,8 @@ pub(crate) fn check_range(
 }
 
 impl QueueAttributes {
-    /// Checks every attribute against the spec's range (with the server's `message_size_cap`),
-    /// returning the first one out of range, named as in the spec.
+    /// Checks every attribute against its range (with the server's `message_size_cap`),
+    /// returning the first one out of range, by its name.
     pub fn validate(&self, message_size_cap: u32) -> Result<(), StoreError> {
         check_range("delay_seconds", self.delay_seconds.into(), 0, 604_800)?;
         check_range(
@@ -191,7 +192,7 @@ impl QueueAttributes {
 }
 
 /// Checks a topic, queue or subscription name: 1–120 characters, ASCII letters, digits and `-`,
-/// starting with a letter or digit (spec). `field` names the argument in the error.
+/// starting with a letter or digit (as in MNS). `field` names the argument in the error.
 pub fn validate_name(field: &'static str, name: &str) -> Result<(), StoreError> {
     let ok_len = (1..=120).contains(&name.len());
     let ok_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
@@ -214,7 +215,7 @@ pub fn validate_name(field: &'static str, name: &str) -> Result<(), StoreError> 
 }
 
 /// Checks a tag (≤ 16 characters) and an attribute map (small; no CR, LF or NUL anywhere, since
-/// tags and attributes end up in HTTP headers of pushes: fault test 20).
+/// tags and attributes end up in HTTP headers of pushes, where they could inject headers).
 pub(crate) fn validate_tag_and_attributes(
     tag: Option<&str>,
     attributes: &BTreeMap<String, String>,
@@ -295,7 +296,7 @@ pub struct SubscriptionSpec {
     #[serde(default)]
     pub filter_tag: Option<String>,
     /// Deliver the body as base64 text, for MNS SDK consumers that keep their default decoding
-    /// (spec: "the queue subscription sets `base64_body = true`").
+    /// (docs/message-service.md, "A message").
     #[serde(default)]
     pub base64_body: bool,
 }
@@ -398,7 +399,7 @@ pub struct Attributes(Option<Box<serde_json::value::RawValue>>);
 
 impl Attributes {
     /// From (key, value) pairs with distinct keys, checked like a send's attribute map (size,
-    /// no CR, LF or NUL: fault test 20). No pairs make no attributes.
+    /// no CR, LF or NUL: they would end a push header). No pairs make no attributes.
     pub fn from_pairs(pairs: &[(&str, &str)]) -> Result<Attributes, StoreError> {
         validate_attributes(pairs.iter().copied())?;
         if pairs.is_empty() {
@@ -470,8 +471,8 @@ impl Serialize for Attributes {
 
 /// A message as received or peeked from a queue.
 ///
-/// Serialises with the field names of design.md; the body becomes `body` when it is UTF-8 and
-/// `body_base64` otherwise.
+/// Serialises with the field names of docs/message-service.md, "A message"; the body becomes
+/// `body` when it is UTF-8 and `body_base64` otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     /// Message id.

@@ -1,4 +1,4 @@
-//! The web console (issue 10) in a real browser: Debian's `chromium` driven by npm
+//! The web console in a real browser: Debian's `chromium` driven by npm
 //! `playwright-core` (`tests/console/workflow.mjs`) against the real binary, with device
 //! messages published over MQTT from here while the browser watches.
 
@@ -52,7 +52,7 @@ fn require_browser_tools() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_runs_the_whole_forwarding_workflow_in_a_browser() {
-    // Proves issue 10 end to end: sign-in (cookie flags, CSRF refusal), create topic, queue,
+    // Proves the console end to end: sign-in (cookie flags, CSRF refusal), create topic, queue,
     // queue subscription and a SQL rule typed into the editor, its live test (a compile error at
     // line and column, then the decision), start it; device messages published over MQTT then
     // show up in the live tail and on the queue page; every page renders (screenshots saved).

@@ -1,4 +1,4 @@
-//! The MNS-compatible API and access keys (issue 7), driven with the official MNS Python SDK
+//! The MNS-compatible API and access keys, driven with the official MNS Python SDK
 //! (`aliyun-mns-sdk`, `tests/python/mns_sdk.py`) and its `mnscmd` tool against the real binary.
 
 use std::os::unix::fs::PermissionsExt;
@@ -37,7 +37,7 @@ fn mode(p: &Path) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mns_operation_works_with_the_official_sdk_including_error_paths() {
-    // Proves item 1 and 3: queues, messages, topics, publish and subscriptions through the SDK,
+    // Proves: queues, messages, topics, publish and subscriptions through the SDK,
     // with receive on an empty queue, stale and bad handles, unknown queue/topic, bad attribute
     // values, bad signature, unknown key and an old Date answered with the MNS error codes.
     let dir = tempfile::tempdir().unwrap();
@@ -71,7 +71,7 @@ fn mnscmd(sluice: &Sluice, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_serves_https_to_the_sdk_the_cli_and_clients_that_trust_its_certificate() {
-    // Proves item 2's optional HTTPS: with --http-tls-cert/--http-tls-key the API port speaks
+    // Proves the optional HTTPS: with --http-tls-cert/--http-tls-key the API port speaks
     // only TLS; the MNS SDK (mnscmd), the CLI (--ca-cert) and an HTTP client that trust the
     // certificate work; a client that does not trust it, or speaks plain HTTP, gets nowhere.
     let dir = tempfile::tempdir().unwrap();
@@ -189,7 +189,7 @@ async fn mnscmd_creates_sends_receives_and_deletes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_keys_guard_both_faces_by_policy() {
-    // Proves item 2: nothing but /healthz is open without a key; Bearer and MNS signatures use
+    // Proves: nothing but /healthz is open without a key; Bearer and MNS signatures use
     // the same keys; a key's policy limits queues and actions on both faces; `key create/list/
     // delete` (secret shown once, never listed); the admin key in an owner-only credentials file;
     // data directory 0700 and database 0600.
@@ -385,7 +385,7 @@ async fn access_keys_guard_both_faces_by_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn device_data_reaches_sdk_consumers_through_a_sql_rule_and_queue_subscriptions() {
-    // Proves item 4: devices publish over MQTT, a SQL rule forwards to a topic, and the topic's
+    // Proves: devices publish over MQTT, a SQL rule forwards to a topic, and the topic's
     // queue subscriptions are read with the SDK's receive_message/delete_message — bodies as
     // published (set_encoding(False)) and, with base64_body, in the SDK's default encoding —
     // each carrying source topic, device, rule and message id as user properties.

@@ -315,7 +315,7 @@ fn epoch_ms() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_hundred_twice_then_200_same_id_fresh_timestamps_valid_signatures_nothing_after() {
-    // Proves fault test 13: attempts follow the schedule, one webhook-id, a fresh timestamp
+    // Proves: attempts follow the schedule, one webhook-id, a fresh timestamp
     // and a signature that an independent Standard Webhooks library accepts on every attempt,
     // and nothing after the 200; plus the three content formats.
     let dir = tempfile::tempdir().unwrap();
@@ -427,7 +427,7 @@ async fn five_hundred_twice_then_200_same_id_fresh_timestamps_valid_signatures_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_xx_retried_410_disables_429_waits_redirects_not_followed_refused_fails() {
-    // Proves fault tests 14 and 16 against real servers: 400/404/422 are retried (not
+    // Proves against real servers: 400/404/422 are retried (not
     // dropped), 410 disables the subscription and keeps the message, 429 with Retry-After
     // waits that long, 301/302 are failures whose Location is never visited, a refused
     // connection is a failure and, after the last retry, goes to the dead-letter queue.
@@ -695,7 +695,7 @@ async fn run_load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_a_slow_and_an_endless_endpoint_do_not_hold_back_the_healthy_ones() {
-    // Proves fault tests 15 and 17: beside an endpoint that never answers, one that answers a
+    // Proves: beside an endpoint that never answers, one that answers a
     // byte per second and one that streams forever, the healthy endpoints get every message;
     // their throughput and latency are printed beside a run without the bad endpoints.
     let dir = tempfile::tempdir().unwrap();
@@ -783,7 +783,7 @@ async fn a_dead_a_slow_and_an_endless_endpoint_do_not_hold_back_the_healthy_ones
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restart_mid_schedule_resumes_at_stored_times_and_spreads_overdue_retries() {
-    // Proves fault test 5 on the real binary with SIGKILL: after a restart, a retry happens at
+    // Proves on the real binary with SIGKILL: after a restart, a retry happens at
     // its stored time (not reset, not immediately); retries that became due while sluice was
     // down are spread out, not fired together.
     let dir = tempfile::tempdir().unwrap();
@@ -888,7 +888,7 @@ async fn restart_mid_schedule_resumes_at_stored_times_and_spreads_overdue_retrie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_after_2xx_before_it_is_recorded_redelivers_with_the_same_webhook_id() {
-    // Proves fault test 3: the endpoint answered 2xx and sluice was killed before recording
+    // Proves: the endpoint answered 2xx and sluice was killed before recording
     // it; after the restart the push comes again with the same webhook-id and nothing is lost.
     let dir = tempfile::tempdir().unwrap();
     let s = start_sluice(dir.path(), 0.01, &[]);

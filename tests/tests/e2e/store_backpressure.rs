@@ -1,4 +1,4 @@
-//! Back-pressure (design: "a slow or dead subscriber never blocks ingest", issue 5 item 5):
+//! Back-pressure (a slow or dead subscriber never blocks ingest):
 //! 100,000 messages published over `/v1/` far faster than a slow consumer drains keep the
 //! server's memory bounded (peak RSS from `/proc/<pid>/status` printed and checked) and lose
 //! nothing acknowledged (everything is drained and counted at the end).

@@ -1,7 +1,7 @@
-//! Bad input (fault tests 7, 8, 12, 18–20): every out-of-range attribute and limit, malformed
-//! and oversized bodies, unknown fields, unknown queues and topics, garbled and stale receipt
-//! handles, CR/LF in tags and attributes — each a 4xx with the design's error shape and a
-//! machine-readable code, and nothing changed.
+//! Bad input (docs/faults.md, "Bad input to the `/v1/` API"): every out-of-range attribute and
+//! limit, malformed and oversized bodies, unknown fields, unknown queues and topics, garbled and
+//! stale receipt handles, CR/LF in tags and attributes — each a 4xx with the
+//! `{"error":{"code","message","field"}}` shape and a machine-readable code, and nothing changed.
 
 use std::time::Duration;
 
@@ -209,7 +209,7 @@ async fn every_bad_request_is_a_clear_4xx_with_a_code_and_changes_nothing() {
         Some("queue_name"),
     );
 
-    // 2. Limits one past their range (fault test 12).
+    // 2. Limits one past their range.
     let batch17: Vec<Value> = (0..17).map(|i| json!({"body": format!("b{i}")})).collect();
     let a = h
         .json(
@@ -316,7 +316,7 @@ async fn every_bad_request_is_a_clear_4xx_with_a_code_and_changes_nothing() {
         );
     }
 
-    // 3. Header injection (fault test 20).
+    // 3. Header injection: CR/LF in tags and attributes.
     for (msg, field) in [
         (json!({"body": "x", "tag": "a\r\nb"}), "tag"),
         (json!({"body": "x", "tag": "a\nb"}), "tag"),
@@ -347,7 +347,7 @@ async fn every_bad_request_is_a_clear_4xx_with_a_code_and_changes_nothing() {
         );
     }
 
-    // 4. Malformed JSON (fault test 19).
+    // 4. Malformed JSON.
     let deep = "[".repeat(10_000);
     let malformed: Vec<(&str, Vec<u8>)> = vec![
         ("truncated JSON", br#"{"body": "x"#.to_vec()),
@@ -402,7 +402,7 @@ async fn every_bad_request_is_a_clear_4xx_with_a_code_and_changes_nothing() {
         None,
     );
 
-    // 5. Size limits (fault test 18): the default maximum_message_size is 65536.
+    // 5. Size limits: the default maximum_message_size is 65536.
     let at_limit = "a".repeat(65_536);
     let a = h
         .json(
@@ -587,7 +587,7 @@ async fn every_bad_request_is_a_clear_4xx_with_a_code_and_changes_nothing() {
         None,
     );
 
-    // 7. Receipt handles: garbled, made up, stale (fault tests 7, 8).
+    // 7. Receipt handles: garbled, made up, stale.
     let got = h
         .get("/v1/queues/bad-q/messages?max=1&wait_seconds=5")
         .await;

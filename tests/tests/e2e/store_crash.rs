@@ -1,6 +1,6 @@
-//! Crash test (fault tests 1 and 2): SIGKILL the real `sluice` 30 times at random moments while
-//! publishers (topic publish and queue send, single and batch, over `/v1/`) and consumers
-//! (receive + batch delete) run; restart on the same data each time; every operation is
+//! Crash test (docs/faults.md, "Crash and restart"): SIGKILL the real `sluice` 30 times at random
+//! moments while publishers (topic publish and queue send, single and batch, over `/v1/`) and
+//! consumers (receive + batch delete) run; restart on the same data each time; every operation is
 //! recorded as ok / failed / unknown and the whole history is checked at the end: every
 //! acknowledged message is received (lost = 0), nothing appears that was not published or whose
 //! publish was refused (unexpected = 0); duplicates are counted and printed.

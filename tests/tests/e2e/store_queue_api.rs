@@ -1,4 +1,4 @@
-//! Every queue operation of the message-service spec over `/v1/` on the real binary: batch
+//! Every queue operation of docs/message-service.md over `/v1/` on the real binary: batch
 //! send with per-message delay and priority, batch receive, peek, batch delete with one result
 //! per handle, change visibility, set attributes, delete twice, stale handles, dead letters at
 //! `max_receive_count` = 3, topic batch publish with tags — and the CLI verbs on top.
@@ -23,7 +23,8 @@ fn bodies(v: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_send_receive_delete_visibility_priority_delay_and_peek_follow_the_spec() {
-    // Proves the queue operations answer as the spec says, over HTTP on the real binary.
+    // Proves the queue operations answer as docs/message-service.md says, over HTTP on the real
+    // binary.
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &[]);
     let h = Http::new(&sluice.http);
@@ -161,7 +162,7 @@ async fn batch_send_receive_delete_visibility_priority_delay_and_peek_follow_the
     assert_eq!(results[1]["error"]["code"], "ReceiptHandleError");
     assert_eq!(results[2]["deleted"], true);
 
-    // Delete twice with the current handle succeeds both times (fault test 8).
+    // Delete twice with the current handle succeeds both times.
     for round in 1..=2 {
         let a = h
             .raw(
@@ -275,8 +276,8 @@ async fn batch_send_receive_delete_visibility_priority_delay_and_peek_follow_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_at_max_receive_count_3_moves_on_the_fourth_receive() {
-    // Proves fault test 10 over the API: delivered exactly 3 times, moved on the 4th receive,
-    // never in both queues, carrying its origin.
+    // Proves dead letters at max_receive_count = 3 over the API: delivered exactly 3 times, moved
+    // on the 4th receive, never in both queues, carrying its origin.
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &[]);
     let h = Http::new(&sluice.http);
@@ -343,7 +344,7 @@ async fn dead_letter_at_max_receive_count_3_moves_on_the_fourth_receive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_queue_topic_and_backup_verbs_work_against_the_server() {
-    // Proves the CLI verbs of design.md's conventions end to end, tables and --json, and that
+    // Proves the `sluice NOUN VERB` CLI verbs end to end, tables and --json, and that
     // `sluice backup FILE` writes a 0600 copy that a server can open and that holds the messages.
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &[]);

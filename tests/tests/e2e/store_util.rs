@@ -23,7 +23,7 @@ impl Answer {
         self.json["error"]["field"].as_str().unwrap_or("")
     }
 
-    /// Asserts a 4xx with the design's error shape (`{"error":{"code","message","field"}}`),
+    /// Asserts a 4xx with the API's error shape (`{"error":{"code","message","field"}}`),
     /// the given code, and (when given) the field.
     #[track_caller]
     pub fn assert_error(&self, what: &str, status: u16, code: &str, field: Option<&str>) {

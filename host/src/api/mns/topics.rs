@@ -20,7 +20,7 @@ use crate::store::{
     SubscriptionInfo, SubscriptionSpec, TopicInfo,
 };
 
-/// A topic keeps messages waiting for HTTP delivery for a day (spec), which MNS calls the
+/// A topic keeps messages waiting for HTTP delivery for a day, which MNS calls the
 /// topic's MessageRetentionPeriod.
 const TOPIC_RETENTION_SECONDS: u32 = 86_400;
 

@@ -74,7 +74,7 @@ pub struct Latency {
     pub max: f64,
 }
 
-/// The report; the field names are design.md's bench JSON convention.
+/// The report; its field names are stable (scripts and BENCHMARKS.md read them).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     /// QoS 1 publishes acknowledged per second.

@@ -1,4 +1,4 @@
-//! The rule SQL compiler: `shared/spec/rule-sql.md` text in, a standalone ABI v1 Wasm module out.
+//! The rule SQL compiler: rule SQL (docs/rule-sql.md) in, a standalone ABI v1 Wasm module out.
 //!
 //! Pipeline: [`parser`] (hand-written lexer and recursive descent with line/column on every
 //! node, explicit nesting limit) -> [`lower`] (typed IR: functions resolved, argument counts and

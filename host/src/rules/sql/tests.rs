@@ -126,7 +126,7 @@ fn more_root_fields_than_the_index_holds_still_read_right() {
 
 #[test]
 fn smoke_filter_and_projection() {
-    // Proves the spec's first example end to end.
+    // Proves the first example of docs/rule-sql.md end to end.
     let sql = r#"SELECT temperature AS t, deviceName() AS device, location FROM "/a1hRrzD/+/user/update" WHERE temperature > 38"#;
     let r = run(
         sql,
@@ -211,7 +211,7 @@ fn golden_cases() -> Vec<Case> {
 
 #[test]
 fn golden() {
-    // Proves every operator and function of rule-sql.md against expected outputs.
+    // Proves every operator and function of docs/rule-sql.md against expected outputs.
     let cases = golden_cases();
     assert!(cases.len() >= 150, "only {} golden cases", cases.len());
     let verdicts: Vec<Option<String>> = std::thread::scope(|scope| {

@@ -66,7 +66,7 @@ async fn queue_create_is_idempotent_and_conflicts_on_other_attributes() {
 
 #[tokio::test]
 async fn every_attribute_one_past_its_range_is_refused_naming_it() {
-    // Proves fault test 12 for queue attributes: the error names the attribute and its range,
+    // Proves for queue attributes: the error names the attribute and its range,
     // and nothing changes (neither on create nor on set).
     let env = Env::new();
     env.queue("q", |_| {}).await;
@@ -292,7 +292,7 @@ async fn migrations_run_from_the_previous_schema() {
 
 #[tokio::test]
 async fn newer_schema_damaged_file_locked_and_unwritable_dirs_are_refused_by_path() {
-    // Proves: open fails with a clear error naming the path in each case (fault tests 6, 23).
+    // Proves: open fails with a clear error naming the path in each case.
     let dir = tempfile::tempdir().unwrap();
     let opts = || StoreOptions {
         clock: Arc::new(ManualClock::new(super::T0)),

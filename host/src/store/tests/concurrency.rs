@@ -103,7 +103,7 @@ async fn eight_senders_four_consumers_every_message_delivered_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_consumers_with_expiries_and_visibility_changes_lose_nothing() {
-    // Proves fault test 9: with random skipped deletes (lease expiry), visibility changes and
+    // Proves: with random skipped deletes (lease expiry), visibility changes and
     // stale deletes, each message is leased by one holder at a time (dequeue counts of a
     // message are distinct) and every message is finally deleted exactly once.
     let (_dir, store) = real_store();
@@ -193,7 +193,7 @@ async fn random_consumers_with_expiries_and_visibility_changes_lose_nothing() {
 
 #[tokio::test]
 async fn long_poll_returns_promptly_on_publish_and_empty_at_the_wait_time() {
-    // Proves fault test 11: a waiting receive returns within milliseconds of a send from another
+    // Proves: a waiting receive returns within milliseconds of a send from another
     // task; an empty poll returns, empty, at its wait time.
     let (_dir, store) = real_store();
     store.create_topic("t").await.unwrap();

@@ -207,7 +207,7 @@ async fn long_poll_returns_on_the_first_message_and_ends_empty_on_time(s: Subjec
 }
 
 async fn visibility_timeout_redelivers_and_refuses_the_old_handle(s: Subject) {
-    // Proves fault test 7 on both: an expired handle is refused (stale) and changes nothing;
+    // Proves on both: an expired handle is refused (stale) and changes nothing;
     // the message comes back with dequeue count 2.
     s.queue("q", |a| a.visibility_timeout = 1).await;
     s.store.send("q", text("m")).await.unwrap();

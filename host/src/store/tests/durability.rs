@@ -135,7 +135,7 @@ async fn closed_store_refuses_requests() {
 
 #[tokio::test]
 async fn a_receive_whose_caller_went_away_is_released() {
-    // Proves fault test 11 (last part): a claim committed for a caller that disconnected is
+    // Proves: a claim committed for a caller that disconnected is
     // given back at once, with its dequeue count restored, instead of staying leased.
     let env = Env::new();
     env.queue("q", |_| {}).await;
@@ -161,7 +161,7 @@ async fn a_receive_whose_caller_went_away_is_released() {
 
 #[tokio::test]
 async fn a_full_database_fails_writes_cleanly_and_recovers_after_deletes() {
-    // Proves fault test 22: when space runs out (here `max_db_bytes`) sends fail with
+    // Proves: when space runs out (here `max_db_bytes`) sends fail with
     // StorageFull, every acknowledged message is still there, and once consumers free space,
     // sends succeed again without a restart.
     let dir = tempfile::tempdir().unwrap();
@@ -453,9 +453,9 @@ async fn a_delete_failing_midway_keeps_what_it_deleted_and_answers_the_retry() {
 
 #[tokio::test]
 async fn publishes_failing_in_a_full_batch_leave_nothing_behind() {
-    // Proves fault test 1's second half under a full disk: when publishes sharing one commit
-    // run out of space midway, SQLite rolls the whole transaction back; the batch then fails as
-    // one (every publish in it answered StorageFull) and nothing answered with an error appears,
+    // Proves under a full disk that a refused publish never appears: when publishes sharing one
+    // commit run out of space midway, SQLite rolls the whole transaction back; the batch then fails
+    // as one (every publish in it answered StorageFull) and nothing answered with an error appears,
     // in the index or on disk after a restart; the acknowledged ones are all there.
     let dir = tempfile::tempdir().unwrap();
     let store = capped_store(dir.path(), &["q"]).await;
@@ -532,7 +532,7 @@ async fn publishes_failing_in_a_full_batch_leave_nothing_behind() {
 
 #[tokio::test]
 async fn another_process_holding_the_lock_makes_requests_wait_then_fail_cleanly() {
-    // Proves fault test 23: a foreign write lock delays requests up to busy_timeout, then they
+    // Proves: a foreign write lock delays requests up to busy_timeout, then they
     // fail with Busy naming the file; once the lock is gone the store works again.
     let dir = tempfile::tempdir().unwrap();
     let store = crate::store::Store::open(

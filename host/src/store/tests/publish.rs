@@ -146,7 +146,7 @@ async fn a_failed_request_does_not_poison_its_batch() {
 
 #[tokio::test]
 async fn base64_body_subscription_delivers_base64_text() {
-    // Proves: the spec's `base64_body = true` option for MNS SDK consumers.
+    // Proves: the `base64_body = true` option for MNS SDK consumers.
     let env = Env::new();
     env.store.create_topic("t").await.unwrap();
     env.queue("raw", |_| {}).await;

@@ -55,7 +55,7 @@ async fn receive_then_delete_removes_the_message() {
 
 #[tokio::test]
 async fn stale_receipt_after_visibility_expiry_is_refused_and_message_stays_with_new_holder() {
-    // Proves fault test 7: an expired handle is refused, changes nothing, the new holder keeps it.
+    // Proves: an expired handle is refused, changes nothing, the new holder keeps it.
     let env = Env::new();
     env.queue("q", |a| a.visibility_timeout = 10).await;
     env.store.send("q", text("m")).await.unwrap();
@@ -88,7 +88,7 @@ async fn stale_receipt_after_visibility_expiry_is_refused_and_message_stays_with
 
 #[tokio::test]
 async fn deleting_twice_with_the_current_handle_succeeds_both_times() {
-    // Proves fault test 8 (first half).
+    // Proves: a second delete with the same current handle succeeds too.
     let env = Env::new();
     env.queue("q", |_| {}).await;
     env.store.send("q", text("m")).await.unwrap();
@@ -114,7 +114,7 @@ async fn deleting_twice_with_the_current_handle_succeeds_both_times() {
 
 #[tokio::test]
 async fn made_up_and_garbled_handles_are_refused() {
-    // Proves fault test 8 (second half): nothing but a real current handle deletes a message.
+    // Proves: nothing but a real current handle deletes a message.
     let env = Env::new();
     env.queue("q", |_| {}).await;
     env.store.send("q", text("m")).await.unwrap();
@@ -291,7 +291,7 @@ async fn delayed_messages_appear_on_time() {
 
 #[tokio::test]
 async fn dead_letter_after_max_receive_count_moves_atomically_on_the_next_receive() {
-    // Proves fault test 10: delivered exactly 3 times, moved on the 4th receive, in one commit.
+    // Proves: delivered exactly 3 times, moved on the 4th receive, in one commit.
     let env = Env::new();
     env.queue("dlq", |_| {}).await;
     env.queue("q", |a| {
@@ -387,7 +387,7 @@ async fn retention_removes_old_messages_and_counts_them() {
 
 #[tokio::test]
 async fn batches_over_16_and_bad_waits_are_refused() {
-    // Proves fault test 12 for batch sizes and waits.
+    // Proves: batch sizes and waits one past their range are refused.
     let env = Env::new();
     env.queue("q", |_| {}).await;
     let seventeen: Vec<SendRequest> = (0..MAX_BATCH + 1).map(|i| text(&i.to_string())).collect();
@@ -435,7 +435,7 @@ async fn batches_over_16_and_bad_waits_are_refused() {
 
 #[tokio::test]
 async fn body_at_the_limit_is_accepted_one_byte_more_is_refused() {
-    // Proves fault test 18: the limit is maximum_message_size, inclusive; a refused batch
+    // Proves: the limit is maximum_message_size, inclusive; a refused batch
     // stores nothing.
     let env = Env::new();
     env.queue("q", |a| a.maximum_message_size = 1024).await;
@@ -483,7 +483,7 @@ async fn operations_on_missing_queues_say_so() {
 
 #[tokio::test]
 async fn deleting_a_queue_with_messages_in_flight_leaves_no_rows() {
-    // Proves fault test 21: clear errors afterwards, no orphan rows or bodies.
+    // Proves: clear errors afterwards, no orphan rows or bodies.
     let env = Env::new();
     env.queue("a", |_| {}).await;
     env.queue("b", |_| {}).await;
@@ -541,7 +541,7 @@ async fn deleting_a_queue_with_messages_in_flight_leaves_no_rows() {
 
 #[tokio::test]
 async fn message_serialises_with_design_field_names() {
-    // Proves: the JSON shape of design.md, body_base64 for non-UTF-8 bodies.
+    // Proves: the JSON shape of docs/message-service.md, body_base64 for non-UTF-8 bodies.
     let env = Env::new();
     env.queue("q", |_| {}).await;
     let mut r = SendRequest {
@@ -577,7 +577,7 @@ async fn message_serialises_with_design_field_names() {
 
 #[tokio::test]
 async fn tags_and_attributes_with_line_breaks_are_refused() {
-    // Proves fault test 20: CR/LF in tag or attributes is refused before anything is stored.
+    // Proves: CR/LF in tag or attributes is refused before anything is stored.
     let env = Env::new();
     env.queue("q", |_| {}).await;
     let mut r = text("m");

@@ -1,6 +1,6 @@
 //! A small reference interpreter of rule SQL over `serde_json::Value`, written only for the
 //! differential test: it evaluates the parsed query directly (no IR, no Wasm, no runtime
-//! crate), following rule-sql.md and the sluice choices documented in the compiler.
+//! crate), following docs/rule-sql.md and the sluice choices documented in the compiler.
 
 use serde_json::{Map, Number, Value};
 
