@@ -126,6 +126,191 @@ pub struct FileConfig {
     pub accept_weaker_durability: Option<bool>,
     /// Prefix of sluice's streams, subjects and buckets on the NATS cluster (default `sluice`).
     pub nats_prefix: Option<String>,
+    /// Largest MQTT packet body (remaining length) accepted, in bytes.
+    pub mqtt_max_packet_size_bytes: Option<usize>,
+    /// Most topic filters in one SUBSCRIBE or UNSUBSCRIBE (more closes the connection).
+    pub mqtt_max_filters_per_packet: Option<usize>,
+    /// Most subscriptions one MQTT session holds (more get SUBACK failure codes).
+    pub mqtt_max_subscriptions_per_session: Option<usize>,
+    /// Most saved persistent MQTT sessions (clean session off); the oldest go first.
+    pub mqtt_max_saved_sessions: Option<usize>,
+    /// How long a saved persistent MQTT session is kept after its connection closed.
+    pub mqtt_saved_session_expiry_secs: Option<u64>,
+    /// Time a new MQTT connection has for its TLS handshake and CONNECT.
+    pub mqtt_connect_timeout_secs: Option<u64>,
+    /// Longest silence of an MQTT session without keep-alive (keep-alive 0).
+    pub mqtt_max_idle_secs: Option<u64>,
+    /// Most MQTT connections open at once (plain and TLS together).
+    pub mqtt_max_connections: Option<usize>,
+    /// Most MQTT connections open at once from one address.
+    pub mqtt_max_connections_per_ip: Option<usize>,
+    /// Time an HTTP client has to send a request's headers (also the idle time of a kept-alive
+    /// connection between requests).
+    pub http_header_read_timeout_secs: Option<u64>,
+    /// Most HTTP connections open at once (HTTP or HTTPS).
+    pub http_max_connections: Option<usize>,
+    /// Most HTTP connections open at once from one address.
+    pub http_max_connections_per_ip: Option<usize>,
+}
+
+/// Bounds of the MQTT listener that a stranger can reach, resolved from the file (see
+/// `docs/security.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MqttLimits {
+    /// `mqtt_max_packet_size_bytes`
+    pub max_packet_size_bytes: usize,
+    /// `mqtt_max_filters_per_packet`
+    pub max_filters_per_packet: usize,
+    /// `mqtt_max_subscriptions_per_session`
+    pub max_subscriptions_per_session: usize,
+    /// `mqtt_max_saved_sessions`
+    pub max_saved_sessions: usize,
+    /// `mqtt_saved_session_expiry_secs`
+    pub saved_session_expiry_secs: u64,
+    /// `mqtt_connect_timeout_secs`
+    pub connect_timeout_secs: u64,
+    /// `mqtt_max_idle_secs`
+    pub max_idle_secs: u64,
+    /// `mqtt_max_connections`
+    pub max_connections: usize,
+    /// `mqtt_max_connections_per_ip`
+    pub max_connections_per_ip: usize,
+}
+
+/// Bounds of the HTTP API's listener, resolved from the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// `http_header_read_timeout_secs`
+    pub header_read_timeout_secs: u64,
+    /// `http_max_connections`
+    pub max_connections: usize,
+    /// `http_max_connections_per_ip`
+    pub max_connections_per_ip: usize,
+}
+
+/// Default time an HTTP client has to send a request's headers: generous for slow links, short
+/// enough that half-sent requests do not pile up.
+pub const DEFAULT_HTTP_HEADER_READ_TIMEOUT_SECS: u64 = 30;
+/// Default most HTTP connections open at once.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 10_000;
+/// Default most HTTP connections from one address: `sluice bench` runs 384 consumers from one
+/// address, an application server behind a proxy a few hundred.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS_PER_IP: usize = 2_000;
+
+/// A limit from the file or its default, refused below `min` (and above `max`).
+fn limit<T>(key: &str, value: Option<T>, default: T, min: T, max: T) -> Result<T, ConfigError>
+where
+    T: PartialOrd + Copy + std::fmt::Display,
+{
+    let v = value.unwrap_or(default);
+    if v < min || v > max {
+        return Err(ConfigError::Invalid {
+            key: key.into(),
+            message: format!("{v} is out of range {min}..={max}"),
+        });
+    }
+    Ok(v)
+}
+
+impl MqttLimits {
+    fn from_file(f: &FileConfig) -> Result<MqttLimits, ConfigError> {
+        use crate::ingest::listener as l;
+        use crate::ingest::router as r;
+        const DAY_SECS: u64 = 24 * 3600;
+        Ok(MqttLimits {
+            max_packet_size_bytes: limit(
+                "mqtt_max_packet_size_bytes",
+                f.mqtt_max_packet_size_bytes,
+                l::DEFAULT_MAX_PACKET_SIZE_BYTES,
+                1024,
+                256 * 1024 * 1024,
+            )?,
+            max_filters_per_packet: limit(
+                "mqtt_max_filters_per_packet",
+                f.mqtt_max_filters_per_packet,
+                l::DEFAULT_MAX_FILTERS_PER_PACKET,
+                1,
+                65_535,
+            )?,
+            max_subscriptions_per_session: limit(
+                "mqtt_max_subscriptions_per_session",
+                f.mqtt_max_subscriptions_per_session,
+                r::DEFAULT_MAX_SUBSCRIPTIONS_PER_SESSION,
+                1,
+                1_000_000,
+            )?,
+            max_saved_sessions: limit(
+                "mqtt_max_saved_sessions",
+                f.mqtt_max_saved_sessions,
+                r::DEFAULT_MAX_SAVED_SESSIONS,
+                0,
+                100_000_000,
+            )?,
+            saved_session_expiry_secs: limit(
+                "mqtt_saved_session_expiry_secs",
+                f.mqtt_saved_session_expiry_secs,
+                r::DEFAULT_SAVED_SESSION_EXPIRY.as_secs(),
+                1,
+                365 * DAY_SECS,
+            )?,
+            connect_timeout_secs: limit(
+                "mqtt_connect_timeout_secs",
+                f.mqtt_connect_timeout_secs,
+                l::DEFAULT_CONNECT_TIMEOUT.as_secs(),
+                1,
+                3600,
+            )?,
+            max_idle_secs: limit(
+                "mqtt_max_idle_secs",
+                f.mqtt_max_idle_secs,
+                l::DEFAULT_MAX_IDLE.as_secs(),
+                1,
+                7 * DAY_SECS,
+            )?,
+            max_connections: limit(
+                "mqtt_max_connections",
+                f.mqtt_max_connections,
+                l::DEFAULT_MAX_CONNECTIONS,
+                1,
+                10_000_000,
+            )?,
+            max_connections_per_ip: limit(
+                "mqtt_max_connections_per_ip",
+                f.mqtt_max_connections_per_ip,
+                l::DEFAULT_MAX_CONNECTIONS_PER_IP,
+                1,
+                10_000_000,
+            )?,
+        })
+    }
+}
+
+impl HttpLimits {
+    fn from_file(f: &FileConfig) -> Result<HttpLimits, ConfigError> {
+        Ok(HttpLimits {
+            header_read_timeout_secs: limit(
+                "http_header_read_timeout_secs",
+                f.http_header_read_timeout_secs,
+                DEFAULT_HTTP_HEADER_READ_TIMEOUT_SECS,
+                1,
+                3600,
+            )?,
+            max_connections: limit(
+                "http_max_connections",
+                f.http_max_connections,
+                DEFAULT_HTTP_MAX_CONNECTIONS,
+                1,
+                10_000_000,
+            )?,
+            max_connections_per_ip: limit(
+                "http_max_connections_per_ip",
+                f.http_max_connections_per_ip,
+                DEFAULT_HTTP_MAX_CONNECTIONS_PER_IP,
+                1,
+                10_000_000,
+            )?,
+        })
+    }
 }
 
 /// `[[device]]`: a device registered at start when absent. Without `secret` one is generated and
@@ -347,6 +532,10 @@ pub struct ServeConfig {
     pub http_tls: Option<(PathBuf, PathBuf)>,
     /// Where topics, subscriptions and queues live.
     pub store: StoreBackend,
+    /// Bounds of the MQTT listener.
+    pub mqtt_limits: MqttLimits,
+    /// Bounds of the HTTP API's listener.
+    pub http_limits: HttpLimits,
 }
 
 impl ServeConfig {
@@ -370,6 +559,18 @@ impl ServeConfig {
             }
             None => (FileConfig::default(), PathBuf::from(".")),
         };
+        for d in &file.device {
+            // Checked here too (the store checks every create) so a reserved or malformed key
+            // fails the start even when that device is stored already.
+            crate::store::devices::validate_product_key(&d.product_key).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "device.product_key".into(),
+                    message: format!("[[device]] `{}`: {e}", d.device_name),
+                }
+            })?;
+        }
+        let mqtt_limits = MqttLimits::from_file(&file)?;
+        let http_limits = HttpLimits::from_file(&file)?;
         let mqtt_tls = mqtt_tls(&flags, &file, &config_dir)?;
         let store = store_backend(&flags, &file)?;
         let http_tls = http_tls(&flags, &file, &config_dir)?;
@@ -470,6 +671,8 @@ impl ServeConfig {
             config_dir,
             ingest_only: flags.ingest_only,
             store,
+            mqtt_limits,
+            http_limits,
         })
     }
 }

@@ -19,6 +19,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod conn_limit;
 pub mod credentials;
 pub mod deliver;
 pub mod devices;

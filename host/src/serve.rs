@@ -16,8 +16,10 @@ use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{MqttMode, ServeConfig, StoreBackend, SyncLevel};
+use crate::conn_limit::{ConnLimiter, ConnLimits};
 use crate::devices::{DevicePolicy, DeviceRegistry, DeviceService, DownlinkPath};
 use crate::ids::IdGenerator;
+use crate::ingest::router::RouterLimits;
 use crate::ingest::{ExternalBroker, ExternalConfig, ListenerConfig, MqttListener, SessionRouter};
 use crate::pipeline::{
     CommitError, CommitSink, Output, Pipeline, PipelineConfig, Republisher, DEFAULT_QUEUE_DEPTH,
@@ -142,19 +144,27 @@ impl Republisher for ExternalRepublisher {
     }
 }
 
-/// Serves the API on `listener` (plain TCP or TLS) until `stop`.
-async fn serve_http<L>(
-    listener: L,
-    app: axum::Router,
-    stop: CancellationToken,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+/// The MQTT listener's settings from the resolved config (the policy is set once the device
+/// registry is loaded).
+fn listener_config(config: &ServeConfig) -> ListenerConfig {
+    let l = config.mqtt_limits;
+    let secs = std::time::Duration::from_secs;
+    ListenerConfig {
+        max_packet_size_bytes: l.max_packet_size_bytes,
+        connect_timeout: secs(l.connect_timeout_secs),
+        max_idle: secs(l.max_idle_secs),
+        max_filters_per_packet: l.max_filters_per_packet,
+        router: RouterLimits {
+            max_subscriptions_per_session: l.max_subscriptions_per_session,
+            max_saved_sessions: l.max_saved_sessions,
+            saved_session_expiry: secs(l.saved_session_expiry_secs),
+        },
+        connections: ConnLimits {
+            max_total: l.max_connections,
+            max_per_ip: l.max_connections_per_ip,
+        },
+        ..ListenerConfig::default()
+    }
 }
 
 /// Runs sluice until `shutdown` is cancelled.
@@ -178,7 +188,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     };
     let scheme = if https.is_some() { "https" } else { "http" };
     let mut listener = match &config.mqtt {
-        MqttMode::Listen(addr) => Some(MqttListener::bind(*addr, ListenerConfig::default()).await?),
+        MqttMode::Listen(addr) => Some(MqttListener::bind(*addr, listener_config(&config)).await?),
         MqttMode::External { .. } => None,
     };
     if let Some(tls) = &config.mqtt_tls {
@@ -345,6 +355,10 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         );
     }
 
+    let http_limiter = ConnLimiter::new(ConnLimits {
+        max_total: config.http_limits.max_connections,
+        max_per_ip: config.http_limits.max_connections_per_ip,
+    });
     let app = crate::api::router(crate::api::AppState::new(crate::api::Services {
         store: store.clone(),
         rules: registry.clone(),
@@ -355,18 +369,35 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         stages: crate::api::metrics::StageCounters {
             ingest: ingest_counters,
             pipeline: (!config.ingest_only).then(|| pipeline.counters()),
+            http_connections: Some(http_limiter.clone()),
         },
         keys,
         https: https.is_some(),
     }));
     let http_stop = CancellationToken::new();
     let http_stop_wait = http_stop.clone();
+    let http_server = crate::api::server::HttpServerConfig {
+        header_read_timeout: std::time::Duration::from_secs(
+            config.http_limits.header_read_timeout_secs,
+        ),
+    };
+    let http = crate::api::server::LimitedListener::new(http, http_limiter);
     let http_task = match https {
         Some(acceptor) => {
             let listener = crate::api::tls::TlsListener::new(http, http_addr, acceptor);
-            tokio::spawn(serve_http(listener, app, http_stop_wait))
+            tokio::spawn(crate::api::server::serve(
+                listener,
+                app,
+                http_server,
+                http_stop_wait,
+            ))
         }
-        None => tokio::spawn(serve_http(http, app, http_stop_wait)),
+        None => tokio::spawn(crate::api::server::serve(
+            http,
+            app,
+            http_server,
+            http_stop_wait,
+        )),
     };
 
     let mqtt_human = match &config.mqtt {

@@ -37,6 +37,8 @@ pub struct StageCounters {
     pub ingest: Option<Arc<crate::ingest::IngestCounters>>,
     /// The rule pipeline's counters.
     pub pipeline: Option<Arc<PipelineCounters>>,
+    /// The HTTP API's connection caps (open and refused connections).
+    pub http_connections: Option<crate::conn_limit::ConnLimiter>,
 }
 
 /// Latency bounds in seconds for rule calls (a Wasm call takes microseconds; a slow rule or a
@@ -75,6 +77,8 @@ pub async fn scrape(State(state): State<AppState>) -> Result<Response, ApiError>
 #[derive(Debug)]
 struct Snapshot {
     ingest: Option<IngestCountersSnapshot>,
+    /// HTTP connections (open now, refused so far).
+    http_connections: Option<(u64, u64)>,
     pipeline: Option<[(&'static str, &'static str, u64); 6]>,
     rules: Vec<RuleRow>,
     topics: Vec<(String, u32, u64)>,
@@ -165,6 +169,11 @@ impl Snapshot {
         }
         Ok(Snapshot {
             ingest: state.stages.ingest.as_ref().map(|c| c.snapshot()),
+            http_connections: state
+                .stages
+                .http_connections
+                .as_ref()
+                .map(|l| (l.open() as u64, l.refused_total())),
             pipeline,
             rules,
             topics,
@@ -319,6 +328,41 @@ impl Collector for Snapshot {
                     "Downlink messages dropped because a session's queue was full.",
                     i.downlink_dropped_total,
                 ),
+                (
+                    "sluice_mqtt_connections_refused",
+                    "Connections closed at accept: the total or per-address connection cap was reached.",
+                    i.connections_refused_total,
+                ),
+                (
+                    "sluice_mqtt_connect_timeouts",
+                    "Connections closed because no complete CONNECT (or TLS handshake) came in time.",
+                    i.connect_timeouts_total,
+                ),
+                (
+                    "sluice_mqtt_idle_timeouts",
+                    "Sessions without keep-alive closed after the maximum idle time.",
+                    i.idle_timeouts_total,
+                ),
+                (
+                    "sluice_mqtt_subscriptions_over_limit",
+                    "SUBSCRIBE filters refused because the session holds its maximum of subscriptions.",
+                    i.subscriptions_over_limit_total,
+                ),
+                (
+                    "sluice_mqtt_too_many_filters",
+                    "Connections closed for a SUBSCRIBE or UNSUBSCRIBE with more filters than allowed in one packet.",
+                    i.too_many_filters_total,
+                ),
+                (
+                    "sluice_mqtt_saved_sessions_evicted",
+                    "Saved persistent sessions dropped because too many were saved (oldest first).",
+                    i.saved_sessions_evicted_total,
+                ),
+                (
+                    "sluice_mqtt_saved_sessions_expired",
+                    "Saved persistent sessions dropped after their expiry.",
+                    i.saved_sessions_expired_total,
+                ),
             ] {
                 family(&mut e, name, help, None, one(counter(v)))?;
             }
@@ -328,6 +372,22 @@ impl Collector for Snapshot {
                 "Device sessions connected now.",
                 None,
                 one(gauge(i.sessions_active)),
+            )?;
+        }
+        if let Some((open, refused)) = self.http_connections {
+            family(
+                &mut e,
+                "sluice_http_connections_refused",
+                "HTTP connections closed at accept: the total or per-address connection cap was reached.",
+                None,
+                one(counter(refused)),
+            )?;
+            family(
+                &mut e,
+                "sluice_http_connections",
+                "HTTP connections open now.",
+                None,
+                one(gauge(open)),
             )?;
         }
         if let Some(p) = &self.pipeline {

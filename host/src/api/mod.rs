@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod mns;
 mod queues;
 mod rules;
+pub mod server;
 mod subscriptions;
 pub mod tls;
 mod topics;

@@ -2,15 +2,22 @@
 //!
 //! Handshakes run in their own tasks with a deadline, so one slow or silent client never holds
 //! up the accept loop for everyone else; a failed handshake is logged at debug level and
-//! forgotten (it is the client's problem, not the server's).
+//! forgotten (it is the client's problem, not the server's). Connections are admitted under the
+//! connection caps at TCP accept, before their handshake.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use axum::serve::Listener;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+
+use super::server::{Admitted, LimitedListener};
+
+/// A TLS connection admitted under the connection caps.
+type AdmittedTls = TlsStream<Admitted<TcpStream>>;
 
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -20,13 +27,13 @@ const READY_QUEUE_LEN: usize = 64;
 /// A TLS listener for `axum::serve`. Dropping it stops its accept task.
 #[derive(Debug)]
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(AdmittedTls, SocketAddr)>,
     local_addr: SocketAddr,
 }
 
 impl TlsListener {
     /// Serves TLS with `acceptor` on the already bound `tcp`, whose address is `local_addr`.
-    pub fn new(tcp: TcpListener, local_addr: SocketAddr, acceptor: TlsAcceptor) -> TlsListener {
+    pub fn new(tcp: LimitedListener, local_addr: SocketAddr, acceptor: TlsAcceptor) -> TlsListener {
         let (tx, ready) = mpsc::channel(READY_QUEUE_LEN);
         tokio::spawn(accept_loop(tcp, acceptor, tx));
         TlsListener { ready, local_addr }
@@ -34,24 +41,15 @@ impl TlsListener {
 }
 
 async fn accept_loop(
-    tcp: TcpListener,
+    mut tcp: LimitedListener,
     acceptor: TlsAcceptor,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Sender<(AdmittedTls, SocketAddr)>,
 ) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = ready.closed() => return,
-            accepted = tcp.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(error = %e, "HTTPS accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            accepted = tcp.accept() => accepted,
         };
-        let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let ready = ready.clone();
         tokio::spawn(async move {
@@ -67,7 +65,7 @@ async fn accept_loop(
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = AdmittedTls;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -10,6 +10,13 @@
 //!   `clientId{pk}&{dn}deviceName{dn}productKey{pk}timestamp{ts}` (the `timestamp` part only
 //!   when the client id carries one). The signed `clientId` is the part before `|`, not the
 //!   whole client id.
+//!
+//! The `timestamp` is signed but its value is not bounded, on purpose: `linkkit.py` signs the
+//! current time in seconds (not milliseconds) once, when it is configured, and its MQTT client
+//! reconnects with the same client id and password for as long as the process runs (weeks, for a
+//! device), and the C device SDK signs a fixed `2524608000000` (2050) on every connect. A skew
+//! check would lock both out, and would not stop a replay within its window anyway. A captured
+//! password is kept from others by TLS (the MQTT TLS listener); see `docs/security.md`.
 
 use hmac::{Hmac, Mac};
 

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use super::auth::SignIn;
 use super::DeviceRegistry;
 use crate::ingest::{ConnectInfo, ConnectPolicy, ConnectRefusal, DeviceIdentity, SessionInfo};
+use crate::store::devices::{is_reserved_product_key, RESERVED_PRODUCT_KEYS};
 
 /// The first levels of the device status topics (after the empty level of the leading `/`).
 const STATUS_PREFIX: [&str; 4] = ["", "as", "mqtt", "status"];
@@ -89,8 +90,13 @@ fn could_match(levels: &[&str], pattern: &[Option<&str>]) -> bool {
 }
 
 /// True when `levels` lies inside the device's own topics, with its product key and device name
-/// written out (never a wildcard) and at least one level after them.
+/// written out (never a wildcard) and at least one level after them. Levels are compared whole.
+/// A reserved product key (stored by an older version) owns nothing: its custom family
+/// `/{pk}/{dn}/...` would be another product's `/sys/{dn}/...` or `/ota/device/...`.
 pub(crate) fn is_own(levels: &[&str], pk: &str, dn: &str) -> bool {
+    if is_reserved_product_key(pk) {
+        return false;
+    }
     let prefixes: [&[&str]; 3] = [
         &["", pk, dn],
         &["", "sys", pk, dn],
@@ -131,6 +137,12 @@ impl ConnectPolicy for DevicePolicy {
                 tracing::info!(peer = %info.peer, client_id = %info.client_id, "device sign-in refused: {e}");
                 ConnectRefusal::BadCredentials
             })?;
+        if is_reserved_product_key(&sign_in.product_key) {
+            // Only a device stored by an older version can have one; its topics would be
+            // another product's, so it cannot sign in until it is registered under another key.
+            tracing::warn!(peer = %info.peer, product_key = %sign_in.product_key, device_name = %sign_in.device_name, "device sign-in refused: the product key is reserved ({}); delete the device and register it under another product key", RESERVED_PRODUCT_KEYS.join(", "));
+            return Err(ConnectRefusal::NotAuthorized);
+        }
         let known = self
             .registry
             .lookup(&sign_in.product_key, &sign_in.device_name);
@@ -206,6 +218,15 @@ mod tests {
             "/ota/device/#",
         ] {
             assert!(!is_own(&split(bad), "pk", "dev"), "{bad}");
+        }
+        // A reserved product key owns nothing, so product `sys` never reaches `/sys/a1pk/...`.
+        for (pk, dn, topic) in [
+            ("sys", "a1pk", "/sys/a1pk/dev1/thing/event/property/post"),
+            ("sys", "a1pk", "/sys/a1pk/#"),
+            ("ota", "device", "/ota/device/inform/a1pk/dev1"),
+            ("as", "mqtt", "/as/mqtt/status/a1pk/dev1"),
+        ] {
+            assert!(!is_own(&split(topic), pk, dn), "{pk}/{dn}: {topic}");
         }
     }
 

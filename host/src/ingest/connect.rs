@@ -26,8 +26,11 @@ pub(super) struct Connected {
     pub wbuf: BytesMut,
     pub out_window: usize,
     pub max_inflight: usize,
-    /// 1.5 x the client's keep-alive; `None` when the client disabled it.
-    pub keep_alive: Option<Duration>,
+    /// 1.5 x the client's keep-alive, or the listener's maximum idle time when the client
+    /// disabled it.
+    pub keep_alive: Duration,
+    /// True when the client disabled its keep-alive (so `keep_alive` is the idle bound).
+    pub idle_bound: bool,
 }
 
 /// Reads until a complete CONNECT is buffered, choosing the codec from its protocol level.
@@ -91,6 +94,7 @@ pub(super) async fn read_connect(
             Ok(Ok(0)) | Ok(Err(_)) => return None,
             Ok(Ok(_)) => {}
             Err(_) => {
+                bump(&ctx.counters.connect_timeouts_total);
                 tracing::debug!(%peer, "MQTT connection sent no CONNECT in time");
                 return None;
             }
@@ -168,8 +172,14 @@ pub(super) async fn accept_connect(
     let (downlink_tx, downlink_rx) = mpsc::channel(ctx.cfg.downlink_queue_len.max(1));
     // Clean session off keeps the subscriptions for the next connection (MQTT 5: only when the
     // client asked for a session expiry). Messages for offline sessions are not queued.
-    let persistent = !c.clean_session
-        && (codec.protocol == ProtocolVersion::V311 || c.session_expiry_secs.unwrap_or(0) > 0);
+    let persistent = match (c.clean_session, codec.protocol, c.session_expiry_secs) {
+        (true, _, _) => None,
+        (false, ProtocolVersion::V311, _) => Some(Duration::MAX),
+        (false, ProtocolVersion::V5, Some(secs)) if secs > 0 => {
+            Some(Duration::from_secs(u64::from(secs)))
+        }
+        (false, ProtocolVersion::V5, _) => None,
+    };
     let reg = ctx
         .router
         .register(client_id.clone(), downlink_tx, persistent);
@@ -196,8 +206,12 @@ pub(super) async fn accept_connect(
             .min(c.receive_maximum.unwrap_or(u16::MAX))
             .max(1),
     );
-    let keep_alive =
-        (c.keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(c.keep_alive_secs) * 1500));
+    // Keep-alive 0 turns the client's keep-alive off; its silence is still bounded.
+    let keep_alive = if c.keep_alive_secs > 0 {
+        Duration::from_millis(u64::from(c.keep_alive_secs) * 1500)
+    } else {
+        ctx.cfg.max_idle
+    };
     tracing::debug!(%peer, %client_id, protocol = ?codec.protocol, "MQTT session connected");
     Some(Connected {
         codec,
@@ -214,5 +228,6 @@ pub(super) async fn accept_connect(
         out_window,
         max_inflight: usize::from(max_inflight),
         keep_alive,
+        idle_bound: c.keep_alive_secs == 0,
     })
 }

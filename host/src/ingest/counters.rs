@@ -28,6 +28,20 @@ pub struct IngestCounters {
     pub downlink_total: AtomicU64,
     /// Downlink messages dropped because a session's queue was full.
     pub downlink_dropped_total: AtomicU64,
+    /// Connections closed at accept: the total or per-address connection cap was reached.
+    pub connections_refused_total: AtomicU64,
+    /// Connections closed because no complete CONNECT (or TLS handshake) came in time.
+    pub connect_timeouts_total: AtomicU64,
+    /// Sessions without keep-alive closed after the maximum idle time.
+    pub idle_timeouts_total: AtomicU64,
+    /// SUBSCRIBE filters refused because the session holds its maximum of subscriptions.
+    pub subscriptions_over_limit_total: AtomicU64,
+    /// Connections closed for a SUBSCRIBE or UNSUBSCRIBE with more filters than allowed in one packet.
+    pub too_many_filters_total: AtomicU64,
+    /// Saved persistent sessions dropped because too many were saved (oldest first).
+    pub saved_sessions_evicted_total: AtomicU64,
+    /// Saved persistent sessions dropped after their expiry.
+    pub saved_sessions_expired_total: AtomicU64,
 }
 
 /// A plain copy of [`IngestCounters`] at one moment, for tests and the metrics endpoint.
@@ -55,6 +69,20 @@ pub struct IngestCountersSnapshot {
     pub downlink_total: u64,
     /// See [`IngestCounters::downlink_dropped_total`].
     pub downlink_dropped_total: u64,
+    /// See [`IngestCounters::connections_refused_total`].
+    pub connections_refused_total: u64,
+    /// See [`IngestCounters::connect_timeouts_total`].
+    pub connect_timeouts_total: u64,
+    /// See [`IngestCounters::idle_timeouts_total`].
+    pub idle_timeouts_total: u64,
+    /// See [`IngestCounters::subscriptions_over_limit_total`].
+    pub subscriptions_over_limit_total: u64,
+    /// See [`IngestCounters::too_many_filters_total`].
+    pub too_many_filters_total: u64,
+    /// See [`IngestCounters::saved_sessions_evicted_total`].
+    pub saved_sessions_evicted_total: u64,
+    /// See [`IngestCounters::saved_sessions_expired_total`].
+    pub saved_sessions_expired_total: u64,
 }
 
 impl IngestCounters {
@@ -73,6 +101,13 @@ impl IngestCounters {
             keepalive_timeouts_total: r(&self.keepalive_timeouts_total),
             downlink_total: r(&self.downlink_total),
             downlink_dropped_total: r(&self.downlink_dropped_total),
+            connections_refused_total: r(&self.connections_refused_total),
+            connect_timeouts_total: r(&self.connect_timeouts_total),
+            idle_timeouts_total: r(&self.idle_timeouts_total),
+            subscriptions_over_limit_total: r(&self.subscriptions_over_limit_total),
+            too_many_filters_total: r(&self.too_many_filters_total),
+            saved_sessions_evicted_total: r(&self.saved_sessions_evicted_total),
+            saved_sessions_expired_total: r(&self.saved_sessions_expired_total),
         }
     }
 }

@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::counters::{bump, IngestCounters};
-use super::router::SessionRouter;
+use super::router::{RouterLimits, SessionRouter};
 use super::session::{run_connection, SessionCtx};
 use super::{AllowAll, ConnectPolicy, IngestError, IngestSink};
+use crate::conn_limit::{log_refused, ConnLimiter, ConnLimits, ConnPermit};
 
 /// Default largest packet body (remaining length) accepted: a 1 MiB payload plus 64 KiB for the
 /// topic and properties; enough for any device message sluice is meant for while bounding what
@@ -28,6 +29,18 @@ pub const DEFAULT_MAX_INFLIGHT: u16 = 256;
 pub const DEFAULT_DOWNLINK_QUEUE_LEN: usize = 128;
 /// Default unacked QoS 1 downlink publishes per session.
 pub const DEFAULT_DOWNLINK_INFLIGHT: u16 = 32;
+/// Default most topic filters in one SUBSCRIBE or UNSUBSCRIBE: devices send a few at a time.
+pub const DEFAULT_MAX_FILTERS_PER_PACKET: usize = 128;
+/// Default time a new connection has to complete its TLS handshake and send its CONNECT.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest silence of a session without keep-alive (keep-alive 0) before it is closed:
+/// such a client promised nothing, and a dead one would hold its socket for good.
+pub const DEFAULT_MAX_IDLE: Duration = Duration::from_secs(3600);
+/// Default most MQTT connections open at once (plain and TLS together).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+/// Default most MQTT connections open at once from one address: fleets behind one NAT address
+/// stay well within it (the bench connects 100 devices from loopback).
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 5_000;
 
 /// How the listener treats its connections; `Default` is what `sluice serve` uses.
 #[derive(Clone)]
@@ -42,8 +55,18 @@ pub struct ListenerConfig {
     pub downlink_queue_len: usize,
     /// Unacked QoS 1 downlink publishes per session (capped by the client's receive maximum).
     pub downlink_inflight: u16,
-    /// How long a new connection may take to send its CONNECT.
+    /// How long a new connection may take to send its CONNECT (and, on the TLS socket, to
+    /// finish its handshake before that).
     pub connect_timeout: Duration,
+    /// How long a session without keep-alive (keep-alive 0) may stay silent.
+    pub max_idle: Duration,
+    /// Most topic filters in one SUBSCRIBE or UNSUBSCRIBE; a packet with more closes the
+    /// connection.
+    pub max_filters_per_packet: usize,
+    /// Subscriptions per session and saved persistent sessions.
+    pub router: RouterLimits,
+    /// Connections open at once, in total and per source address.
+    pub connections: ConnLimits,
     /// How long one write to a device may block before the connection is dropped.
     pub write_timeout: Duration,
     /// On shutdown, how long sessions wait for pending commits so their acks still go out.
@@ -59,7 +82,14 @@ impl Default for ListenerConfig {
             max_inflight: DEFAULT_MAX_INFLIGHT,
             downlink_queue_len: DEFAULT_DOWNLINK_QUEUE_LEN,
             downlink_inflight: DEFAULT_DOWNLINK_INFLIGHT,
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_idle: DEFAULT_MAX_IDLE,
+            max_filters_per_packet: DEFAULT_MAX_FILTERS_PER_PACKET,
+            router: RouterLimits::default(),
+            connections: ConnLimits {
+                max_total: DEFAULT_MAX_CONNECTIONS,
+                max_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            },
             write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             policy: Arc::new(AllowAll),
@@ -75,6 +105,10 @@ impl std::fmt::Debug for ListenerConfig {
             .field("downlink_queue_len", &self.downlink_queue_len)
             .field("downlink_inflight", &self.downlink_inflight)
             .field("connect_timeout", &self.connect_timeout)
+            .field("max_idle", &self.max_idle)
+            .field("max_filters_per_packet", &self.max_filters_per_packet)
+            .field("router", &self.router)
+            .field("connections", &self.connections)
             .field("write_timeout", &self.write_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
             .finish_non_exhaustive()
@@ -111,8 +145,8 @@ impl MqttListener {
         Ok(MqttListener {
             listener,
             tls: None,
+            router: SessionRouter::with_limits(counters.clone(), cfg.router),
             cfg: Arc::new(cfg),
-            router: SessionRouter::new(counters.clone()),
             counters,
         })
     }
@@ -166,6 +200,8 @@ impl MqttListener {
     pub async fn run(self, sink: IngestSink, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let grace = self.cfg.shutdown_grace;
+        let limits = self.cfg.connections;
+        let limiter = ConnLimiter::new(limits);
         let ctx = Arc::new(SessionCtx {
             cfg: self.cfg,
             router: self.router,
@@ -182,13 +218,31 @@ impl MqttListener {
             match accepted {
                 Ok((stream, peer)) => {
                     bump(&ctx.counters.connections_total);
+                    let permit = match limiter.try_admit(peer.ip()) {
+                        Ok(permit) => permit,
+                        Err(why) => {
+                            bump(&ctx.counters.connections_refused_total);
+                            log_refused(
+                                peer,
+                                why,
+                                limits,
+                                ["mqtt_max_connections", "mqtt_max_connections_per_ip"],
+                            );
+                            drop(stream);
+                            continue;
+                        }
+                    };
                     let _ = stream.set_nodelay(true);
                     match acceptor {
                         None => {
-                            tracker.spawn(run_connection(stream, peer, ctx.clone()));
+                            tracker
+                                .spawn(admitted(permit, run_connection(stream, peer, ctx.clone())));
                         }
                         Some(acceptor) => {
-                            tracker.spawn(run_tls_connection(acceptor, stream, peer, ctx.clone()));
+                            tracker.spawn(admitted(
+                                permit,
+                                run_tls_connection(acceptor, stream, peer, ctx.clone()),
+                            ));
                         }
                     }
                 }
@@ -210,6 +264,12 @@ impl MqttListener {
             tracing::warn!("MQTT sessions did not finish within the shutdown grace period");
         }
     }
+}
+
+/// Runs a connection, holding its place under the connection caps until it ends.
+async fn admitted(permit: ConnPermit, connection: impl std::future::Future<Output = ()>) {
+    connection.await;
+    drop(permit);
 }
 
 /// Accepts on the TLS socket, or never when there is none.
@@ -243,6 +303,7 @@ async fn run_tls_connection(
                 return;
             }
             Err(_) => {
+                bump(&ctx.counters.connect_timeouts_total);
                 tracing::info!(%peer, "MQTT TLS handshake timed out");
                 return;
             }

@@ -8,12 +8,21 @@
 //! a second connection with the same client id takes the session over.
 //!
 //! Matching is a scan over sessions and their filters (read lock, no await while held); fine for
-//! the thousands of sessions a single node serves. A filter trie can replace it behind the same
-//! API when that stops being true.
+//! the thousands of sessions a single node serves, as each session holds at most
+//! [`RouterLimits::max_subscriptions_per_session`] filters. A filter trie can replace it behind
+//! the same API when that stops being true.
+//!
+//! Persistent sessions (clean session off) leave their subscriptions behind when they close;
+//! those are kept for [`RouterLimits::saved_session_expiry`] and at most
+//! [`RouterLimits::max_saved_sessions`] of them (the oldest go first), since every new client id
+//! would otherwise add one for good.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -30,15 +39,48 @@ pub(crate) struct Downlink {
     pub qos: u8,
 }
 
-/// A session's subscriptions: (filter, granted QoS).
-type Filters = Vec<(String, u8)>;
+/// A session's subscriptions: filter -> granted QoS (a hash map, so a SUBSCRIBE of a filter the
+/// session has costs O(1), not a scan of everything it holds).
+type Filters = HashMap<Box<str>, u8>;
+
+/// Default most subscriptions one session holds: devices subscribe to a handful of topics (the
+/// IoT platforms allow about a hundred); an application client watching many devices uses
+/// wildcards.
+pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_SESSION: usize = 256;
+/// Default most saved persistent sessions: one per device of a large single-node fleet.
+pub const DEFAULT_MAX_SAVED_SESSIONS: usize = 100_000;
+/// Default time a saved persistent session is kept after its connection closed: 2 days, so a
+/// device that is off over a weekend still finds its subscriptions.
+pub const DEFAULT_SAVED_SESSION_EXPIRY: Duration = Duration::from_secs(2 * 24 * 3600);
+
+/// How much the router keeps; `Default` is what `sluice serve` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterLimits {
+    /// Subscriptions one session may hold; further new filters are refused (SUBACK failure).
+    pub max_subscriptions_per_session: usize,
+    /// Saved persistent sessions kept; past it the oldest is evicted.
+    pub max_saved_sessions: usize,
+    /// How long a saved persistent session is kept (an MQTT 5 client's shorter session expiry
+    /// interval is honoured).
+    pub saved_session_expiry: Duration,
+}
+
+impl Default for RouterLimits {
+    fn default() -> Self {
+        RouterLimits {
+            max_subscriptions_per_session: DEFAULT_MAX_SUBSCRIPTIONS_PER_SESSION,
+            max_saved_sessions: DEFAULT_MAX_SAVED_SESSIONS,
+            saved_session_expiry: DEFAULT_SAVED_SESSION_EXPIRY,
+        }
+    }
+}
 
 struct SessionEntry {
     client_id: Arc<str>,
     tx: mpsc::Sender<Downlink>,
     filters: Filters,
-    /// Keep the subscriptions after the connection closes (clean session off).
-    persistent: bool,
+    /// Keep the subscriptions this long after the connection closes (clean session off).
+    persistent: Option<Duration>,
 }
 
 struct ClientSlot {
@@ -46,13 +88,30 @@ struct ClientSlot {
     takeover: CancellationToken,
 }
 
+/// Subscriptions of disconnected persistent sessions, by client id, with the order they were
+/// saved in (for evicting the oldest and expiring).
+#[derive(Default)]
+struct Saved {
+    by_client: HashMap<Arc<str>, SavedSession>,
+    /// (save number, client id, expires at) in save order; an entry whose save number no longer
+    /// matches `by_client` was restored or replaced and is skipped.
+    order: VecDeque<(u64, Arc<str>, Instant)>,
+    next_seq: u64,
+}
+
+struct SavedSession {
+    filters: Filters,
+    seq: u64,
+    expires_at: Instant,
+}
+
 struct RouterInner {
     sessions: RwLock<HashMap<u64, SessionEntry>>,
     clients: Mutex<HashMap<Arc<str>, ClientSlot>>,
-    /// Subscriptions of disconnected persistent sessions, by client id.
-    saved: Mutex<HashMap<Arc<str>, Filters>>,
+    saved: Mutex<Saved>,
     next_id: AtomicU64,
     counters: Arc<IngestCounters>,
+    limits: RouterLimits,
 }
 
 /// Delivers messages published inside sluice (downlink from the API, republish from rules) to
@@ -83,17 +142,35 @@ pub(crate) struct Registration {
 }
 
 impl SessionRouter {
-    /// A router with no sessions, counting into `counters`.
+    /// A router with no sessions and the default limits, counting into `counters`.
     pub fn new(counters: Arc<IngestCounters>) -> SessionRouter {
+        SessionRouter::with_limits(counters, RouterLimits::default())
+    }
+
+    /// A router with no sessions and the given limits, counting into `counters`.
+    pub fn with_limits(counters: Arc<IngestCounters>, limits: RouterLimits) -> SessionRouter {
         SessionRouter {
             inner: Arc::new(RouterInner {
                 sessions: RwLock::new(HashMap::new()),
                 clients: Mutex::new(HashMap::new()),
-                saved: Mutex::new(HashMap::new()),
+                saved: Mutex::new(Saved::default()),
                 next_id: AtomicU64::new(1),
                 counters,
+                limits,
             }),
         }
+    }
+
+    /// Saved persistent sessions kept now (for metrics and tests).
+    pub fn saved_count(&self) -> usize {
+        self.lock_saved().by_client.len()
+    }
+
+    fn lock_saved(&self) -> std::sync::MutexGuard<'_, Saved> {
+        self.inner
+            .saved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Publishes to every session with a matching subscription, at the lower of `qos` and the
@@ -147,17 +224,19 @@ impl SessionRouter {
     }
 
     /// Adds a session. An older session with the same client id is told (through its takeover
-    /// token) to close, as MQTT requires. With `persistent` (clean session off) the session
-    /// continues the previous one of that client id: its subscriptions carry over. Without it,
-    /// any saved state of that client id is discarded.
+    /// token) to close, as MQTT requires. With `persistent` (clean session off: how long the
+    /// client asks its session to be kept, capped by the router's expiry) the session continues
+    /// the previous one of that client id: its subscriptions carry over. Without it, any saved
+    /// state of that client id is discarded.
     ///
     /// Lock order everywhere: `clients`, then `sessions`, then `saved`.
     pub(crate) fn register(
         &self,
         client_id: Arc<str>,
         tx: mpsc::Sender<Downlink>,
-        persistent: bool,
+        persistent: Option<Duration>,
     ) -> Registration {
+        let persistent = persistent.map(|d| d.min(self.inner.limits.saved_session_expiry));
         let session_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let takeover = CancellationToken::new();
         let mut clients = self
@@ -184,19 +263,24 @@ impl SessionRouter {
                 // The old session stops receiving downlink now, not when its task gets to run.
                 sessions
                     .remove(&old.session_id)
-                    .filter(|e| e.persistent)
+                    .filter(|e| e.persistent.is_some())
                     .map(|e| e.filters)
             }
-            None => self
-                .inner
-                .saved
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&client_id),
+            None => {
+                let saved = self.lock_saved().by_client.remove(&client_id);
+                match saved {
+                    Some(s) if s.expires_at > Instant::now() => Some(s.filters),
+                    Some(_) => {
+                        bump(&self.inner.counters.saved_sessions_expired_total);
+                        None
+                    }
+                    None => None,
+                }
+            }
         };
         let (filters, session_present) = match carried {
-            Some(filters) if persistent => (filters, true),
-            _ => (Vec::new(), false),
+            Some(filters) if persistent.is_some() => (filters, true),
+            _ => (Filters::new(), false),
         };
         sessions.insert(
             session_id,
@@ -235,50 +319,119 @@ impl SessionRouter {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&session_id);
-        if let Some(entry) = entry.filter(|e| owner && e.persistent) {
-            self.inner
-                .saved
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(entry.client_id, entry.filters);
-        }
+        let Some(entry) = entry.filter(|_| owner) else {
+            return;
+        };
+        let Some(keep) = entry.persistent else {
+            return;
+        };
+        self.save(entry.client_id, entry.filters, keep);
     }
 
-    /// Adds or replaces (same filter: new QoS) a subscription of a session.
-    pub(crate) fn subscribe(&self, session_id: u64, filter: &str, qos: u8) {
-        let mut sessions = self
-            .inner
-            .sessions
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = sessions.get_mut(&session_id) {
-            if let Some(existing) = entry.filters.iter_mut().find(|(f, _)| f == filter) {
-                existing.1 = qos;
-            } else {
-                entry.filters.push((filter.to_owned(), qos));
+    /// Keeps a closed persistent session's subscriptions for `keep`, first dropping what has
+    /// expired and then, past the cap, the oldest saved sessions.
+    fn save(&self, client_id: Arc<str>, filters: Filters, keep: Duration) {
+        let limits = self.inner.limits;
+        let counters = &self.inner.counters;
+        let now = Instant::now();
+        let mut saved = self.lock_saved();
+        let saved = &mut *saved;
+        while let Some((seq, id, expires_at)) = saved.order.front() {
+            let live = saved.by_client.get(id).is_some_and(|s| s.seq == *seq);
+            if live && *expires_at > now {
+                break;
+            }
+            if live {
+                saved.by_client.remove(id);
+                bump(&counters.saved_sessions_expired_total);
+            }
+            saved.order.pop_front();
+        }
+        if limits.max_saved_sessions == 0 {
+            bump(&counters.saved_sessions_evicted_total);
+            return;
+        }
+        while saved.by_client.len() >= limits.max_saved_sessions {
+            let Some((seq, id, _)) = saved.order.pop_front() else {
+                break;
+            };
+            if saved.by_client.get(&id).is_some_and(|s| s.seq == seq) {
+                saved.by_client.remove(&id);
+                bump(&counters.saved_sessions_evicted_total);
+                tracing::debug!(client_id = %id, "saved MQTT session evicted: too many saved sessions");
             }
         }
+        saved.next_seq += 1;
+        let seq = saved.next_seq;
+        let expires_at = now + keep;
+        saved.order.push_back((seq, client_id.clone(), expires_at));
+        saved.by_client.insert(
+            client_id,
+            SavedSession {
+                filters,
+                seq,
+                expires_at,
+            },
+        );
+        // Restored and replaced sessions leave stale entries behind; compact now and then so
+        // the queue stays proportional to what is kept.
+        if saved.order.len() > 2 * saved.by_client.len() + 64 {
+            let by_client = &saved.by_client;
+            saved
+                .order
+                .retain(|(seq, id, _)| by_client.get(id).is_some_and(|s| s.seq == *seq));
+        }
     }
 
-    /// Removes a subscription; true when it existed.
-    pub(crate) fn unsubscribe(&self, session_id: u64, filter: &str) -> bool {
+    /// Adds or replaces (same filter: new QoS) subscriptions of a session, under one lock. A new
+    /// filter is refused (`false` at its index) once the session holds
+    /// [`RouterLimits::max_subscriptions_per_session`]; a filter it holds is always replaced.
+    pub(crate) fn subscribe(&self, session_id: u64, filters: &[(&str, u8)]) -> Vec<bool> {
+        let max = self.inner.limits.max_subscriptions_per_session;
         let mut sessions = self
             .inner
             .sessions
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let Some(entry) = sessions.get_mut(&session_id) else {
-            return false;
+            return vec![true; filters.len()];
         };
-        let before = entry.filters.len();
-        entry.filters.retain(|(f, _)| f != filter);
-        entry.filters.len() != before
+        filters
+            .iter()
+            .map(|&(filter, qos)| {
+                if let Some(granted) = entry.filters.get_mut(filter) {
+                    *granted = qos;
+                    true
+                } else if entry.filters.len() < max {
+                    entry.filters.insert(filter.into(), qos);
+                    true
+                } else {
+                    false
+                }
+            })
+            .collect()
+    }
+
+    /// Removes subscriptions of a session, under one lock.
+    pub(crate) fn unsubscribe(&self, session_id: u64, filters: &[String]) {
+        let mut sessions = self
+            .inner
+            .sessions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = sessions.get_mut(&session_id) {
+            for filter in filters {
+                entry.filters.remove(filter.as_str());
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KEEP: Option<Duration> = Some(Duration::from_secs(3600));
 
     fn router() -> (SessionRouter, Arc<IngestCounters>) {
         let counters = Arc::new(IngestCounters::default());
@@ -290,11 +443,10 @@ mod tests {
         let (r, counters) = router();
         let (tx1, mut rx1) = mpsc::channel(8);
         let (tx2, mut rx2) = mpsc::channel(8);
-        let s1 = r.register("a".into(), tx1, false);
-        let s2 = r.register("b".into(), tx2, false);
-        r.subscribe(s1.session_id, "/pk/+/user/#", 1);
-        r.subscribe(s1.session_id, "#", 0);
-        r.subscribe(s2.session_id, "other", 1);
+        let s1 = r.register("a".into(), tx1, None);
+        let s2 = r.register("b".into(), tx2, None);
+        r.subscribe(s1.session_id, &[("/pk/+/user/#", 1), ("#", 0)]);
+        r.subscribe(s2.session_id, &[("other", 1)]);
 
         assert_eq!(
             r.publish("/pk/dev/user/get", Bytes::from_static(b"x"), 2),
@@ -310,8 +462,7 @@ mod tests {
         assert!(rx2.try_recv().is_err());
 
         assert_eq!(r.publish("nobody/listens", Bytes::new(), 1), 1, "'#' of s1");
-        assert!(r.unsubscribe(s1.session_id, "#"));
-        assert!(!r.unsubscribe(s1.session_id, "#"));
+        r.unsubscribe(s1.session_id, &["#".to_owned()]);
         assert_eq!(r.publish("nobody/listens", Bytes::new(), 1), 0);
         assert_eq!(counters.snapshot().downlink_total, 2);
     }
@@ -321,10 +472,10 @@ mod tests {
         let (r, counters) = router();
         let (slow_tx, _slow_rx) = mpsc::channel(1);
         let (fast_tx, mut fast_rx) = mpsc::channel(16);
-        let slow = r.register("slow".into(), slow_tx, false);
-        let fast = r.register("fast".into(), fast_tx, false);
-        r.subscribe(slow.session_id, "t", 1);
-        r.subscribe(fast.session_id, "t", 1);
+        let slow = r.register("slow".into(), slow_tx, None);
+        let fast = r.register("fast".into(), fast_tx, None);
+        r.subscribe(slow.session_id, &[("t", 1)]);
+        r.subscribe(fast.session_id, &[("t", 1)]);
         for _ in 0..10 {
             r.publish("t", Bytes::from_static(b"p"), 1);
         }
@@ -342,9 +493,9 @@ mod tests {
         let (tx1, _rx1) = mpsc::channel(1);
         let (tx2, _rx2) = mpsc::channel(1);
         let client: Arc<str> = "dev-1".into();
-        let first = r.register(client.clone(), tx1, false);
+        let first = r.register(client.clone(), tx1, None);
         assert!(!first.took_over);
-        let second = r.register(client.clone(), tx2, false);
+        let second = r.register(client.clone(), tx2, None);
         assert!(second.took_over);
         assert!(first.takeover.is_cancelled());
         assert!(!second.takeover.is_cancelled());
@@ -361,31 +512,103 @@ mod tests {
         let (r, _) = router();
         let client: Arc<str> = "dev-p".into();
         let (tx, _rx) = mpsc::channel(4);
-        let first = r.register(client.clone(), tx, true);
+        let first = r.register(client.clone(), tx, KEEP);
         assert!(!first.session_present);
-        r.subscribe(first.session_id, "down/#", 1);
+        r.subscribe(first.session_id, &[("down/#", 1)]);
         r.unregister(first.session_id, &client);
 
         let (tx, mut rx) = mpsc::channel(4);
-        let second = r.register(client.clone(), tx, true);
+        let second = r.register(client.clone(), tx, KEEP);
         assert!(second.session_present, "subscriptions were restored");
         assert_eq!(r.publish("down/x", Bytes::from_static(b"1"), 1), 1);
         assert_eq!(&*rx.recv().await.unwrap().topic, "down/x");
 
         // Takeover of a live persistent session carries the subscriptions too.
         let (tx, _rx3) = mpsc::channel(4);
-        let third = r.register(client.clone(), tx, true);
+        let third = r.register(client.clone(), tx, KEEP);
         assert!(third.session_present && third.took_over);
         assert_eq!(r.publish("down/y", Bytes::new(), 0), 1);
         r.unregister(third.session_id, &client);
 
         // A clean session discards the saved state.
         let (tx, _rx4) = mpsc::channel(4);
-        let clean = r.register(client.clone(), tx, false);
+        let clean = r.register(client.clone(), tx, None);
         assert!(!clean.session_present);
         assert_eq!(r.publish("down/z", Bytes::new(), 0), 0);
         r.unregister(clean.session_id, &client);
         let (tx, _rx5) = mpsc::channel(4);
-        assert!(!r.register(client, tx, true).session_present);
+        assert!(!r.register(client, tx, KEEP).session_present);
+    }
+
+    #[tokio::test]
+    async fn a_session_holds_at_most_its_cap_of_subscriptions() {
+        // Proves the per-session cap: new filters past it are refused, a filter the session
+        // holds is still replaced (new QoS), and unsubscribing makes room again.
+        let counters = Arc::new(IngestCounters::default());
+        let r = SessionRouter::with_limits(
+            counters,
+            RouterLimits {
+                max_subscriptions_per_session: 2,
+                ..RouterLimits::default()
+            },
+        );
+        let (tx, _rx) = mpsc::channel(4);
+        let s = r.register("c".into(), tx, None);
+        assert_eq!(
+            r.subscribe(s.session_id, &[("a", 0), ("b", 0), ("c", 0), ("a", 1)]),
+            vec![true, true, false, true]
+        );
+        r.unsubscribe(s.session_id, &["b".to_owned()]);
+        assert_eq!(r.subscribe(s.session_id, &[("c", 1)]), vec![true]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn saved_sessions_expire_and_the_oldest_are_evicted_past_the_cap() {
+        // Proves the saved-session bounds: past the cap the oldest saved session goes (counted),
+        // a saved session past its expiry is not restored and is dropped (counted), and an MQTT 5
+        // client's shorter expiry is honoured.
+        let counters = Arc::new(IngestCounters::default());
+        let r = SessionRouter::with_limits(
+            counters.clone(),
+            RouterLimits {
+                max_saved_sessions: 2,
+                saved_session_expiry: Duration::from_secs(60),
+                ..RouterLimits::default()
+            },
+        );
+        let save = |id: &str, keep: Duration| {
+            let (tx, _rx) = mpsc::channel(1);
+            let client: Arc<str> = id.into();
+            let reg = r.register(client.clone(), tx, Some(keep));
+            r.subscribe(reg.session_id, &[("t", 1)]);
+            r.unregister(reg.session_id, &client);
+        };
+        let hour = Duration::from_secs(3600);
+        save("one", hour);
+        save("two", hour);
+        save("three", hour);
+        assert_eq!(r.saved_count(), 2);
+        assert_eq!(counters.snapshot().saved_sessions_evicted_total, 1);
+        let (tx, _rx) = mpsc::channel(1);
+        assert!(
+            !r.register("one".into(), tx, KEEP).session_present,
+            "evicted"
+        );
+        let (tx, _rx) = mpsc::channel(1);
+        let two = r.register("two".into(), tx, KEEP);
+        assert!(two.session_present, "kept");
+        r.unregister(two.session_id, &"two".into());
+
+        save("short", Duration::from_secs(5));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let (tx, _rx) = mpsc::channel(1);
+        assert!(
+            !r.register("short".into(), tx, KEEP).session_present,
+            "expired"
+        );
+        tokio::time::advance(Duration::from_secs(60)).await;
+        save("late", hour);
+        assert_eq!(r.saved_count(), 1, "the expired ones were dropped");
+        assert!(counters.snapshot().saved_sessions_expired_total >= 1);
     }
 }

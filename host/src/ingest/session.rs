@@ -49,6 +49,10 @@ pub(crate) struct SessionCtx {
 pub(super) const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// How long the last words (final acks, a DISCONNECT) may take to write before closing.
 pub(super) const FINAL_FLUSH: Duration = Duration::from_secs(1);
+/// Packets decoded and handled in one turn before the task yields to the runtime: a client that
+/// keeps its read buffer full must not hold a worker thread (and every other connection and
+/// HTTP request scheduled on it) for longer than one turn's work.
+const PACKETS_PER_TURN: usize = 64;
 
 /// Serves one accepted connection to the end; never panics on what the device sends.
 pub(crate) async fn run_connection(
@@ -96,6 +100,8 @@ enum Exit {
     NotAuthorized(String),
     Rejected(String),
     KeepAlive,
+    Idle,
+    TooManyFilters(usize),
     TakenOver,
     Shutdown,
     SinkClosed,
@@ -121,8 +127,10 @@ struct Session {
     out_window: usize,
     next_pkid: u16,
     max_inflight: usize,
-    /// 1.5 x the client's keep-alive; `None` when the client disabled it.
-    keep_alive: Option<Duration>,
+    /// 1.5 x the client's keep-alive, or the maximum idle time when the client disabled it.
+    keep_alive: Duration,
+    /// True when `keep_alive` is the maximum idle time (keep-alive 0).
+    idle_bound: bool,
     last_read: Instant,
 }
 
@@ -145,25 +153,37 @@ impl Session {
             next_pkid: 0,
             max_inflight: c.max_inflight,
             keep_alive: c.keep_alive,
+            idle_bound: c.idle_bound,
             last_read: Instant::now(),
         }
     }
 
     async fn run(&mut self, stream: &mut impl DeviceStream) -> Exit {
         let ctx = self.ctx.clone();
-        let ka_sleep = tokio::time::sleep(self.keep_alive.unwrap_or(Duration::from_secs(3600)));
+        let ka_sleep = tokio::time::sleep(self.keep_alive);
         tokio::pin!(ka_sleep);
         let mut drain_deadline: Option<Instant> = None;
         loop {
+            let mut more_buffered = false;
             if drain_deadline.is_none() {
-                if let Err(exit) = self.process_input() {
-                    return exit;
+                match self.process_input() {
+                    Ok(more) => more_buffered = more,
+                    Err(exit) => return exit,
                 }
             } else if self.pending.is_empty() {
                 return Exit::Shutdown;
             }
             if let Err(exit) = self.flush(stream).await {
                 return exit;
+            }
+            if more_buffered {
+                // A turn's budget is spent: let other tasks run, then go on with what is
+                // buffered before reading more.
+                tokio::task::yield_now().await;
+                if self.takeover.is_cancelled() {
+                    return Exit::TakenOver;
+                }
+                continue;
             }
             let can_read = drain_deadline.is_none()
                 && self.stalled.is_none()
@@ -222,11 +242,10 @@ impl Session {
                         self.send_downlink(downlink);
                     }
                 }
-                () = &mut ka_sleep, if self.keep_alive.is_some() => {
-                    let ka = self.keep_alive.unwrap_or_default();
-                    let due = self.last_read + ka;
+                () = &mut ka_sleep => {
+                    let due = self.last_read + self.keep_alive;
                     if due <= Instant::now() {
-                        return Exit::KeepAlive;
+                        return if self.idle_bound { Exit::Idle } else { Exit::KeepAlive };
                     }
                     ka_sleep.as_mut().reset(due);
                 }
@@ -234,10 +253,17 @@ impl Session {
         }
     }
 
-    /// Decodes and handles buffered packets while the in-flight bound and the sink allow.
-    fn process_input(&mut self) -> Result<(), Exit> {
+    /// Decodes and handles buffered packets while the in-flight bound and the sink allow, at
+    /// most [`PACKETS_PER_TURN`]; `Ok(true)` when it stopped at that budget (more may be
+    /// buffered).
+    fn process_input(&mut self) -> Result<bool, Exit> {
         let mut now = None;
+        let mut budget = PACKETS_PER_TURN;
         while self.stalled.is_none() && self.pending.len() < self.max_inflight {
+            if budget == 0 {
+                return Ok(true);
+            }
+            budget -= 1;
             let packet = match self.codec.decode(&mut self.rbuf) {
                 Ok(Some(packet)) => packet,
                 Ok(None) => break,
@@ -259,11 +285,13 @@ impl Session {
                 Inbound::PubRec(pkid) | Inbound::PubComp(pkid) => {
                     tracing::debug!(client_id = %self.info.client_id, pkid, "ignoring PUBREC/PUBCOMP");
                 }
-                Inbound::Subscribe { pkid, filters } => self.on_subscribe(pkid, filters),
+                Inbound::Subscribe { pkid, filters } => {
+                    self.check_filter_count(filters.len())?;
+                    self.on_subscribe(pkid, filters);
+                }
                 Inbound::Unsubscribe { pkid, filters } => {
-                    for filter in &filters {
-                        self.ctx.router.unsubscribe(self.session_id, filter);
-                    }
+                    self.check_filter_count(filters.len())?;
+                    self.ctx.router.unsubscribe(self.session_id, &filters);
                     self.encode(Outbound::UnsubAck {
                         pkid,
                         count: filters.len(),
@@ -276,6 +304,16 @@ impl Session {
                     return Err(Exit::Protocol(format!("unexpected {kind} from a client")))
                 }
             }
+        }
+        Ok(false)
+    }
+
+    /// A SUBSCRIBE or UNSUBSCRIBE with more filters than any device sends is not answered
+    /// filter by filter: the connection is closed (MQTT 5: DISCONNECT 0x97, quota exceeded),
+    /// so one packet cannot buy a large amount of work.
+    fn check_filter_count(&self, n: usize) -> Result<(), Exit> {
+        if n > self.ctx.cfg.max_filters_per_packet {
+            return Err(Exit::TooManyFilters(n));
         }
         Ok(())
     }
@@ -398,23 +436,42 @@ impl Session {
 
     fn on_subscribe(&mut self, pkid: u16, filters: Vec<(String, u8)>) {
         let ctx = self.ctx.clone();
-        let codes: Vec<SubCode> = filters
-            .into_iter()
+        let mut codes: Vec<SubCode> = filters
+            .iter()
             .map(|(filter, qos)| {
-                if validate_filter(&filter).is_err() {
+                if validate_filter(filter).is_err() {
                     SubCode::InvalidFilter
                 } else if filter.starts_with(SHARED_PREFIX) {
                     SubCode::SharedNotSupported
-                } else if !ctx.cfg.policy.may_subscribe(&self.info, &filter) {
+                } else if !ctx.cfg.policy.may_subscribe(&self.info, filter) {
                     bump(&ctx.counters.refused_total);
                     SubCode::Refused
                 } else {
-                    let granted = qos.min(1);
-                    ctx.router.subscribe(self.session_id, &filter, granted);
-                    SubCode::Granted(granted)
+                    SubCode::Granted((*qos).min(1))
                 }
             })
             .collect();
+        // Every grant under one lock; past the session's cap new filters fail one by one, so
+        // the client learns which ones (MQTT-3.9.3: a SUBACK code per filter).
+        let grants: Vec<(usize, (&str, u8))> = codes
+            .iter()
+            .zip(&filters)
+            .enumerate()
+            .filter_map(|(i, (code, (filter, _)))| match code {
+                SubCode::Granted(q) => Some((i, (filter.as_str(), *q))),
+                _ => None,
+            })
+            .collect();
+        if !grants.is_empty() {
+            let wanted: Vec<(&str, u8)> = grants.iter().map(|(_, g)| *g).collect();
+            let accepted = ctx.router.subscribe(self.session_id, &wanted);
+            for ((i, _), ok) in grants.iter().zip(accepted) {
+                if !ok {
+                    codes[*i] = SubCode::QuotaExceeded;
+                    bump(&ctx.counters.subscriptions_over_limit_total);
+                }
+            }
+        }
         self.encode(Outbound::SubAck {
             pkid,
             codes: &codes,
@@ -521,6 +578,16 @@ impl Session {
                 bump(&counters.keepalive_timeouts_total);
                 tracing::info!(%peer, %client_id, "closing MQTT connection: keep-alive expired");
                 Some(CloseReason::KeepAliveTimeout)
+            }
+            Exit::Idle => {
+                bump(&counters.idle_timeouts_total);
+                tracing::info!(%peer, %client_id, idle = ?self.keep_alive, "closing MQTT connection: silent for the maximum idle time without keep-alive (mqtt_max_idle_secs)");
+                Some(CloseReason::KeepAliveTimeout)
+            }
+            Exit::TooManyFilters(n) => {
+                bump(&counters.too_many_filters_total);
+                tracing::warn!(%peer, %client_id, filters = n, max = self.ctx.cfg.max_filters_per_packet, "closing MQTT connection: too many topic filters in one packet (mqtt_max_filters_per_packet)");
+                Some(CloseReason::QuotaExceeded)
             }
             Exit::TakenOver => Some(CloseReason::SessionTakenOver),
             Exit::Shutdown => Some(CloseReason::ServerShuttingDown),

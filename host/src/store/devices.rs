@@ -56,9 +56,33 @@ pub(crate) fn migrate_v3_devices(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     )
 }
 
+/// First topic levels with a meaning of their own: `/sys/{pk}/{dn}/...` (thing model),
+/// `/as/mqtt/status/...` (device status), `/ota/device/...` (firmware), and the platforms'
+/// `/ext/...`, `/shadow/...` and `/broadcast/...` families. A product with one of these keys would
+/// own `/{key}/{dn}/...`, the very levels of another product's topics (product `sys`, device
+/// `a1pk` would reach `/sys/a1pk/...` of every device of product `a1pk`), so none is a product
+/// key.
+pub const RESERVED_PRODUCT_KEYS: [&str; 6] = ["sys", "as", "ota", "ext", "shadow", "broadcast"];
+
+/// True when `pk` is one of [`RESERVED_PRODUCT_KEYS`].
+pub fn is_reserved_product_key(pk: &str) -> bool {
+    RESERVED_PRODUCT_KEYS.contains(&pk)
+}
+
 /// Checks a product key: 1-64 letters, digits, `_` or `-` (it is a topic level, so never `/`,
-/// `+`, `#`, and never `&` or `|`, which separate fields of the MQTT client id).
+/// `+`, `#`, and never `&` or `|`, which separate fields of the MQTT client id), and not one of
+/// the [`RESERVED_PRODUCT_KEYS`].
 pub fn validate_product_key(pk: &str) -> Result<()> {
+    if is_reserved_product_key(pk) {
+        return Err(StoreError::invalid(
+            "product_key",
+            format!(
+                "`{pk}` is reserved: a product key is the first level of its devices' topics, and \
+                 `/{pk}/...` already means something (reserved: {}); choose another product key",
+                RESERVED_PRODUCT_KEYS.join(", ")
+            ),
+        ));
+    }
     let ok = (1..=64).contains(&pk.len())
         && pk
             .bytes()

@@ -89,6 +89,8 @@ pub(crate) enum SubCode {
     Refused,
     InvalidFilter,
     SharedNotSupported,
+    /// The session holds its maximum of subscriptions (MQTT 5: 0x97; 3.1.1: 0x80).
+    QuotaExceeded,
 }
 
 /// Why the server closes a session (sent as DISCONNECT to MQTT 5 clients only; MQTT 3.1.1 has
@@ -102,6 +104,8 @@ pub(crate) enum CloseReason {
     TopicNameInvalid,
     NotAuthorized,
     UnspecifiedError,
+    /// A packet went past a limit of the server (too many filters in one packet).
+    QuotaExceeded,
 }
 
 impl CloseReason {
@@ -115,6 +119,7 @@ impl CloseReason {
             CloseReason::TopicNameInvalid => "invalid topic name",
             CloseReason::NotAuthorized => "not authorized",
             CloseReason::UnspecifiedError => "message not committed, send it again",
+            CloseReason::QuotaExceeded => "too many topic filters in one packet",
         }
     }
 }

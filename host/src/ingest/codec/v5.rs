@@ -191,6 +191,7 @@ pub(super) fn encode(
                     SubCode::SharedNotSupported => {
                         p5::SubscribeReasonCode::SharedSubscriptionsNotSupported
                     }
+                    SubCode::QuotaExceeded => p5::SubscribeReasonCode::QuotaExceeded,
                 })
                 .collect(),
             properties: None,
@@ -222,6 +223,7 @@ pub(super) fn encode(
                 CloseReason::TopicNameInvalid => p5::DisconnectReasonCode::TopicNameInvalid,
                 CloseReason::NotAuthorized => p5::DisconnectReasonCode::NotAuthorized,
                 CloseReason::UnspecifiedError => p5::DisconnectReasonCode::UnspecifiedError,
+                CloseReason::QuotaExceeded => p5::DisconnectReasonCode::QuotaExceeded,
             };
             // Always with a reason string: rumqttc 0.25 mis-frames a DISCONNECT whose reason is
             // not "normal" when it has no properties (a byte the remaining length does not
