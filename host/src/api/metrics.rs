@@ -77,6 +77,8 @@ struct Snapshot {
     ingest: Option<IngestCountersSnapshot>,
     pipeline: Option<[(&'static str, &'static str, u64); 6]>,
     rules: Vec<RuleRow>,
+    /// Live rule instances and the memory they hold.
+    sandbox: (u64, u64),
     topics: Vec<(String, u32, u64)>,
     queues: Vec<(QueueInfo, QueueTotals)>,
     pushes: Vec<(String, String, PushStatus)>,
@@ -129,6 +131,8 @@ impl Snapshot {
             ]
         });
         let engine = state.rules.engine();
+        let usage = engine.runtime().usage();
+        let sandbox = (usage.instances(), usage.memory_bytes());
         let rules = state
             .rules
             .list()
@@ -167,6 +171,7 @@ impl Snapshot {
             ingest: state.stages.ingest.as_ref().map(|c| c.snapshot()),
             pipeline,
             rules,
+            sandbox,
             topics,
             queues,
             pushes,
@@ -343,6 +348,20 @@ impl Collector for Snapshot {
         }
 
         // Rules.
+        family(
+            &mut e,
+            "sluice_rule_instances",
+            "Live rule instances: one per running rule per worker that ran it.",
+            None,
+            one(gauge(self.sandbox.0)),
+        )?;
+        family(
+            &mut e,
+            "sluice_rule_memory",
+            "Linear memory and tables of every live rule instance.",
+            Some(&Unit::Bytes),
+            one(gauge(self.sandbox.1)),
+        )?;
         let rule = |r: &RuleRow| vec![("rule", r.name.clone())];
         family(
             &mut e,
@@ -377,8 +396,13 @@ impl Collector for Snapshot {
             ),
             (
                 "sluice_rule_fuel",
-                "Fuel the rule used (about one unit per Wasm instruction).",
+                "Fuel the rule used (about one unit per Wasm instruction; host calls pay per call and per byte).",
                 |c| c.fuel_used.load(Relaxed),
+            ),
+            (
+                "sluice_rule_log_dropped",
+                "Log lines the rule wrote past the rule log caps (per message and per second), dropped instead of written.",
+                |c| c.log_dropped.load(Relaxed),
             ),
         ] {
             family(
