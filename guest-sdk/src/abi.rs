@@ -23,6 +23,12 @@ pub const MAX_DECISION_PAYLOAD_BYTES: usize = 1024 * 1024;
 /// Most decisions one message may produce.
 pub const MAX_DECISIONS_PER_MESSAGE: usize = 64;
 
+/// Most linear memories a module may define: the exported [`EXPORT_MEMORY`] is the only one the
+/// host reads or writes, and the host's memory cap counts every byte of it.
+pub const MAX_MEMORIES: u32 = 1;
+/// Most tables a module may define (a Rust or C guest has one, for indirect calls).
+pub const MAX_TABLES: u32 = 1;
+
 /// Names of the imports in module [`IMPORT_MODULE`].
 pub mod imports {
     /// `(buf_ptr, buf_cap) -> len`

@@ -159,7 +159,8 @@ pub(crate) mod sys {
         record(Decision::Forward(topic.to_string(), payload.to_vec()))
     }
     pub fn emit_republish(topic: &str, payload: &[u8], qos: i32) -> i32 {
-        if !(0..=1).contains(&qos) {
+        // As the host: a republish goes to a topic name, never a filter.
+        if !(0..=1).contains(&qos) || topic.is_empty() || topic.contains(['+', '#', '\0']) {
             return Status::BadArgument.code();
         }
         record(Decision::Republish(

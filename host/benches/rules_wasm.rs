@@ -26,6 +26,7 @@ const OVERHEAT_WASM: &[u8] = include_bytes!(env!("SLUICE_OVERHEAT_WASM"));
 const FILTER: &str = "/+/+/user/update";
 const TOPIC: &str = "/a1hRrzD/dev1/user/update";
 const INFINITE_LOOP_WAT: &str = include_str!("../src/rules/fixtures/infinite_loop.wat");
+const HOST_CALL_LOOP_WAT: &str = include_str!("../src/rules/fixtures/host_call_loop.wat");
 const OVERHEAT_SQL: &str = r#"SELECT temperature AS t, deviceName() AS device, location FROM "/+/+/user/update" WHERE temperature > 38"#;
 
 /// Payloads like a device's property post (~240 bytes); half of them are hot.
@@ -166,6 +167,7 @@ fn main() {
             topic: "alerts".into(),
         }],
         from_filter: FILTER.into(),
+        ..Binding::default()
     };
     let mut instance = runtime
         .instantiate(&module, binding.clone(), Environment::default())
@@ -287,6 +289,24 @@ fn main() {
         runtime.config().call_timeout,
         stopped.map_err(|f| f.kind.as_str())
     );
+    // The same for loops of host calls, which pay fuel per call and per byte: how close to
+    // call_timeout each stops is how well HOST_CALL_FUEL and HOST_FUEL_PER_BYTE match the CPU
+    // the calls cost (`log` runs with no subscriber here, so its lines cost only the call).
+    let host_loop = runtime
+        .load(HOST_CALL_LOOP_WAT.as_bytes())
+        .expect("host-call loop fixture loads");
+    for mode in ["now", "random", "log"] {
+        let mut runaway = runtime
+            .instantiate(&host_loop, binding.clone(), Environment::default())
+            .expect("instance");
+        let started = Instant::now();
+        let stopped = runaway.call(&input(mode.as_bytes()));
+        println!(
+            "  a loop of host calls ({mode}) is stopped after {:?}: {:?}",
+            started.elapsed(),
+            stopped.map_err(|f| f.kind.as_str())
+        );
+    }
 
     println!("\n2. throughput through RuleWorker::evaluate, N overheat rules on one filter");
     println!(

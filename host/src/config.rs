@@ -78,8 +78,14 @@ pub struct FileConfig {
     /// CPU budget of one rule call, in milliseconds of CPU work (metered as Wasm fuel, so a
     /// busy machine does not fail honest rules; wall time is bounded at 20x as a backstop).
     pub rule_call_timeout_ms: Option<u64>,
-    /// Memory cap of one rule instance.
+    /// Memory cap of one rule instance (its linear memory and table together).
     pub rule_max_memory_bytes: Option<usize>,
+    /// Most lines one message may write to a rule's log; the rest are dropped and counted.
+    pub rule_log_lines_per_message: Option<u32>,
+    /// Most bytes one message may write to a rule's log, all lines together.
+    pub rule_log_bytes_per_message: Option<usize>,
+    /// Most bytes one rule may write to its log per second, on all workers together.
+    pub rule_log_bytes_per_second: Option<u64>,
     /// Node id stamped into message ids (distinct per process sharing a store).
     pub node_id: Option<u16>,
     /// Refuse pushes to loopback and private addresses (link-local and metadata addresses are
@@ -510,6 +516,8 @@ pub struct ServeConfig {
     pub rule_call_timeout_ms: u64,
     /// Memory cap of one rule instance.
     pub rule_max_memory_bytes: usize,
+    /// Caps on what a rule writes with the `log` import.
+    pub rule_log: crate::rules::rule_log::LogLimits,
     /// Node id for message ids.
     pub node_id: u16,
     /// The file's tables, with relative paths resolved.
@@ -662,6 +670,20 @@ impl ServeConfig {
             rule_max_memory_bytes: file
                 .rule_max_memory_bytes
                 .unwrap_or(crate::rules::runtime::DEFAULT_MAX_MEMORY_BYTES),
+            rule_log: {
+                use crate::rules::rule_log::*;
+                LogLimits {
+                    lines_per_message: file
+                        .rule_log_lines_per_message
+                        .unwrap_or(DEFAULT_LOG_LINES_PER_MESSAGE),
+                    bytes_per_message: file
+                        .rule_log_bytes_per_message
+                        .unwrap_or(DEFAULT_LOG_BYTES_PER_MESSAGE),
+                    bytes_per_second: file
+                        .rule_log_bytes_per_second
+                        .unwrap_or(DEFAULT_LOG_BYTES_PER_SECOND),
+                }
+            },
             node_id: flags
                 .node_id
                 .or(file.node_id)

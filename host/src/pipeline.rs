@@ -259,6 +259,7 @@ impl Pipeline {
                 counters.clone(),
             ))));
             let worker = Worker {
+                runtime: tokio::runtime::Handle::current(),
                 rules: rules.worker(),
                 commits: commits.clone(),
                 republisher: republisher.clone(),
@@ -340,6 +341,8 @@ pub fn device_from_topic(topic: &str) -> (&str, &str) {
 }
 
 struct Worker {
+    /// Drives the wait for messages or a rule change (the worker is a plain thread).
+    runtime: tokio::runtime::Handle,
     rules: crate::rules::RuleWorker,
     commits: Arc<dyn CommitSink>,
     republisher: Arc<dyn Republisher>,
@@ -352,7 +355,7 @@ impl Worker {
     /// the rules on each message in order, and submits their outputs together.
     fn run(mut self, mut rx: mpsc::Receiver<Ingested>, acks: mpsc::Sender<Pending>) {
         let mut taken = Vec::with_capacity(MAX_MESSAGES_PER_SUBMIT);
-        while rx.blocking_recv_many(&mut taken, MAX_MESSAGES_PER_SUBMIT) > 0 {
+        while self.receive(&mut rx, &mut taken) > 0 {
             self.counters
                 .messages_in
                 .fetch_add(taken.len() as u64, Ordering::Relaxed);
@@ -377,6 +380,26 @@ impl Worker {
                 for m in p.messages {
                     m.ack.reject("sluice is shutting down");
                 }
+            }
+        }
+    }
+
+    /// Waits for messages and takes what waits (0: the channel closed). A rule change while it
+    /// waits makes it drop the instances of replaced, stopped and deleted rules there and then,
+    /// so their memory does not stay until this worker's next message.
+    fn receive(&mut self, rx: &mut mpsc::Receiver<Ingested>, taken: &mut Vec<Ingested>) -> usize {
+        loop {
+            let rules = &mut self.rules;
+            let got = self.runtime.block_on(async {
+                tokio::select! {
+                    biased;
+                    n = rx.recv_many(taken, MAX_MESSAGES_PER_SUBMIT) => Some(n),
+                    () = rules.changed() => None,
+                }
+            });
+            match got {
+                Some(n) => return n,
+                None => self.rules.refresh(),
             }
         }
     }

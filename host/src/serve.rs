@@ -210,6 +210,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         RuleRuntime::new(SandboxConfig {
             max_memory_bytes: config.rule_max_memory_bytes,
             call_timeout: std::time::Duration::from_millis(config.rule_call_timeout_ms),
+            log: config.rule_log,
             ..SandboxConfig::default()
         })
         .map_err(|e| ServeError::Sandbox(format!("{e:#}")))?,

@@ -81,6 +81,8 @@ struct Snapshot {
     http_connections: Option<(u64, u64)>,
     pipeline: Option<[(&'static str, &'static str, u64); 6]>,
     rules: Vec<RuleRow>,
+    /// Live rule instances and the memory they hold.
+    sandbox: (u64, u64),
     topics: Vec<(String, u32, u64)>,
     queues: Vec<(QueueInfo, QueueTotals)>,
     pushes: Vec<(String, String, PushStatus)>,
@@ -133,6 +135,8 @@ impl Snapshot {
             ]
         });
         let engine = state.rules.engine();
+        let usage = engine.runtime().usage();
+        let sandbox = (usage.instances(), usage.memory_bytes());
         let rules = state
             .rules
             .list()
@@ -176,6 +180,7 @@ impl Snapshot {
                 .map(|l| (l.open() as u64, l.refused_total())),
             pipeline,
             rules,
+            sandbox,
             topics,
             queues,
             pushes,
@@ -403,6 +408,20 @@ impl Collector for Snapshot {
         }
 
         // Rules.
+        family(
+            &mut e,
+            "sluice_rule_instances",
+            "Live rule instances: one per running rule per worker that ran it.",
+            None,
+            one(gauge(self.sandbox.0)),
+        )?;
+        family(
+            &mut e,
+            "sluice_rule_memory",
+            "Linear memory and tables of every live rule instance.",
+            Some(&Unit::Bytes),
+            one(gauge(self.sandbox.1)),
+        )?;
         let rule = |r: &RuleRow| vec![("rule", r.name.clone())];
         family(
             &mut e,
@@ -437,8 +456,13 @@ impl Collector for Snapshot {
             ),
             (
                 "sluice_rule_fuel",
-                "Fuel the rule used (about one unit per Wasm instruction).",
+                "Fuel the rule used (about one unit per Wasm instruction; host calls pay per call and per byte).",
                 |c| c.fuel_used.load(Relaxed),
+            ),
+            (
+                "sluice_rule_log_dropped",
+                "Log lines the rule wrote past the rule log caps (per message and per second), dropped instead of written.",
+                |c| c.log_dropped.load(Relaxed),
             ),
         ] {
             family(

@@ -23,6 +23,7 @@ use serde::Serialize;
 pub use crate::histogram::{LatencyHistogram, LatencySnapshot};
 
 use super::actions::Action;
+use super::rule_log::RuleLog;
 use super::runtime::{
     Binding, Environment, FailureKind, LoadError, Outcome, RuleFailure, RuleInput, RuleInstance,
     RuleModule, RuleRuntime, TagSource,
@@ -89,9 +90,11 @@ pub struct RuleCounters {
     pub failed: [AtomicU64; FailureKind::ALL.len()],
     /// Time spent inside the sandbox, in nanoseconds.
     pub busy_ns: AtomicU64,
-    /// Fuel the rule used (about one unit per Wasm instruction): its CPU cost, independent of
-    /// load on the machine.
+    /// Fuel the rule used (about one unit per Wasm instruction, host calls included): its CPU
+    /// cost, independent of load on the machine.
     pub fuel_used: AtomicU64,
+    /// Log lines the rule wrote past the log caps, dropped instead of written.
+    pub log_dropped: AtomicU64,
     /// How long one message took in this rule (instantiation after an update or a trap
     /// included): what a slow rule costs every message behind it on the same worker.
     pub latency: LatencyHistogram,
@@ -114,6 +117,8 @@ pub struct CounterSnapshot {
     pub busy_us: u64,
     /// Fuel used, about one unit per Wasm instruction.
     pub fuel_used: u64,
+    /// Log lines dropped past the log caps.
+    pub log_dropped: u64,
     /// Per-message latency in this rule.
     pub latency_ns: LatencySnapshot,
 }
@@ -136,6 +141,7 @@ impl RuleCounters {
             failed,
             busy_us: self.busy_ns.load(Ordering::Relaxed) / 1000,
             fuel_used: self.fuel_used.load(Ordering::Relaxed),
+            log_dropped: self.log_dropped.load(Ordering::Relaxed),
             latency_ns: self.latency.snapshot(),
         }
     }
@@ -183,6 +189,9 @@ pub struct RuleEngine {
     runtime: Arc<RuleRuntime>,
     current: RwLock<Arc<RuleSet>>,
     generation: AtomicU64,
+    /// The generation, for workers waiting for messages: a change wakes them so they drop the
+    /// instances (and memory) of replaced, stopped and deleted rules at once.
+    changes: tokio::sync::watch::Sender<u64>,
     next_load_id: AtomicU64,
     counters: Mutex<HashMap<String, Arc<RuleCounters>>>,
     tags: Option<Arc<dyn TagSource>>,
@@ -216,6 +225,7 @@ impl RuleEngine {
             runtime,
             current: RwLock::new(Arc::new(RuleSet::default())),
             generation: AtomicU64::new(0),
+            changes: tokio::sync::watch::Sender::new(0),
             next_load_id: AtomicU64::new(1),
             counters: Mutex::new(HashMap::new()),
             tags,
@@ -289,6 +299,7 @@ impl RuleEngine {
                 actions: spec.actions.clone(),
                 grant: spec.grant.clone(),
                 from_filter: spec.from_filter.clone(),
+                log: Arc::new(RuleLog::new(&spec.name)),
             },
             env: Environment {
                 utc_offset_seconds: spec.utc_offset_seconds,
@@ -334,6 +345,8 @@ impl RuleEngine {
         rules.extend(rule);
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         *current = Arc::new(RuleSet { generation, rules });
+        drop(current);
+        self.changes.send_replace(generation);
     }
 
     fn snapshot(&self) -> Arc<RuleSet> {
@@ -372,6 +385,7 @@ impl RuleEngine {
             engine: self.clone(),
             set: Arc::new(RuleSet::default()),
             instances: HashMap::new(),
+            changes: self.changes.subscribe(),
         }
     }
 }
@@ -412,6 +426,7 @@ pub struct RuleWorker {
     set: Arc<RuleSet>,
     /// One instance per running rule, tagged with the install it belongs to.
     instances: HashMap<Arc<str>, (u64, RuleInstance)>,
+    changes: tokio::sync::watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for RuleWorker {
@@ -431,6 +446,7 @@ impl RuleWorker {
         if self.engine.generation.load(Ordering::SeqCst) == self.set.generation {
             return;
         }
+        self.changes.mark_unchanged();
         self.set = self.engine.snapshot();
         let live: std::collections::HashSet<(Arc<str>, u64)> = self
             .set
@@ -440,6 +456,21 @@ impl RuleWorker {
             .collect();
         self.instances
             .retain(|name, (load_id, _)| live.contains(&(name.clone(), *load_id)));
+    }
+
+    /// Resolves when the running set changed since this worker last looked: a worker waiting
+    /// for messages then calls [`RuleWorker::refresh`], so a deleted rule's memory goes back
+    /// at once, not at the worker's next message (which may never come).
+    pub async fn changed(&mut self) {
+        if self.changes.changed().await.is_err() {
+            // The engine is gone (it cannot be while this worker holds it): nothing will change.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// How many instances this worker holds.
+    pub fn instances(&self) -> usize {
+        self.instances.len()
     }
 
     /// How many rules this worker's current snapshot runs.
@@ -544,6 +575,16 @@ impl RuleWorker {
             rule.counters
                 .invalid_payloads
                 .fetch_add(1, Ordering::Relaxed);
+        }
+        let dropped = instance.last_log_dropped();
+        if dropped > 0 {
+            rule.counters
+                .log_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        if instance.is_poisoned() {
+            // Replaced at the rule's next message; its memory goes back now.
+            self.instances.remove(&rule.name);
         }
         rule.counters.busy_ns.fetch_add(
             u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
@@ -774,6 +815,53 @@ mod tests {
         }
         updater.join().unwrap();
         assert_eq!(engine.counters_for("stamp").snapshot().messages_in, 4000);
+    }
+
+    #[tokio::test]
+    async fn a_trapped_instance_and_a_deleted_rules_instance_give_their_memory_back_at_once() {
+        let engine = engine(None);
+        let usage = || {
+            let u = engine.runtime().usage();
+            (u.instances(), u.memory_bytes())
+        };
+        let cap = engine.runtime().config().max_memory_bytes as u64;
+        let hog = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/rules/fixtures/memory_hog.wat"
+        ))
+        .unwrap();
+        let mut rule = spec("hog", hog, &["forward:out"], DataType::Binary);
+        rule.from_filter = "/pk/+/hog".into();
+        engine.install(&rule).unwrap();
+        let mut worker = engine.worker();
+        let topic = "/pk/d1/hog";
+
+        let evals = worker.evaluate(&msg("d1", topic, b"keep"));
+        assert!(matches!(evals[0].result, Ok(Outcome::Dropped)));
+        let (instances, bytes) = usage();
+        assert_eq!(instances, 1);
+        assert!(
+            bytes > cap - cap / 16,
+            "filled to the cap: {bytes} of {cap}"
+        );
+
+        // A trap (after the cap refused a growth, so `out_of_memory`): the instance goes now,
+        // not when the rule's next message replaces it.
+        let evals = worker.evaluate(&msg("d1", topic, b"trap"));
+        let failure = evals[0].result.as_ref().unwrap_err();
+        assert_eq!(failure.kind, FailureKind::OutOfMemory, "{failure}");
+        assert_eq!(worker.instances(), 0);
+        assert_eq!(usage(), (0, 0));
+
+        // A delete wakes a worker that waits for messages, which drops the instance.
+        worker.evaluate(&msg("d1", topic, b"keep"));
+        assert_eq!(usage().0, 1);
+        engine.remove("hog");
+        tokio::time::timeout(std::time::Duration::from_secs(1), worker.changed())
+            .await
+            .expect("a change wakes the worker");
+        worker.refresh();
+        assert_eq!(usage(), (0, 0));
     }
 
     #[derive(Debug)]

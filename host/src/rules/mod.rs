@@ -5,6 +5,7 @@
 //! - [`spec`]: what a rule is (source, filter, actions, grant, state).
 //! - [`actions`]: actions and grants, checked on every decision.
 //! - [`runtime`]: the wasmtime sandbox and the ABI v1 host functions.
+//! - [`rule_log`]: the caps on what a rule writes with the `log` import.
 //! - [`engine`]: the running rule set, per-worker instances and per-rule counters.
 //! - [`registry`] and [`catalog`]: the lifecycle (create, start, stop, update, delete) and
 //!   where definitions are kept.
@@ -17,6 +18,7 @@ pub mod actions;
 pub mod catalog;
 pub mod engine;
 pub mod registry;
+pub mod rule_log;
 pub mod runtime;
 pub mod spec;
 pub mod sql;

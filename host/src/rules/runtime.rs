@@ -3,12 +3,15 @@
 //!
 //! Bounds: a CPU budget per call (wasmtime fuel: counted instructions, so a rule is never cut
 //! short because the machine was busy; a wall-clock epoch deadline far above it stays as a
-//! backstop, driven by one ticker thread), a memory cap
-//! per instance (a [`wasmtime::ResourceLimiter`]), no WASI — a module sees only the `sluice_v1`
-//! imports of `guest-sdk/ABI.md`. A failure of any kind fails one message for one rule and is
+//! backstop, driven by one ticker thread) that host calls draw from too, in proportion to their
+//! work; a memory cap per instance on its linear memory and table together (a
+//! [`wasmtime::ResourceLimiter`]), with one memory and one table at most; capped log output
+//! ([`super::rule_log`]); no WASI — a module sees only the `sluice_v1` imports of
+//! `guest-sdk/ABI.md`. A failure of any kind fails one message for one rule and is
 //! classified into a [`FailureKind`] from typed state (the trap code, flags the host set), never
 //! from error text.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,12 +23,13 @@ use wasmtime::{
 };
 
 use super::actions::{Action, Grant};
+use super::rule_log::{self, LogLimits, MessageLog, RuleLog};
 use super::time_format;
 
 /// Limits of the sandbox. Defaults are generous for rules and tight for runaways.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
-    /// Most linear memory one instance may have.
+    /// Most memory one instance may have: its linear memory and its table together.
     pub max_memory_bytes: usize,
     /// CPU bound of one call (one message). Enforced as a fuel budget of [`FUEL_PER_MS`] per
     /// millisecond, which counts the guest's own instructions and so does not fire because
@@ -34,6 +38,8 @@ pub struct SandboxConfig {
     pub call_timeout: Duration,
     /// How often the epoch advances: the backstop deadline's resolution.
     pub epoch_tick: Duration,
+    /// How much a rule may write with the `log` import.
+    pub log: LogLimits,
 }
 
 /// 16 MiB: ample for JSON rules, small enough that 100 rules x 2 workers stay bounded.
@@ -50,6 +56,22 @@ pub const FUEL_PER_MS: u64 = 500_000;
 /// The wall-clock backstop is this many times `call_timeout`: far enough above the fuel budget
 /// that only a guest fuel cannot see (none is known) or a stalled machine reaches it.
 pub const WALL_CLOCK_BACKSTOP_FACTOR: u32 = 20;
+/// Fuel every import call costs before it does anything: the host's own cost of the cheapest
+/// call (into the host and back, a clock read) at [`FUEL_PER_MS`]. Measured with
+/// `fixtures/host_call_loop.wat` (`now_ms` in a loop, the sandbox tests): 250 ns of CPU per call
+/// in a debug build, i.e. ~125 fuel; an optimised build is faster, so this errs on the side of
+/// stopping a loop of calls early. A loop of host calls thus stops about when a loop of
+/// instructions of the same CPU cost would.
+pub const HOST_CALL_FUEL: u64 = 100;
+/// Fuel an import costs per byte it copies in or out, formats or writes to the log, on top of
+/// [`HOST_CALL_FUEL`]. Copies cost far less CPU than that (~0.1 ns a byte), but no honest rule
+/// moves enough bytes for it to matter: a 1 MiB payload costs 2 % of the default budget.
+pub const HOST_FUEL_PER_BYTE: u64 = 1;
+/// Fuel `random_fill` costs per byte it generates: ChaCha12 (`StdRng`) took 10 ns of CPU a byte
+/// here (`fixtures/host_call_loop.wat`, 24 MiB in 256 ms), i.e. 5 fuel at [`FUEL_PER_MS`].
+pub const RANDOM_FUEL_PER_BYTE: u64 = 5;
+/// What the memory cap counts per table element (a function reference is a pointer).
+pub const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
 
 impl Default for SandboxConfig {
     fn default() -> Self {
@@ -57,6 +79,7 @@ impl Default for SandboxConfig {
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             epoch_tick: DEFAULT_EPOCH_TICK,
+            log: LogLimits::default(),
         }
     }
 }
@@ -96,6 +119,19 @@ pub enum LoadError {
         name: &'static str,
         /// The type ABI v1 requires.
         expected: &'static str,
+    },
+    /// More memories or tables than ABI v1 allows: the memory cap covers one of each.
+    #[error(
+        "defines {found} {what}, but ABI v1 allows at most {max}; build the module with a single \
+         linear memory (the exported `memory`) and at most one table (see guest-sdk/ABI.md)"
+    )]
+    TooMany {
+        /// `linear memories` or `tables`.
+        what: &'static str,
+        /// How many the module defines.
+        found: u32,
+        /// How many ABI v1 allows.
+        max: u32,
     },
     /// `sluice_abi_version` returned another version.
     #[error("speaks ABI version {0}, but this sluice runs version {ver} modules", ver = abi::ABI_VERSION)]
@@ -236,7 +272,8 @@ pub struct Environment {
     pub utc_offset_seconds: i32,
 }
 
-/// How a rule is bound: its actions, grant and FROM filter — checked on every decision.
+/// How a rule is bound: its actions, grant and FROM filter — checked on every decision — and
+/// its log, shared by its instances on every worker.
 #[derive(Debug, Clone, Default)]
 pub struct Binding {
     /// The rule's actions, in order (`emit_action` indexes them).
@@ -245,6 +282,29 @@ pub struct Binding {
     pub grant: Grant,
     /// The rule's FROM filter (a republish may never target it).
     pub from_filter: String,
+    /// Where the rule's log lines go and the rate they share.
+    pub log: Arc<RuleLog>,
+}
+
+/// What the sandbox holds right now, over all rules and workers: read by `/metrics`, and the
+/// way to see that a deleted rule's memory went back.
+#[derive(Debug, Default)]
+pub struct SandboxUsage {
+    instances: AtomicU64,
+    memory_bytes: AtomicU64,
+}
+
+impl SandboxUsage {
+    /// Live instances (one per running rule per worker that ran it, plus a trial instance while
+    /// a module is checked).
+    pub fn instances(&self) -> u64 {
+        self.instances.load(Ordering::Relaxed)
+    }
+
+    /// Linear memory and tables of every live instance, in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes.load(Ordering::Relaxed)
+    }
 }
 
 /// The per-process Wasm engine: compiles modules and bounds every call.
@@ -253,6 +313,7 @@ pub struct RuleRuntime {
     linker: Arc<Linker<HostState>>,
     config: SandboxConfig,
     compiled: std::sync::Mutex<CompiledCache>,
+    usage: Arc<SandboxUsage>,
     _ticker: Arc<EpochTicker>,
 }
 
@@ -344,6 +405,7 @@ impl RuleRuntime {
             linker: Arc::new(linker),
             config,
             compiled: std::sync::Mutex::new(CompiledCache::default()),
+            usage: Arc::default(),
             _ticker: Arc::new(EpochTicker { stop }),
         })
     }
@@ -353,10 +415,24 @@ impl RuleRuntime {
         &self.config
     }
 
+    /// What the live instances hold.
+    pub fn usage(&self) -> &SandboxUsage {
+        &self.usage
+    }
+
     /// Compiles and checks a module against ABI v1: imports, exports, version, and a trial
     /// instantiation (so a module that cannot start is refused now, not at its first message).
     pub fn load(&self, wasm: &[u8]) -> Result<RuleModule, LoadError> {
         let module = self.compile(wasm)?;
+        let needs = module.resources_required();
+        for (what, found, max) in [
+            ("linear memories", needs.num_memories, abi::MAX_MEMORIES),
+            ("tables", needs.num_tables, abi::MAX_TABLES),
+        ] {
+            if found > max {
+                return Err(LoadError::TooMany { what, found, max });
+            }
+        }
         for import in module.imports() {
             if import.module() != abi::IMPORT_MODULE || !imports::ALL.contains(&import.name()) {
                 return Err(LoadError::ForeignImport {
@@ -431,10 +507,8 @@ impl RuleRuntime {
             None => rand::rngs::StdRng::from_os_rng(),
         };
         let state = HostState {
-            limits: MemoryCap {
-                max_bytes: self.config.max_memory_bytes,
-                exceeded: false,
-            },
+            limits: InstanceLimits::new(self.config.max_memory_bytes, self.usage.clone()),
+            log_limits: self.config.log,
             binding,
             env,
             rng,
@@ -614,6 +688,10 @@ impl RuleInstance {
             .saturating_sub(self.store.get_fuel().unwrap_or(0));
         let state = self.store.data_mut();
         let exceeded = std::mem::replace(&mut state.limits.exceeded, false);
+        state
+            .call
+            .log
+            .summarize(&state.log_limits, &state.binding.log, &state.call.topic);
         // The call state stays in place (its buffers are reused by the next call); only what
         // the outcome carries is taken out of it.
         let call = &mut state.call;
@@ -663,6 +741,11 @@ impl RuleInstance {
         self.store.data().call.invalid_payload
     }
 
+    /// Log lines the last [`RuleInstance::call`] dropped past the log caps.
+    pub fn last_log_dropped(&self) -> u64 {
+        self.store.data().call.log.dropped_lines()
+    }
+
     /// True after a trap: the instance should be replaced before the next message.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
@@ -703,6 +786,8 @@ fn classify(err: wasmtime::Error, call: &CallState, memory_exceeded: bool) -> Ru
         FailureKind::BadPointer
     } else if memory_exceeded {
         FailureKind::OutOfMemory
+    } else if call.out_of_fuel {
+        FailureKind::Timeout
     } else {
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) | Some(Trap::OutOfFuel) => FailureKind::Timeout,
@@ -719,39 +804,109 @@ fn classify(err: wasmtime::Error, call: &CallState, memory_exceeded: bool) -> Ru
     RuleFailure { kind, message }
 }
 
-/// Caps one instance's linear memory and remembers when a rule hit the cap.
-struct MemoryCap {
+/// Caps what one instance holds — its linear memory and its table together — and keeps the
+/// sandbox-wide [`SandboxUsage`] current. The instance has one memory and one table at most
+/// (refused at load, and enforced here by [`ResourceLimiter::memories`] and
+/// [`ResourceLimiter::tables`]), so the `current` size wasmtime passes on each growth is that
+/// one's true size: it corrects the record after a growth this limiter allowed but wasmtime then
+/// refused (past the module's declared maximum).
+struct InstanceLimits {
     max_bytes: usize,
+    memory_bytes: usize,
+    table_bytes: usize,
+    /// A growth was refused by the cap (the failure is then `out_of_memory`).
     exceeded: bool,
+    usage: Arc<SandboxUsage>,
 }
 
-impl ResourceLimiter for MemoryCap {
+impl InstanceLimits {
+    fn new(max_bytes: usize, usage: Arc<SandboxUsage>) -> InstanceLimits {
+        usage.instances.fetch_add(1, Ordering::Relaxed);
+        InstanceLimits {
+            max_bytes,
+            memory_bytes: 0,
+            table_bytes: 0,
+            exceeded: false,
+            usage,
+        }
+    }
+
+    /// Sets one of the two records to `bytes`, and the sandbox-wide total with it.
+    fn record(usage: &SandboxUsage, slot: &mut usize, bytes: usize) {
+        let (old, new) = (*slot as u64, bytes as u64);
+        if new >= old {
+            usage.memory_bytes.fetch_add(new - old, Ordering::Relaxed);
+        } else {
+            usage.memory_bytes.fetch_sub(old - new, Ordering::Relaxed);
+        }
+        *slot = bytes;
+    }
+
+    /// Allows a growth to `desired` bytes when the other record plus it fits the cap.
+    fn grow(&mut self, table: bool, current: usize, desired: usize) -> bool {
+        let (slot, other) = if table {
+            (&mut self.table_bytes, self.memory_bytes)
+        } else {
+            (&mut self.memory_bytes, self.table_bytes)
+        };
+        Self::record(&self.usage, slot, current);
+        if other.saturating_add(desired) > self.max_bytes {
+            self.exceeded = true;
+            return false;
+        }
+        Self::record(&self.usage, slot, desired);
+        true
+    }
+}
+
+impl Drop for InstanceLimits {
+    fn drop(&mut self) {
+        let held = (self.memory_bytes + self.table_bytes) as u64;
+        self.usage.memory_bytes.fetch_sub(held, Ordering::Relaxed);
+        self.usage.instances.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ResourceLimiter for InstanceLimits {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
-            self.exceeded = true;
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(self.grow(false, current, desired))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        Ok(self.grow(
+            true,
+            current.saturating_mul(TABLE_ELEMENT_BYTES),
+            desired.saturating_mul(TABLE_ELEMENT_BYTES),
+        ))
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn memories(&self) -> usize {
+        abi::MAX_MEMORIES as usize
+    }
+
+    fn tables(&self) -> usize {
+        abi::MAX_TABLES as usize
     }
 }
 
 /// What the imports see: the binding, the environment and the current call.
 struct HostState {
-    limits: MemoryCap,
+    limits: InstanceLimits,
+    log_limits: LogLimits,
     binding: Binding,
     env: Environment,
     rng: rand::rngs::StdRng,
@@ -773,6 +928,10 @@ struct CallState {
     failure: Option<String>,
     violation: Option<String>,
     bad_pointer: bool,
+    /// An import found the call's fuel spent (the failure is then `timeout`).
+    out_of_fuel: bool,
+    /// What this message logged.
+    log: MessageLog,
     /// The module said the payload was not what its data type promises (the SQL runtime's
     /// `invalid_payload` debug log): the message is dropped, and counted apart from drops.
     invalid_payload: bool,
@@ -796,6 +955,8 @@ impl CallState {
         self.failure = None;
         self.violation = None;
         self.bad_pointer = false;
+        self.out_of_fuel = false;
+        self.log.begin();
         self.invalid_payload = false;
     }
 
@@ -808,37 +969,83 @@ impl CallState {
 
 type Host<'a> = Caller<'a, HostState>;
 
-/// Copies guest bytes `ptr..ptr+len`, or marks the call as a bad pointer.
-fn read_guest(caller: &mut Host<'_>, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8>> {
-    let memory = caller
-        .data()
-        .memory
-        .expect("memory is set at instantiation");
-    let range = guest_range(ptr, len);
-    match range.and_then(|r| memory.data(&*caller).get(r)) {
-        Some(bytes) => Ok(bytes.to_vec()),
-        None => bad_pointer(caller, ptr, len),
+/// Takes `fuel` from the call's budget for work an import is about to do, or ends the call as a
+/// timeout when the budget cannot pay for it: the work is never done on credit, so a loop of
+/// host calls stops where a loop of instructions of the same cost would.
+fn charge(caller: &mut Host<'_>, fuel: u64) -> wasmtime::Result<()> {
+    let left = caller.get_fuel()?;
+    match left.checked_sub(fuel) {
+        Some(rest) => caller.set_fuel(rest),
+        None => {
+            caller.set_fuel(0)?;
+            caller.data_mut().call.out_of_fuel = true;
+            Err(Trap::OutOfFuel.into())
+        }
     }
+}
+
+/// The fuel of `bytes` bytes of host work.
+fn byte_fuel(bytes: usize) -> u64 {
+    (bytes as u64).saturating_mul(HOST_FUEL_PER_BYTE)
+}
+
+/// The guest's memory: known once instantiation is done, so an import that touches memory from
+/// the module's start function fails the start instead of reaching into nothing.
+fn guest_memory(caller: &Host<'_>) -> wasmtime::Result<Memory> {
+    caller.data().memory.ok_or_else(|| {
+        wasmtime::Error::msg(
+            "an import that reads or writes guest memory was called before instantiation \
+             finished (from a start function); call it from sluice_init or sluice_on_message",
+        )
+    })
+}
+
+/// Checks that `ptr..ptr+len` lies in the guest's memory, or marks the call as a bad pointer.
+fn checked_range(
+    caller: &mut Host<'_>,
+    ptr: i32,
+    len: i32,
+) -> wasmtime::Result<std::ops::Range<usize>> {
+    let size = guest_memory(caller)?.data_size(&*caller);
+    match guest_range(ptr, len) {
+        Some(r) if r.end <= size => Ok(r),
+        _ => bad_pointer(caller, ptr, len),
+    }
+}
+
+/// Copies guest bytes `ptr..ptr+len` (paying for them), or marks the call as a bad pointer.
+fn read_guest(caller: &mut Host<'_>, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8>> {
+    let range = checked_range(caller, ptr, len)?;
+    charge(caller, byte_fuel(range.len()))?;
+    Ok(guest_memory(caller)?.data(&*caller)[range].to_vec())
 }
 
 fn read_guest_str(caller: &mut Host<'_>, ptr: i32, len: i32) -> wasmtime::Result<Option<String>> {
     Ok(String::from_utf8(read_guest(caller, ptr, len)?).ok())
 }
 
-/// Copies `value` out to the guest's `(buf, cap)` and returns its full length.
+/// Copies `value` out to the guest's `(buf, cap)` (paying for the bytes copied) and returns its
+/// full length.
 fn copy_out(caller: &mut Host<'_>, value: &[u8], ptr: i32, cap: i32) -> wasmtime::Result<i32> {
-    let memory = caller
-        .data()
-        .memory
-        .expect("memory is set at instantiation");
     let n = value.len().min(cap.max(0) as usize);
-    match guest_range(ptr, n as i32).and_then(|r| memory.data_mut(&mut *caller).get_mut(r)) {
-        Some(dst) => {
-            dst.copy_from_slice(&value[..n]);
-            Ok(value.len() as i32)
-        }
-        None => bad_pointer(caller, ptr, cap),
-    }
+    let range = checked_range(caller, ptr, n as i32)?;
+    charge(caller, byte_fuel(n))?;
+    guest_memory(caller)?.data_mut(&mut *caller)[range].copy_from_slice(&value[..n]);
+    Ok(value.len() as i32)
+}
+
+/// Copies one of the message's strings out to the guest (the `msg_*` imports).
+fn copy_out_field<V: AsRef<[u8]> + Default>(
+    caller: &mut Host<'_>,
+    field: fn(&mut CallState) -> &mut V,
+    ptr: i32,
+    cap: i32,
+) -> wasmtime::Result<i32> {
+    charge(caller, HOST_CALL_FUEL)?;
+    let value = std::mem::take(field(&mut caller.data_mut().call));
+    let r = copy_out(caller, value.as_ref(), ptr, cap);
+    *field(&mut caller.data_mut().call) = value;
+    r
 }
 
 fn guest_range(ptr: i32, len: i32) -> Option<std::ops::Range<usize>> {
@@ -897,67 +1104,49 @@ fn emit_to_action(caller: &mut Host<'_>, action: Action, payload: Vec<u8>) -> i3
     push_decision(caller, Decision { target, payload })
 }
 
+/// Every import first pays [`HOST_CALL_FUEL`], then [`HOST_FUEL_PER_BYTE`] for each byte it
+/// moves or makes, before doing the work (see [`charge`]).
 fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     let m = abi::IMPORT_MODULE;
     linker.func_wrap(
         m,
         imports::MSG_TOPIC,
-        |mut c: Host<'_>, p: i32, cap: i32| {
-            let v = std::mem::take(&mut c.data_mut().call.topic);
-            let r = copy_out(&mut c, v.as_bytes(), p, cap);
-            c.data_mut().call.topic = v;
-            r
-        },
+        |mut c: Host<'_>, p: i32, cap: i32| copy_out_field(&mut c, |s| &mut s.topic, p, cap),
     )?;
     linker.func_wrap(m, imports::MSG_ID, |mut c: Host<'_>, p: i32, cap: i32| {
-        let v = std::mem::take(&mut c.data_mut().call.message_id);
-        let r = copy_out(&mut c, v.as_bytes(), p, cap);
-        c.data_mut().call.message_id = v;
-        r
+        copy_out_field(&mut c, |s| &mut s.message_id, p, cap)
     })?;
     linker.func_wrap(
         m,
         imports::MSG_PRODUCT_KEY,
-        |mut c: Host<'_>, p: i32, cap: i32| {
-            let v = std::mem::take(&mut c.data_mut().call.product_key);
-            let r = copy_out(&mut c, v.as_bytes(), p, cap);
-            c.data_mut().call.product_key = v;
-            r
-        },
+        |mut c: Host<'_>, p: i32, cap: i32| copy_out_field(&mut c, |s| &mut s.product_key, p, cap),
     )?;
     linker.func_wrap(
         m,
         imports::MSG_DEVICE_NAME,
-        |mut c: Host<'_>, p: i32, cap: i32| {
-            let v = std::mem::take(&mut c.data_mut().call.device_name);
-            let r = copy_out(&mut c, v.as_bytes(), p, cap);
-            c.data_mut().call.device_name = v;
-            r
-        },
+        |mut c: Host<'_>, p: i32, cap: i32| copy_out_field(&mut c, |s| &mut s.device_name, p, cap),
     )?;
-    linker.func_wrap(m, imports::MSG_TIMESTAMP_MS, |c: Host<'_>| {
-        c.data().call.timestamp_ms
+    linker.func_wrap(m, imports::MSG_TIMESTAMP_MS, |mut c: Host<'_>| {
+        charge(&mut c, HOST_CALL_FUEL)?;
+        Ok(c.data().call.timestamp_ms)
     })?;
     linker.func_wrap(
         m,
         imports::MSG_RAW_PAYLOAD,
-        |mut c: Host<'_>, p: i32, cap: i32| {
-            let v = std::mem::take(&mut c.data_mut().call.raw_payload);
-            let r = copy_out(&mut c, &v, p, cap);
-            c.data_mut().call.raw_payload = v;
-            r
-        },
+        |mut c: Host<'_>, p: i32, cap: i32| copy_out_field(&mut c, |s| &mut s.raw_payload, p, cap),
     )?;
-    linker.func_wrap(m, imports::NOW_MS, |c: Host<'_>| {
-        c.data()
+    linker.func_wrap(m, imports::NOW_MS, |mut c: Host<'_>| {
+        charge(&mut c, HOST_CALL_FUEL)?;
+        Ok(c.data()
             .env
             .fixed_now_ms
-            .unwrap_or_else(|| crate::ids::now_ms() as i64)
+            .unwrap_or_else(|| crate::ids::now_ms() as i64))
     })?;
     linker.func_wrap(
         m,
         imports::FORMAT_TIME,
         |mut c: Host<'_>, ms: i64, utc: i32, pp: i32, pl: i32, bp: i32, bc: i32| {
+            charge(&mut c, HOST_CALL_FUEL)?;
             let Some(pattern) = read_guest_str(&mut c, pp, pl)? else {
                 return Ok(Status::BadArgument.code());
             };
@@ -976,9 +1165,15 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         m,
         imports::RANDOM_FILL,
         |mut c: Host<'_>, p: i32, len: i32| {
-            let mut bytes = vec![0u8; len.max(0) as usize];
-            c.data_mut().rng.fill_bytes(&mut bytes);
-            copy_out(&mut c, &bytes, p, len)?;
+            charge(&mut c, HOST_CALL_FUEL)?;
+            let range = checked_range(&mut c, p, len)?;
+            charge(
+                &mut c,
+                (range.len() as u64).saturating_mul(RANDOM_FUEL_PER_BYTE),
+            )?;
+            // Straight into guest memory: no host buffer the size of the request.
+            let (memory, state) = guest_memory(&c)?.data_and_store_mut(&mut c);
+            state.rng.fill_bytes(&mut memory[range]);
             Ok(Status::Ok.code())
         },
     )?;
@@ -986,6 +1181,7 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         m,
         imports::DEVICE_TAG,
         |mut c: Host<'_>, kp: i32, kl: i32, bp: i32, bc: i32| {
+            charge(&mut c, HOST_CALL_FUEL)?;
             let Some(key) = read_guest_str(&mut c, kp, kl)? else {
                 return Ok(Status::BadArgument.code());
             };
@@ -995,13 +1191,15 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             }
         },
     )?;
-    linker.func_wrap(m, imports::ACTION_COUNT, |c: Host<'_>| {
-        c.data().binding.actions.len() as i32
+    linker.func_wrap(m, imports::ACTION_COUNT, |mut c: Host<'_>| {
+        charge(&mut c, HOST_CALL_FUEL)?;
+        Ok(c.data().binding.actions.len() as i32)
     })?;
     linker.func_wrap(
         m,
         imports::EMIT_OUTPUT,
         |mut c: Host<'_>, pp: i32, pl: i32| {
+            charge(&mut c, HOST_CALL_FUEL)?;
             let mut payload = read_guest(&mut c, pp, pl)?;
             let n = c.data().binding.actions.len();
             if n == 0 {
@@ -1014,12 +1212,13 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 ));
             }
             // One action at a time (not a clone of the whole list per message); the last one
-            // takes the payload itself.
+            // takes the payload itself, every other one pays for its copy.
             for k in 0..n {
                 let action = c.data().binding.actions[k].clone();
                 let bytes = if k + 1 == n {
                     std::mem::take(&mut payload)
                 } else {
+                    charge(&mut c, byte_fuel(payload.len()))?;
                     payload.clone()
                 };
                 let status = emit_to_action(&mut c, action, bytes);
@@ -1034,6 +1233,7 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         m,
         imports::EMIT_ACTION,
         |mut c: Host<'_>, index: i32, pp: i32, pl: i32| {
+            charge(&mut c, HOST_CALL_FUEL)?;
             let payload = read_guest(&mut c, pp, pl)?;
             let action = usize::try_from(index)
                 .ok()
@@ -1055,6 +1255,7 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         m,
         imports::EMIT_FORWARD,
         |mut c: Host<'_>, tp: i32, tl: i32, pp: i32, pl: i32| {
+            charge(&mut c, HOST_CALL_FUEL)?;
             let Some(topic) = read_guest_str(&mut c, tp, tl)? else {
                 return Ok(violate(
                     &mut c.data_mut().call,
@@ -1079,6 +1280,7 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         m,
         imports::EMIT_REPUBLISH,
         |mut c: Host<'_>, tp: i32, tl: i32, pp: i32, pl: i32, qos: i32| {
+            charge(&mut c, HOST_CALL_FUEL)?;
             let Some(topic) = read_guest_str(&mut c, tp, tl)? else {
                 return Ok(violate(
                     &mut c.data_mut().call,
@@ -1092,6 +1294,15 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     &mut c.data_mut().call,
                     Status::BadArgument,
                     format!("emit_republish with qos {qos}; expected 0 or 1"),
+                ));
+            }
+            // A wildcard would match a grant filter level for level (`+` against `+`) and
+            // reach every subscriber of the filter it spells.
+            if let Err(e) = crate::topic::validate_topic(&topic) {
+                return Ok(violate(
+                    &mut c.data_mut().call,
+                    Status::BadArgument,
+                    format!("emit_republish to `{}`: {e}", topic.escape_debug()),
                 ));
             }
             let binding = &c.data().binding;
@@ -1111,6 +1322,7 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
     linker.func_wrap(m, imports::FAIL, |mut c: Host<'_>, p: i32, l: i32| {
+        charge(&mut c, HOST_CALL_FUEL)?;
         let text = read_guest(&mut c, p, l)?;
         c.data_mut().call.failure = Some(String::from_utf8_lossy(&text).into_owned());
         Ok(Status::Ok.code())
@@ -1119,21 +1331,60 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         m,
         imports::LOG,
         |mut c: Host<'_>, level: i32, p: i32, l: i32| {
-            let text = read_guest(&mut c, p, l)?;
-            if level >= 3 && text == crate::rules::sql::INVALID_PAYLOAD_LOG.as_bytes() {
+            charge(&mut c, HOST_CALL_FUEL)?;
+            let range = checked_range(&mut c, p, l)?;
+            let marker = crate::rules::sql::INVALID_PAYLOAD_LOG.as_bytes();
+            if level >= 3 && range.len() == marker.len() && read_guest(&mut c, p, l)? == marker {
                 c.data_mut().call.invalid_payload = true;
             }
-            let text = String::from_utf8_lossy(&text);
-            let topic = &c.data().call.topic;
-            match level {
-                0 => tracing::error!(target: "sluice::rule", %topic, "{text}"),
-                1 => tracing::warn!(target: "sluice::rule", %topic, "{text}"),
-                2 => tracing::info!(target: "sluice::rule", %topic, "{text}"),
-                _ => tracing::debug!(target: "sluice::rule", %topic, "{text}"),
-            }
+            log_line(&mut c, level, range)?;
             Ok(Status::Ok.code())
         },
     )?;
+    Ok(())
+}
+
+/// Writes one `log` line within the rule log caps ([`super::rule_log`]): a level the server
+/// does not write costs nothing more, a line past a cap is dropped and counted, and only the
+/// bytes written are read and paid for.
+fn log_line(c: &mut Host<'_>, level: i32, range: std::ops::Range<usize>) -> wasmtime::Result<()> {
+    use tracing::Level;
+    let level = match level {
+        0 => Level::ERROR,
+        1 => Level::WARN,
+        2 => Level::INFO,
+        _ => Level::DEBUG,
+    };
+    let enabled = match level {
+        Level::ERROR => tracing::enabled!(target: "sluice::rule", Level::ERROR),
+        Level::WARN => tracing::enabled!(target: "sluice::rule", Level::WARN),
+        Level::INFO => tracing::enabled!(target: "sluice::rule", Level::INFO),
+        _ => tracing::enabled!(target: "sluice::rule", Level::DEBUG),
+    };
+    if !enabled {
+        return Ok(());
+    }
+    let state = c.data_mut();
+    let len = range.len();
+    let n = state
+        .call
+        .log
+        .admit(len, &state.log_limits, &state.binding.log);
+    if n == 0 && len > 0 {
+        return Ok(());
+    }
+    charge(c, byte_fuel(n))?;
+    let memory = guest_memory(c)?;
+    let (data, state) = memory.data_and_store_mut(&mut *c);
+    let text = rule_log::line_text(&data[range.start..range.start + n], len - n);
+    let rule = state.binding.log.name();
+    let topic = &state.call.topic;
+    match level {
+        Level::ERROR => tracing::error!(target: "sluice::rule", %rule, %topic, "{text}"),
+        Level::WARN => tracing::warn!(target: "sluice::rule", %rule, %topic, "{text}"),
+        Level::INFO => tracing::info!(target: "sluice::rule", %rule, %topic, "{text}"),
+        _ => tracing::debug!(target: "sluice::rule", %rule, %topic, "{text}"),
+    }
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use base64::Engine as _;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::rule_log::RuleLog;
 use super::runtime::{Binding, Environment};
 use super::spec::DataType;
 use super::{Action, Grant, Outcome, RuleInput, RuleRuntime, Target};
@@ -126,6 +127,7 @@ pub fn run(runtime: &RuleRuntime, trial: &Trial) -> Result<TrialOutcome, TrialEr
                 actions: trial.actions.clone(),
                 grant: trial.grant.clone(),
                 from_filter,
+                log: Arc::new(RuleLog::new("(trial)")),
             },
             Environment {
                 fixed_now_ms: Some(trial.timestamp_ms),

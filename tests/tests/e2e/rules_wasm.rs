@@ -3,7 +3,8 @@
 //! keeps delivering every message; bad modules and grants are refused with a 400 that changes
 //! nothing; rules are created stopped; and `PUT` swaps a running rule's version under QoS 1 load
 //! with nothing lost, nothing repeated and per-device order kept; the `sluice rule` CLI manages a
-//! module whose grant is checked at create and at run time.
+//! module whose grant is checked at create and at run time. Host calls pay fuel and a rule's log
+//! is capped; a deleted rule's or a trapped instance's memory goes back to the system at once.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -365,6 +366,11 @@ async fn modules_off_the_abi_are_refused_with_a_400_that_names_the_problem_and_c
             "wasi_snapshot_preview1::fd_write",
         ),
         ("wrong-version", "wrong_version", "ABI version 2"),
+        (
+            "multi-memory",
+            "multi_memory_bomb",
+            "defines 8 linear memories",
+        ),
     ] {
         let body = rule_body(
             &fixture(fixture_name),
@@ -927,5 +933,201 @@ async fn the_rule_cli_manages_a_wasm_rule_whose_grant_is_checked_at_create_and_a
         !ok && err.contains("relay"),
         "a deleted rule is gone: {err}"
     );
+    sluice.stop();
+}
+
+/// The value of one series in a `/metrics` scrape (`name` with its labels, as written).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Polls `GET /v1/rules/{name}` until `done` holds for its counters (10 s at most).
+async fn wait_for_counters(api: &Api, name: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = api.get(&format!("/v1/rules/{name}")).await;
+        if done(&v["counters"]) {
+            return v["counters"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rule {name} counters never got there: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn host_call_loops_stop_near_the_cpu_bound_and_a_rules_log_stays_within_its_caps() {
+    // Proves host calls pay fuel: loops of random_fill over 4 MiB, of now_ms and of log each
+    // stop as `timeout` near the 25 ms budget (unmetered, they ran to the 500 ms wall-clock
+    // backstop); and the log loop writes at most the per-message line cap to the server log,
+    // with the rest counted in sluice_rule_log_dropped_total and summarized in one line.
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = start(&dir);
+    let api = sluice.api();
+    topic_with_queue(&sluice, "loop-out").await;
+    let body = rule_body(
+        &fixture("host_call_loop"),
+        "/pk/+/loop",
+        &["forward:loop-out"],
+        None,
+    );
+    create_and_start(&api, "hostloop", &body).await;
+
+    let mut messages = Vec::new();
+    for i in 0..5u64 {
+        messages.push((i, b"random".to_vec()));
+        messages.push((100 + i, b"now".to_vec()));
+    }
+    let logged = 10u64;
+    for i in 0..logged {
+        messages.push((
+            200 + i,
+            format!("hostloop log line of message {i}").into_bytes(),
+        ));
+    }
+    let total = messages.len() as u64;
+    let report = publish_qos1(
+        sluice.mqtt_port,
+        "loop-dev",
+        "/pk/loop-dev/loop",
+        messages,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(report.acked.len() as u64, total, "{:?}", report.error);
+    let c = wait_for_counters(&api, "hostloop", |c| c["messages_in"] == total).await;
+    println!("hostloop counters: {c}");
+    assert_eq!(c["failed"], json!({"timeout": total}), "{c}");
+    let p99_ms = c["latency_ns"]["p99"].as_u64().unwrap() as f64 / 1e6;
+    assert!(
+        p99_ms < 10.0 * CALL_TIMEOUT_MS as f64,
+        "a host-call loop stops near the {CALL_TIMEOUT_MS} ms budget, not at the \
+         {} ms backstop: p99 {p99_ms:.1} ms",
+        20 * CALL_TIMEOUT_MS
+    );
+    assert!(
+        c["log_dropped"].as_u64().unwrap() > 1000 * logged,
+        "calls past the cap are counted: {c}"
+    );
+
+    let (_, metrics) = api.get_text("/metrics").await;
+    let dropped = metric(&metrics, "sluice_rule_log_dropped_total{rule=\"hostloop\"}")
+        .expect("sluice_rule_log_dropped_total for the rule");
+    assert_eq!(dropped as u64, c["log_dropped"].as_u64().unwrap());
+
+    let log = sluice.log();
+    let lines = log.matches("hostloop log line of message").count() as u64;
+    let summaries = log
+        .lines()
+        .filter(|l| l.contains("rule=hostloop") && l.contains("past the rule log caps"))
+        .count();
+    println!("server log: {lines} rule lines, {summaries} summaries, {dropped} dropped");
+    assert!(
+        (logged..=32 * logged).contains(&lines),
+        "at most 32 lines per message reach the server log: {lines}"
+    );
+    assert!(summaries >= 1, "drops are summarized");
+    sluice.stop();
+}
+
+/// `sluice_rule_instances` and `sluice_rule_memory_bytes` from a scrape.
+async fn sandbox_usage(api: &Api) -> (u64, u64) {
+    let (_, text) = api.get_text("/metrics").await;
+    let get = |name| metric(&text, name).unwrap_or_else(|| panic!("{name} in:\n{text}")) as u64;
+    (
+        get("sluice_rule_instances"),
+        get("sluice_rule_memory_bytes"),
+    )
+}
+
+/// Waits until the sandbox holds no instance and no memory, and returns the process's RSS then.
+async fn wait_until_released(api: &Api, pid: u32, what: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let usage = sandbox_usage(api).await;
+        if usage == (0, 0) {
+            return crate::store_util::memory_kib(pid).1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the sandbox still holds (instances, bytes) {usage:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_rule_and_a_trapped_instance_give_their_memory_back_at_once() {
+    // Proves memory goes back without waiting for another message: a rule that fills a 128 MiB
+    // cap holds it (RSS and sluice_rule_memory_bytes show it) until it is deleted, and an
+    // instance that trapped after filling it is dropped there and then. Before, both stayed
+    // until the worker's next message, which may never come.
+    const CAP: u64 = 128 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, format!("rule_max_memory_bytes = {CAP}\n")).unwrap();
+    let sluice = Sluice::start(
+        &dir.path().join("data"),
+        &["--config", &config.display().to_string()],
+    );
+    let api = sluice.api();
+    let pid = sluice.pid();
+    let body = rule_body(
+        &fixture("memory_hog"),
+        "/pk/+/hog",
+        &["forward:alerts"],
+        None,
+    );
+    let baseline = wait_until_released(&api, pid, "at start").await;
+
+    for round in ["delete", "trap"] {
+        create_and_start(&api, "hog", &body).await;
+        let payload = if round == "trap" { "trap" } else { "keep" };
+        let report = publish_qos1(
+            sluice.mqtt_port,
+            "hog-dev",
+            "/pk/hog-dev/hog",
+            vec![(1, payload.as_bytes().to_vec())],
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(report.acked.len(), 1, "{:?}", report.error);
+        let c = wait_for_counters(&api, "hog", |c| c["messages_in"] == 1).await;
+        let (_, rss_after_message) = crate::store_util::memory_kib(pid);
+        println!(
+            "{round}: RSS {baseline} KiB before, {rss_after_message} KiB after the message; counters {c}"
+        );
+        if round == "delete" {
+            assert_eq!(c["dropped"], 1, "{c}");
+            let (instances, bytes) = sandbox_usage(&api).await;
+            assert_eq!(instances, 1);
+            assert!(
+                bytes > CAP - CAP / 16,
+                "the instance holds its memory: {bytes}"
+            );
+            assert!(
+                rss_after_message > baseline + 100 * 1024,
+                "the filled memory is resident: {rss_after_message} KiB"
+            );
+            let (s, v) = api.delete("/v1/rules/hog").await;
+            assert!(s == 200 || s == 204, "delete: {s} {v}");
+        } else {
+            // The trap follows the cap's refusal of a growth: `out_of_memory`.
+            assert_eq!(c["failed"], json!({"out_of_memory": 1}), "{c}");
+        }
+        let released = wait_until_released(&api, pid, round).await;
+        println!("{round}: RSS {released} KiB once released");
+        assert!(
+            released < baseline + 64 * 1024,
+            "{round}: the memory went back to the system: {released} KiB, {baseline} KiB at start"
+        );
+        if round == "trap" {
+            api.delete("/v1/rules/hog").await;
+        }
+    }
     sluice.stop();
 }
