@@ -11,6 +11,7 @@ mod metrics;
 mod mns;
 mod push;
 mod rules_wasm;
+mod security_mqtt;
 mod skeleton;
 mod store_backpressure;
 mod store_bad_input;
