@@ -150,21 +150,25 @@ fn bad_modules_are_refused_at_load_with_the_reason() {
     );
 }
 
-#[test]
-fn republish_is_checked_against_grant_loop_and_status_topics() {
-    let rt = runtime();
+/// An instance of `republish_to_payload` (republishes to the topic its payload names) under the
+/// grant `republish:{filter}`, reading `/pk/+/user/update`.
+fn republish_to_payload(rt: &RuleRuntime, filter: &str) -> RuleInstance {
     let module = rt.load(&fixture("republish_to_payload")).unwrap();
     let mut grant = Grant::default();
-    grant.add_spec("republish:#").unwrap();
+    grant.add_spec(&format!("republish:{filter}")).unwrap();
     let binding = Binding {
-        actions: vec![],
         grant,
         from_filter: "/pk/+/user/update".into(),
         ..Binding::default()
     };
-    let mut instance = rt
-        .instantiate(&module, binding, Environment::default())
-        .unwrap();
+    rt.instantiate(&module, binding, Environment::default())
+        .unwrap()
+}
+
+#[test]
+fn republish_is_checked_against_grant_loop_and_status_topics() {
+    let rt = runtime();
+    let mut instance = republish_to_payload(&rt, "#");
     assert!(instance.call(&input(b"/pk/dev1/user/get")).is_ok());
     for looped in ["/pk/dev1/user/update", "/as/mqtt/status/pk/dev1"] {
         let failure = instance.call(&input(looped.as_bytes())).unwrap_err();
@@ -378,17 +382,7 @@ fn a_log_loop_writes_at_most_the_caps_and_counts_the_rest() {
 #[test]
 fn republish_refuses_topics_with_wildcards_even_under_a_wildcard_grant() {
     let rt = runtime();
-    let module = rt.load(&fixture("republish_to_payload")).unwrap();
-    let mut grant = Grant::default();
-    grant.add_spec("republish:/pk/+/user/get").unwrap();
-    let binding = Binding {
-        grant,
-        from_filter: "/pk/+/user/update".into(),
-        ..Binding::default()
-    };
-    let mut instance = rt
-        .instantiate(&module, binding, Environment::default())
-        .unwrap();
+    let mut instance = republish_to_payload(&rt, "/pk/+/user/get");
     assert!(instance.call(&input(b"/pk/dev1/user/get")).is_ok());
     for bad in [
         &b"/pk/+/user/get"[..],
