@@ -123,6 +123,14 @@ pub struct FileConfig {
     pub accept_weaker_durability: Option<bool>,
     /// Prefix of sluice's streams, subjects and buckets on the NATS cluster (default `sluice`).
     pub nats_prefix: Option<String>,
+    /// Console sessions signed in at once with one access key (default 100).
+    pub console_max_sessions_per_key: Option<usize>,
+    /// Console sessions signed in at once in all (default 10,000).
+    pub console_max_sessions: Option<usize>,
+    /// Live tails (server-sent event streams) open at once with one access key (default 16).
+    pub console_max_tails_per_key: Option<usize>,
+    /// Live tails open at once in all (default 256).
+    pub console_max_tails: Option<usize>,
 }
 
 /// `[[device]]`: a device registered at start when absent. Without `secret` one is generated and
@@ -340,6 +348,10 @@ pub struct ServeConfig {
     pub http_tls: Option<(PathBuf, PathBuf)>,
     /// Where topics, subscriptions and queues live.
     pub store: StoreBackend,
+    /// Caps on console sign-ins.
+    pub console_sessions: crate::api::console::session::SessionLimits,
+    /// Caps on live tails.
+    pub console_tails: crate::api::console::tail::TailLimits,
 }
 
 impl ServeConfig {
@@ -435,7 +447,40 @@ impl ServeConfig {
                 message: format!("{push_retry_scale} is out of range: 0 < push_retry_scale <= 1"),
             });
         }
+        let cap = |key: &str, v: Option<usize>, default: usize| match v {
+            Some(0) => Err(ConfigError::Invalid {
+                key: key.into(),
+                message: "0 would refuse every one; give at least 1".into(),
+            }),
+            v => Ok(v.unwrap_or(default)),
+        };
+        let console_sessions = crate::api::console::session::SessionLimits {
+            per_key: cap(
+                "console_max_sessions_per_key",
+                file.console_max_sessions_per_key,
+                crate::api::console::session::DEFAULT_MAX_SESSIONS_PER_KEY,
+            )?,
+            total: cap(
+                "console_max_sessions",
+                file.console_max_sessions,
+                crate::api::console::session::DEFAULT_MAX_SESSIONS,
+            )?,
+        };
+        let console_tails = crate::api::console::tail::TailLimits {
+            per_key: cap(
+                "console_max_tails_per_key",
+                file.console_max_tails_per_key,
+                crate::api::console::tail::DEFAULT_MAX_TAILS_PER_KEY,
+            )?,
+            total: cap(
+                "console_max_tails",
+                file.console_max_tails,
+                crate::api::console::tail::DEFAULT_MAX_TAILS,
+            )?,
+        };
         Ok(ServeConfig {
+            console_sessions,
+            console_tails,
             mqtt_allow_anonymous: flags.mqtt_allow_anonymous
                 || file.mqtt_allow_anonymous.unwrap_or(false),
             mqtt_tls,

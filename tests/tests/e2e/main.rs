@@ -10,6 +10,7 @@ mod metrics;
 mod mns;
 mod push;
 mod rules_wasm;
+mod security_api;
 mod skeleton;
 mod store_backpressure;
 mod store_bad_input;
