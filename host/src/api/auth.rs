@@ -274,7 +274,9 @@ async fn authorize(keys: &KeyRing, mut req: Request) -> Result<Request, Denied> 
     // An unknown key takes the same steps as a known one (a stand-in secret, the same HMAC), and
     // a stale Date is refused whether the key exists or not: no answer or timing says which.
     let key = keys.get(id);
-    let secret = key.as_ref().map_or(UNKNOWN_KEY_SECRET, |k| k.secret.as_str());
+    let secret = key
+        .as_ref()
+        .map_or(UNKNOWN_KEY_SECRET, |k| k.secret.as_str());
     let proven = match scheme {
         "Bearer" => constant_time_eq(proof.as_bytes(), secret.as_bytes()),
         "MNS" => {
@@ -329,8 +331,8 @@ fn check_policy(key: Arc<AccessKey>, mut req: Request) -> Result<Request, Denied
 fn parse_query_once(req: &mut Request) -> Result<bool, Denied> {
     let refused = |status, code, message| denied(status, code, message);
     if is_mns_path(req.uri().path()) {
-        let q = MnsQuery::parse(req.uri().query())
-            .map_err(|e| refused(e.status, e.code, e.message))?;
+        let q =
+            MnsQuery::parse(req.uri().query()).map_err(|e| refused(e.status, e.code, e.message))?;
         let peek = q.peek_only();
         req.extensions_mut().insert(q);
         return Ok(peek);

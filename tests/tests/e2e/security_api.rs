@@ -159,18 +159,22 @@ async fn naming_a_second_queue_needs_the_permission_the_operation_needs_on_it() 
     refused(&v, "send");
 
     let queue_key = create_key(&api, "mine-only", &["queues/mine"]).await;
-    let (status, v) = json_of(as_key(&sluice, &queue_key, Method::PUT, "/v1/queues/mine").json(&dlq)).await;
+    let (status, v) =
+        json_of(as_key(&sluice, &queue_key, Method::PUT, "/v1/queues/mine").json(&dlq)).await;
     assert_eq!(status, 403, "{v}");
     refused(&v, "send");
-    let (status, v) = json_of(as_key(&sluice, &queue_key, Method::PUT, "/v1/queues/mine").json(&json!({}))).await;
+    let (status, v) =
+        json_of(as_key(&sluice, &queue_key, Method::PUT, "/v1/queues/mine").json(&json!({}))).await;
     assert_eq!(status, 201, "{v}");
-    let (status, v) = json_of(as_key(&sluice, &queue_key, Method::PATCH, "/v1/queues/mine").json(&dlq)).await;
+    let (status, v) =
+        json_of(as_key(&sluice, &queue_key, Method::PATCH, "/v1/queues/mine").json(&dlq)).await;
     assert_eq!(status, 403, "{v}");
     refused(&v, "send");
 
     // With `send` on the dead-letter queue the same requests pass.
     let both = create_key(&api, "mine-victim", &["queues/mine", "queues/victim:send"]).await;
-    let (status, v) = json_of(as_key(&sluice, &both, Method::PATCH, "/v1/queues/mine").json(&dlq)).await;
+    let (status, v) =
+        json_of(as_key(&sluice, &both, Method::PATCH, "/v1/queues/mine").json(&dlq)).await;
     assert_eq!(status, 200, "{v}");
     let pusher = create_key(&api, "pusher", &["topics/t", "queues/victim:send"]).await;
     let (status, v) = json_of(put_sub(&pusher, "s1")).await;
@@ -196,8 +200,13 @@ async fn naming_a_second_queue_needs_the_permission_the_operation_needs_on_it() 
 
     // A queue subscription still needs `send` on its queue.
     let (status, v) = json_of(
-        as_key(&sluice, &topic_key, Method::PUT, "/v1/topics/t/subscriptions/s2")
-            .json(&json!({"queue": "other"})),
+        as_key(
+            &sluice,
+            &topic_key,
+            Method::PUT,
+            "/v1/topics/t/subscriptions/s2",
+        )
+        .json(&json!({"queue": "other"})),
     )
     .await;
     assert_eq!(status, 403, "{v}");
@@ -250,7 +259,10 @@ async fn bodies_and_attributes_xml_cannot_carry_reach_mns_consumers_intact() {
     // A tag and an attribute key have no lossless XML form: refused at send, by field.
     for (m, field) in [
         (json!({"body": "t", "tag": "a\u{1}"}), "tag"),
-        (json!({"body": "t", "attributes": {"k\u{1}": "v"}}), "attributes"),
+        (
+            json!({"body": "t", "attributes": {"k\u{1}": "v"}}),
+            "attributes",
+        ),
     ] {
         let (status, v) = api.post("/v1/queues/ctl/messages", &m).await;
         assert_eq!(status, 400, "{v}");
@@ -344,8 +356,16 @@ async fn mns_signatures_cover_the_body_and_unknown_keys_answer_like_wrong_secret
                     .headers(mns_signed(&get, "/queues", None, key, &date)),
             )
             .await;
-            let message = if age.is_zero() { element(&xml, "Message") } else { "" };
-            answers.push((status, element(&xml, "Code").to_string(), message.to_string()));
+            let message = if age.is_zero() {
+                element(&xml, "Message")
+            } else {
+                ""
+            };
+            answers.push((
+                status,
+                element(&xml, "Code").to_string(),
+                message.to_string(),
+            ));
         }
         assert_eq!(answers[0], answers[1], "age {age:?}");
         assert_eq!(answers[0].0, status_wanted, "{answers:?}");
@@ -439,16 +459,34 @@ async fn console_sessions_and_live_tails_are_capped_per_key_and_in_all() {
 
     let first = tail(&sluice, &sluice.key).await;
     assert_eq!(first.status(), 200);
-    let (status, v) = json_of(as_key(&sluice, &sluice.key, Method::GET, "/console/events/queue/q")).await;
+    let (status, v) = json_of(as_key(
+        &sluice,
+        &sluice.key,
+        Method::GET,
+        "/console/events/queue/q",
+    ))
+    .await;
     assert_eq!(status, 429, "{v}");
     assert_eq!(v["error"]["code"], "TooManyTails", "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("console_max_tails_per_key"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("console_max_tails_per_key"),
+        "{v}"
+    );
     let second = tail(&sluice, &k3).await;
     assert_eq!(second.status(), 200);
     let k4 = create_key(&api, "k4", &["queues/q:read"]).await;
     let (status, v) = json_of(as_key(&sluice, &k4, Method::GET, "/console/events/queue/q")).await;
     assert_eq!(status, 429, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("`console_max_tails`"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`console_max_tails`"),
+        "{v}"
+    );
     // A closed tail frees its place (its task ends at the next poll).
     drop(first);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -457,7 +495,10 @@ async fn console_sessions_and_live_tails_are_capped_per_key_and_in_all() {
         if r.status() == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "the closed tail's place was not freed");
+        assert!(
+            Instant::now() < deadline,
+            "the closed tail's place was not freed"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(second);

@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::Extension;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -390,7 +390,11 @@ mod tests {
         let _a2 = tails.open("a").unwrap();
         let e = tails.open("a").unwrap_err();
         assert_eq!(e.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
-        assert!(e.message.contains("console_max_tails_per_key"), "{}", e.message);
+        assert!(
+            e.message.contains("console_max_tails_per_key"),
+            "{}",
+            e.message
+        );
         let _b1 = tails.open("b").unwrap();
         let e = tails.open("c").unwrap_err();
         assert!(e.message.contains("`console_max_tails`"), "{}", e.message);

@@ -45,7 +45,8 @@ impl MnsQuery {
 
     /// True when `name` is `true` (any case).
     pub fn flag(&self, name: &str) -> bool {
-        self.get(name).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        self.get(name)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
     }
 
     /// `peekonly=true`: a (Batch)PeekMessage, which changes nothing in the queue.

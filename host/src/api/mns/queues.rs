@@ -327,7 +327,8 @@ pub async fn change_visibility(
     let handle = q
         .get("receipthandle")
         .ok_or_else(|| MnsError::invalid("ReceiptHandle", "missing"))?;
-    let seconds = q.number::<u32>("VisibilityTimeout")?
+    let seconds = q
+        .number::<u32>("VisibilityTimeout")?
         .ok_or_else(|| MnsError::invalid("VisibilityTimeout", "missing: seconds, 1 to 43200"))?;
     let changed = state
         .store

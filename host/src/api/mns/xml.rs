@@ -154,7 +154,11 @@ impl UserProperties {
                     PropertyValue {
                         name: crate::deliver::format::xml_text(k).into_owned(),
                         value,
-                        r#type: if base64 { "BINARY".into() } else { string_type() },
+                        r#type: if base64 {
+                            "BINARY".into()
+                        } else {
+                            string_type()
+                        },
                     }
                 })
                 .collect(),
