@@ -157,6 +157,14 @@ pub struct FileConfig {
     pub http_max_connections: Option<usize>,
     /// Most HTTP connections open at once from one address.
     pub http_max_connections_per_ip: Option<usize>,
+    /// Console sessions signed in at once with one access key (default 100).
+    pub console_max_sessions_per_key: Option<usize>,
+    /// Console sessions signed in at once in all (default 10,000).
+    pub console_max_sessions: Option<usize>,
+    /// Live tails (server-sent event streams) open at once with one access key (default 16).
+    pub console_max_tails_per_key: Option<usize>,
+    /// Live tails open at once in all (default 256).
+    pub console_max_tails: Option<usize>,
 }
 
 /// Bounds of the MQTT listener that a stranger can reach, resolved from the file (see
@@ -544,6 +552,10 @@ pub struct ServeConfig {
     pub mqtt_limits: MqttLimits,
     /// Bounds of the HTTP API's listener.
     pub http_limits: HttpLimits,
+    /// Caps on console sign-ins.
+    pub console_sessions: crate::api::console::session::SessionLimits,
+    /// Caps on live tails.
+    pub console_tails: crate::api::console::tail::TailLimits,
 }
 
 impl ServeConfig {
@@ -651,7 +663,40 @@ impl ServeConfig {
                 message: format!("{push_retry_scale} is out of range: 0 < push_retry_scale <= 1"),
             });
         }
+        let cap = |key: &str, v: Option<usize>, default: usize| match v {
+            Some(0) => Err(ConfigError::Invalid {
+                key: key.into(),
+                message: "0 would refuse every one; give at least 1".into(),
+            }),
+            v => Ok(v.unwrap_or(default)),
+        };
+        let console_sessions = crate::api::console::session::SessionLimits {
+            per_key: cap(
+                "console_max_sessions_per_key",
+                file.console_max_sessions_per_key,
+                crate::api::console::session::DEFAULT_MAX_SESSIONS_PER_KEY,
+            )?,
+            total: cap(
+                "console_max_sessions",
+                file.console_max_sessions,
+                crate::api::console::session::DEFAULT_MAX_SESSIONS,
+            )?,
+        };
+        let console_tails = crate::api::console::tail::TailLimits {
+            per_key: cap(
+                "console_max_tails_per_key",
+                file.console_max_tails_per_key,
+                crate::api::console::tail::DEFAULT_MAX_TAILS_PER_KEY,
+            )?,
+            total: cap(
+                "console_max_tails",
+                file.console_max_tails,
+                crate::api::console::tail::DEFAULT_MAX_TAILS,
+            )?,
+        };
         Ok(ServeConfig {
+            console_sessions,
+            console_tails,
             mqtt_allow_anonymous: flags.mqtt_allow_anonymous
                 || file.mqtt_allow_anonymous.unwrap_or(false),
             example_setup: !flags.no_example_setup && file.example_setup.unwrap_or(true),

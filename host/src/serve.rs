@@ -220,7 +220,10 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     let fresh = !config.data_dir.join("sluice.db").exists();
     let store = open_store(&config).await?;
     let admin_key = store.ensure_admin_key().await?;
-    let keys = Arc::new(crate::api::auth::KeyRing::new(store.list_keys().await?));
+    let keys = Arc::new(crate::api::auth::KeyRing::new(
+        store.list_keys().await?,
+        config.console_sessions,
+    ));
     let devices = Arc::new(DeviceRegistry::load(store.clone()).await?);
     create_configured_devices(&config, &devices).await?;
     if let Some(listener) = listener.as_mut() {
@@ -373,6 +376,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
             http_connections: Some(http_limiter.clone()),
         },
         keys,
+        tails: Arc::new(crate::api::console::tail::Tails::new(config.console_tails)),
         https: https.is_some(),
     }));
     let http_stop = CancellationToken::new();

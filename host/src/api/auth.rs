@@ -12,9 +12,11 @@
 //! ```
 //!
 //! A `Date` more than 15 minutes from the server's clock is refused (a captured request cannot
-//! be replayed later), and a body that comes with `Content-MD5` must match it (the signature
-//! covers the digest, the digest covers the body). Errors come back in the face of the request:
-//! MNS XML for `/queues/...` and `/topics/...`, the JSON error shape for `/v1/...`.
+//! be replayed later), and a request with a body must carry `Content-MD5` and match it (the
+//! signature covers the digest, the digest covers the body). An unknown key id and a wrong
+//! secret or signature get the same answer, so answers do not tell which key ids exist. Errors
+//! come back in the face of the request: MNS XML for `/queues/...` and `/topics/...`, the JSON
+//! error shape for `/v1/...`.
 //!
 //! Keys are looked up in memory ([`KeyRing`], loaded at start and changed only by the key API
 //! after its commit), so a request costs no database read.
@@ -39,7 +41,10 @@ use md5::{Digest, Md5};
 use super::console::session::{self, Sessions};
 use super::console::ConsoleSession;
 use super::error::ApiError;
+use super::json::QueryArgs;
 use super::mns::error::MnsError;
+use super::mns::MnsQuery;
+use super::queues::ReceiveQuery;
 use crate::store::keys::{AccessKey, Action, Resource};
 
 /// Largest clock difference accepted in an MNS-signed request's `Date` (MNS: 15 minutes).
@@ -57,9 +62,13 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
-    /// A ring holding `keys` (all keys of the store, read at start).
-    pub fn new(keys: Vec<AccessKey>) -> KeyRing {
-        let ring = KeyRing::default();
+    /// A ring holding `keys` (all keys of the store, read at start), whose console sign-ins
+    /// are capped by `sessions`.
+    pub fn new(keys: Vec<AccessKey>, sessions: session::SessionLimits) -> KeyRing {
+        let ring = KeyRing {
+            keys: RwLock::default(),
+            sessions: Sessions::new(sessions),
+        };
         for k in keys {
             ring.insert(k);
         }
@@ -134,6 +143,18 @@ pub struct Denied {
     pub code: &'static str,
     /// What is wrong, for the person reading it.
     pub message: String,
+}
+
+impl Denied {
+    /// The refusal as a `/v1/` error naming the request field that named the resource.
+    pub fn at(self, field: &str) -> ApiError {
+        ApiError {
+            status: self.status,
+            code: self.code,
+            message: self.message,
+            field: Some(field.to_string()),
+        }
+    }
 }
 
 fn denied(status: StatusCode, code: &'static str, message: impl Into<String>) -> Denied {
@@ -250,74 +271,115 @@ async fn authorize(keys: &KeyRing, mut req: Request) -> Result<Request, Denied> 
         .trim()
         .split_once(':')
         .ok_or_else(invalid_header)?;
-    let key = keys.get(id).ok_or_else(|| {
-        denied(
-            StatusCode::FORBIDDEN,
-            "InvalidAccessKeyId",
-            format!("access key `{id}` does not exist"),
-        )
-    })?;
-    let req = match scheme {
-        "Bearer" => {
-            if !constant_time_eq(proof.as_bytes(), key.secret.as_bytes()) {
-                return Err(denied(
-                    StatusCode::FORBIDDEN,
-                    "SignatureDoesNotMatch",
-                    format!("the secret given for access key `{id}` is wrong"),
-                ));
-            }
-            req
-        }
+    // An unknown key takes the same steps as a known one (a stand-in secret, the same HMAC), and
+    // a stale Date is refused whether the key exists or not: no answer or timing says which.
+    let key = keys.get(id);
+    let secret = key
+        .as_ref()
+        .map_or(UNKNOWN_KEY_SECRET, |k| k.secret.as_str());
+    let proven = match scheme {
+        "Bearer" => constant_time_eq(proof.as_bytes(), secret.as_bytes()),
         "MNS" => {
             check_date(req.headers())?;
             let expected = mns_signature(
-                &key.secret,
+                secret,
                 req.method(),
                 req.headers(),
                 req.uri().path_and_query().map_or("/", |p| p.as_str()),
             );
-            if !constant_time_eq(proof.as_bytes(), expected.as_bytes()) {
-                return Err(denied(
-                    StatusCode::FORBIDDEN,
-                    "SignatureDoesNotMatch",
-                    "the request signature does not match the one computed with the key's \
-                     secret (see the string-to-sign in README)",
-                ));
-            }
-            check_body_digest(req).await?
+            constant_time_eq(proof.as_bytes(), expected.as_bytes())
         }
         _ => return Err(invalid_header()),
+    };
+    let Some(key) = key.filter(|_| proven) else {
+        return Err(bad_credentials());
+    };
+    let req = if scheme == "MNS" {
+        check_body_digest(req).await?
+    } else {
+        req
     };
     check_policy(key, req)
 }
 
 /// Whether the key's policy allows what the request does.
 fn check_policy(key: Arc<AccessKey>, mut req: Request) -> Result<Request, Denied> {
-    let (resource, action) = match super::console::policy(req.uri().path(), req.uri().query()) {
+    let peek = match super::console::policy(req.uri().path(), req.uri().query()) {
         // A console page: any signed-in key may see the page; its data comes from `/v1/`.
         Some(None) => {
             req.extensions_mut().insert(Caller(key));
             return Ok(req);
         }
-        Some(Some(needs)) => needs,
-        None => classify(req.method(), req.uri().path(), req.uri().query()),
+        Some(Some(_)) => false,
+        None => parse_query_once(&mut req)?,
     };
-    if !key.allows(&resource, action) {
-        let what = match &resource {
-            Resource::Queue(Some(n)) => format!("{} on queue `{n}`", action.as_str()),
-            Resource::Topic(Some(n)) => format!("{} on topic `{n}`", action.as_str()),
-            Resource::Queue(None) => format!("{} on all queues", action.as_str()),
-            Resource::Topic(None) => format!("{} on all topics", action.as_str()),
-            Resource::Admin => "this endpoint (admin keys only)".to_string(),
-        };
-        return Err(denied(
-            StatusCode::FORBIDDEN,
-            "AccessDenied",
-            format!("access key `{}` ({}) may not {what}", key.id, key.name),
-        ));
+    let (resource, action) = match super::console::policy(req.uri().path(), req.uri().query()) {
+        Some(Some(needs)) => needs,
+        _ => classify(req.method(), req.uri().path(), peek),
+    };
+    if let Some(d) = deny(&key, &resource, action) {
+        return Err(d);
     }
     req.extensions_mut().insert(Caller(key));
     Ok(req)
+}
+
+/// Parses the query of a request whose needed permission depends on it, leaves the parse in
+/// the request's extensions for the handler (one parse, so the check and the handler cannot
+/// disagree about it) and says whether the request only peeks. Every MNS request's query is
+/// parsed here (a repeated parameter is refused on that face); on `/v1/`, a message read's.
+fn parse_query_once(req: &mut Request) -> Result<bool, Denied> {
+    let refused = |status, code, message| denied(status, code, message);
+    if is_mns_path(req.uri().path()) {
+        let q =
+            MnsQuery::parse(req.uri().query()).map_err(|e| refused(e.status, e.code, e.message))?;
+        let peek = q.peek_only();
+        req.extensions_mut().insert(q);
+        return Ok(peek);
+    }
+    let segs: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
+    if req.method() == Method::GET && matches!(segs.as_slice(), ["v1", "queues", _, "messages"]) {
+        let q = QueryArgs::<ReceiveQuery>::parse(req.uri())
+            .map_err(|e| refused(e.status, e.code, e.message))?;
+        let peek = q.0.peek;
+        req.extensions_mut().insert(q);
+        return Ok(peek);
+    }
+    Ok(false)
+}
+
+/// A 403 naming the key, the action and the resource when `key` may not do `action` there.
+fn deny(key: &AccessKey, resource: &Resource<'_>, action: Action) -> Option<Denied> {
+    if key.allows(resource, action) {
+        return None;
+    }
+    let what = match resource {
+        Resource::Queue(Some(n)) => format!("{} on queue `{n}`", action.as_str()),
+        Resource::Topic(Some(n)) => format!("{} on topic `{n}`", action.as_str()),
+        Resource::Queue(None) => format!("{} on all queues", action.as_str()),
+        Resource::Topic(None) => format!("{} on all topics", action.as_str()),
+        Resource::Admin => "this endpoint (admin keys only)".to_string(),
+    };
+    Some(denied(
+        StatusCode::FORBIDDEN,
+        "AccessDenied",
+        format!("access key `{}` ({}) may not {what}", key.id, key.name),
+    ))
+}
+
+/// Stands in for the secret of an unknown key, so its check takes the same steps as a known
+/// key's (the request is refused whatever it matches).
+const UNKNOWN_KEY_SECRET: &str = "stand-in secret of an unknown access key";
+
+/// The one answer for an unknown key id and a wrong secret or signature, on both faces: telling
+/// them apart (or quoting the id) would confirm which key ids exist.
+fn bad_credentials() -> Denied {
+    denied(
+        StatusCode::FORBIDDEN,
+        "SignatureDoesNotMatch",
+        "the access key id is unknown or its secret is wrong (an MNS signature is made with the \
+         secret): check both (`sluice key list`; the MNS string-to-sign is in README)",
+    )
 }
 
 fn invalid_header() -> Denied {
@@ -398,11 +460,15 @@ fn check_date(headers: &HeaderMap) -> Result<(), Denied> {
     Ok(())
 }
 
-/// Reads the body when the request carries `Content-MD5` and checks it: the SDK sends base64 of
-/// the hex digest; the standard form (base64 of the raw digest) is accepted too.
+/// Checks the body of an MNS-signed request against its `Content-MD5`. The signature covers the
+/// digest and only the digest covers the body, so a request with a body must carry one (the
+/// official SDK sends it with every body), or a captured request could be replayed with another
+/// body while its `Date` is fresh. The SDK sends base64 of the hex digest; the standard form
+/// (base64 of the raw digest) is accepted too.
 async fn check_body_digest(req: Request) -> Result<Request, Denied> {
+    use axum::body::HttpBody as _;
     let given = header(req.headers(), "content-md5").to_string();
-    if given.is_empty() {
+    if given.is_empty() && req.body().size_hint().exact() == Some(0) {
         return Ok(req);
     }
     let (parts, body) = req.into_parts();
@@ -415,6 +481,17 @@ async fn check_body_digest(req: Request) -> Result<Request, Denied> {
                 format!("the request body is over {MAX_DIGEST_BODY_BYTES} bytes"),
             )
         })?;
+    if given.is_empty() {
+        if bytes.is_empty() {
+            return Ok(Request::from_parts(parts, Body::from(bytes)));
+        }
+        return Err(denied(
+            StatusCode::BAD_REQUEST,
+            "MissingContentMD5",
+            "an MNS-signed request with a body must carry Content-MD5 (base64 of the body's MD5) \
+             and sign it, so the signature covers the body",
+        ));
+    }
     let digest = Md5::digest(&bytes);
     let b64 = &base64::engine::general_purpose::STANDARD;
     let sdk_form = b64.encode(hex::encode(digest));
@@ -429,9 +506,10 @@ async fn check_body_digest(req: Request) -> Result<Request, Denied> {
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
-/// What a request does: the queue or topic it touches and the action, by method and path.
-/// Anything that is not a queue or topic operation is [`Resource::Admin`].
-pub fn classify<'a>(method: &Method, path: &'a str, query: Option<&str>) -> (Resource<'a>, Action) {
+/// What a request does: the queue or topic it touches and the action, by method and path;
+/// `peek` is what the parsed query says (a peek needs `read`, a receive `consume`). Anything that
+/// is not a queue or topic operation is [`Resource::Admin`].
+pub fn classify<'a>(method: &Method, path: &'a str, peek: bool) -> (Resource<'a>, Action) {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let segs: &[&str] = match segs.first() {
         Some(&"v1") => &segs[1..],
@@ -442,17 +520,13 @@ pub fn classify<'a>(method: &Method, path: &'a str, query: Option<&str>) -> (Res
     } else {
         Action::Manage
     };
-    let peek = query.is_some_and(|q| {
-        q.split('&')
-            .any(|p| p.eq_ignore_ascii_case("peekonly=true") || p == "peek=true")
-    });
     match segs {
         ["queues"] => (Resource::Queue(None), Action::Read),
         ["queues", q] => (Resource::Queue(Some(q)), read_or_manage),
         ["queues", q, "messages", ..] => {
             let action = if method == Method::POST && segs.len() == 3 {
                 Action::Send
-            } else if method == Method::GET && peek {
+            } else if method == Method::GET && segs.len() == 3 && peek {
                 Action::Read
             } else {
                 Action::Consume
@@ -467,20 +541,11 @@ pub fn classify<'a>(method: &Method, path: &'a str, query: Option<&str>) -> (Res
     }
 }
 
-/// A 403 for a handler's own policy check (a subscription's target queue).
+/// A 403 for a handler's own policy check of a second queue a request names (a subscription's
+/// target or dead-letter queue, a queue's dead-letter queue): each queue named is checked with
+/// the permission the operation needs on it.
 pub fn deny_queue(caller: &Caller, queue: &str, action: Action) -> Option<Denied> {
-    (!caller.0.allows(&Resource::Queue(Some(queue)), action)).then(|| {
-        denied(
-            StatusCode::FORBIDDEN,
-            "AccessDenied",
-            format!(
-                "access key `{}` ({}) may not {} on queue `{queue}`",
-                caller.0.id,
-                caller.0.name,
-                action.as_str()
-            ),
-        )
-    })
+    deny(&caller.0, &Resource::Queue(Some(queue)), action)
 }
 
 #[cfg(test)]
@@ -512,38 +577,38 @@ mod tests {
     /// Paths of both faces map to the queue or topic and the action the policy checks.
     #[test]
     fn requests_classify_by_method_and_path() {
-        let c = |m: Method, p: &'static str, q: Option<&str>| classify(&m, p, q);
+        let c = |m: Method, p: &'static str, peek: bool| classify(&m, p, peek);
         assert_eq!(
-            c(Method::GET, "/queues", None),
+            c(Method::GET, "/queues", false),
             (Resource::Queue(None), Action::Read)
         );
         assert_eq!(
-            c(Method::GET, "/queues/q/messages", Some("waitseconds=3")),
+            c(Method::GET, "/queues/q/messages", false),
             (Resource::Queue(Some("q")), Action::Consume)
         );
         assert_eq!(
-            c(Method::GET, "/queues/q/messages", Some("peekonly=true")),
+            c(Method::GET, "/queues/q/messages", true),
             (Resource::Queue(Some("q")), Action::Read)
         );
         assert_eq!(
-            c(Method::POST, "/v1/queues/q/messages", None),
+            c(Method::POST, "/v1/queues/q/messages", false),
             (Resource::Queue(Some("q")), Action::Send)
         );
         assert_eq!(
-            c(Method::POST, "/v1/queues/q/messages/delete", None),
+            c(Method::POST, "/v1/queues/q/messages/delete", true),
             (Resource::Queue(Some("q")), Action::Consume)
         );
         assert_eq!(
-            c(Method::PUT, "/topics/t/subscriptions/s", None),
+            c(Method::PUT, "/topics/t/subscriptions/s", false),
             (Resource::Topic(Some("t")), Action::Manage)
         );
         assert_eq!(
-            c(Method::POST, "/topics/t/messages", None),
+            c(Method::POST, "/topics/t/messages", false),
             (Resource::Topic(Some("t")), Action::Send)
         );
-        assert_eq!(c(Method::GET, "/v1/rules", None).0, Resource::Admin);
-        assert_eq!(c(Method::GET, "/v1/keys", None).0, Resource::Admin);
-        assert_eq!(c(Method::GET, "/metrics", None).0, Resource::Admin);
+        assert_eq!(c(Method::GET, "/v1/rules", false).0, Resource::Admin);
+        assert_eq!(c(Method::GET, "/v1/keys", false).0, Resource::Admin);
+        assert_eq!(c(Method::GET, "/metrics", false).0, Resource::Admin);
     }
 
     fn ring_with(grant: &str) -> (KeyRing, AccessKey) {
@@ -552,7 +617,7 @@ mod tests {
             vec![crate::store::keys::Grant::parse(grant).unwrap()],
             0,
         );
-        (KeyRing::new(vec![key.clone()]), key)
+        (KeyRing::new(vec![key.clone()], Default::default()), key)
     }
 
     fn request(method: Method, path: &str, cookie: Option<&str>, csrf: Option<&str>) -> Request {
@@ -595,7 +660,7 @@ mod tests {
     #[tokio::test]
     async fn a_session_cookie_is_the_key_with_csrf_on_writes() {
         let (ring, key) = ring_with("queues/q*:read,send");
-        let (token, s) = ring.sessions().create(&key.id);
+        let (token, s) = ring.sessions().create(&key.id).unwrap();
         let post = Method::POST;
         let send = "/v1/queues/q1/messages";
         let cases: [Case; 8] = [

@@ -42,14 +42,32 @@ where
 }
 
 /// A query string of type `T`, whose errors use the API's error shape (axum's `Query` answers
-/// in plain text): an unknown parameter or a value that is not a number is a 400
-/// `InvalidArgument`.
-#[derive(Debug)]
+/// in plain text): an unknown parameter, a parameter given twice or a value that is not a number
+/// is a 400 `InvalidArgument`.
+///
+/// When the auth middleware already parsed the query (to decide which permission a request
+/// needs, see `auth::check_policy`), it leaves the value in the request's extensions and the
+/// handler takes that one: the check and the handler act on the same parse.
+#[derive(Debug, Clone)]
 pub struct QueryArgs<T>(pub T);
+
+impl<T: DeserializeOwned> QueryArgs<T> {
+    /// Parses the query of `uri`.
+    pub fn parse(uri: &axum::http::Uri) -> Result<QueryArgs<T>, ApiError> {
+        axum::extract::Query::try_from_uri(uri)
+            .map(|q| QueryArgs(q.0))
+            .map_err(|e| ApiError {
+                status: axum::http::StatusCode::BAD_REQUEST,
+                code: "InvalidArgument",
+                message: e.body_text(),
+                field: None,
+            })
+    }
+}
 
 impl<S, T> axum::extract::FromRequestParts<S> for QueryArgs<T>
 where
-    T: DeserializeOwned,
+    T: DeserializeOwned + Clone + Send + Sync + 'static,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -58,13 +76,9 @@ where
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::try_from_uri(&parts.uri)
-            .map(|q| QueryArgs(q.0))
-            .map_err(|e| ApiError {
-                status: axum::http::StatusCode::BAD_REQUEST,
-                code: "InvalidArgument",
-                message: e.body_text(),
-                field: None,
-            })
+        match parts.extensions.get::<QueryArgs<T>>() {
+            Some(q) => Ok(q.clone()),
+            None => QueryArgs::parse(&parts.uri),
+        }
     }
 }

@@ -87,6 +87,8 @@ struct Snapshot {
     queues: Vec<(QueueInfo, QueueTotals)>,
     pushes: Vec<(String, String, PushStatus)>,
     store: Arc<crate::store::metrics::StoreCounters>,
+    sessions: super::console::session::SessionCounts,
+    tails: super::console::tail::TailCounts,
 }
 
 #[derive(Debug)]
@@ -185,6 +187,8 @@ impl Snapshot {
             queues,
             pushes,
             store: counters,
+            sessions: state.keys.sessions().counts(),
+            tails: state.tails.counts(),
         })
     }
 }
@@ -513,6 +517,40 @@ impl Collector for Snapshot {
                     HistogramValue::of(&r.counters.latency, &RULE_BOUNDS_S, 1e-9),
                 )
             }),
+        )?;
+
+        // Console sign-ins and live tails, and the caps that refuse more.
+        let by_cap = |per_key: u64, total: u64| {
+            [("per_key", per_key), ("total", total)]
+                .map(|(cap, n)| (vec![("cap", cap.to_string())], counter(n)))
+        };
+        family(
+            &mut e,
+            "sluice_console_sessions",
+            "Console sessions signed in now.",
+            None,
+            one(gauge(self.sessions.live)),
+        )?;
+        family(
+            &mut e,
+            "sluice_console_sessions_refused",
+            "Console sign-ins refused by a cap: per key (console_max_sessions_per_key) or in all (console_max_sessions).",
+            None,
+            by_cap(self.sessions.refused_per_key, self.sessions.refused_total),
+        )?;
+        family(
+            &mut e,
+            "sluice_console_tails",
+            "Live tails (server-sent event streams) open now.",
+            None,
+            one(gauge(self.tails.open)),
+        )?;
+        family(
+            &mut e,
+            "sluice_console_tails_refused",
+            "Live tails refused by a cap: per key (console_max_tails_per_key) or in all (console_max_tails).",
+            None,
+            by_cap(self.tails.refused_per_key, self.tails.refused_total),
         )?;
 
         // Topics.

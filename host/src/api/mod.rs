@@ -64,6 +64,8 @@ pub struct Services {
     pub stages: metrics::StageCounters,
     /// The access keys, checked on every request.
     pub keys: Arc<auth::KeyRing>,
+    /// The console's open live tails, capped per key and in all.
+    pub tails: Arc<console::tail::Tails>,
     /// Served over HTTPS (`--http-tls-cert`): the console's session cookie is then `Secure`.
     pub https: bool,
 }

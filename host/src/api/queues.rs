@@ -16,13 +16,15 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
+use super::auth::{deny_queue, Caller};
 use super::error::{ApiError, ErrorDetail};
 use super::json::{JsonBody, QueryArgs};
 use super::{body, AppState};
+use crate::store::keys::Action;
 use crate::store::{Message, QueueAttributes, SendRequest, StoreError};
 
 /// Attributes for create or set; omitted ones take their defaults (create) or keep their
@@ -83,6 +85,17 @@ impl QueueBody {
         a
     }
 
+    /// Refuses a `dead_letter_queue` the caller may not send to: messages that exceed
+    /// `max_receive_count` are written there.
+    pub fn check_dead_letter_queue(&self, caller: &Caller) -> Result<(), ApiError> {
+        if let Some(Some(queue)) = &self.dead_letter_queue {
+            if let Some(d) = deny_queue(caller, queue, Action::Send) {
+                return Err(d.at("dead_letter_queue"));
+            }
+        }
+        Ok(())
+    }
+
     /// The attributes of a new queue: the given ones over the defaults.
     pub fn attributes(self) -> QueueAttributes {
         self.apply(QueueAttributes::default())
@@ -90,12 +103,15 @@ impl QueueBody {
 }
 
 /// `PUT /v1/queues/{queue}`: creates the queue. Idempotent: the same attributes again answer
-/// `200`, different ones `409 QueueAlreadyExist` (change them with `PATCH`).
+/// `200`, different ones `409 QueueAlreadyExist` (change them with `PATCH`). Naming a
+/// `dead_letter_queue` needs `send` on it.
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(queue): Path<String>,
     JsonBody(body): JsonBody<QueueBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    body.check_dead_letter_queue(&caller)?;
     let created = state.store.create_queue(&queue, body.attributes()).await?;
     let info = state.store.get_queue(&queue).await?;
     let status = if created {
@@ -108,11 +124,14 @@ pub async fn create(
 
 /// `PATCH /v1/queues/{queue}`: sets the attributes given in the body and keeps the others.
 /// Validated as a whole; nothing changes on error. New values apply to later operations.
+/// Naming a `dead_letter_queue` needs `send` on it.
 pub async fn set_attributes(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(queue): Path<String>,
     JsonBody(body): JsonBody<QueueBody>,
 ) -> Result<Json<Value>, ApiError> {
+    body.check_dead_letter_queue(&caller)?;
     let current = state.store.get_queue(&queue).await?.attributes;
     state
         .store
@@ -211,14 +230,15 @@ pub async fn send(
     }
 }
 
-/// Query of a receive or peek.
-#[derive(Debug, Deserialize)]
+/// Query of a receive or peek. The auth middleware parses it first (`peek` decides whether the
+/// request needs `read` or `consume`) and the handler takes that same parse.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiveQuery {
     max: Option<u32>,
     wait_seconds: Option<u32>,
     #[serde(default)]
-    peek: bool,
+    pub(crate) peek: bool,
 }
 
 /// `GET /v1/queues/{queue}/messages?max=N&wait_seconds=S[&peek=true]`. An empty queue after the

@@ -141,7 +141,8 @@ async fn shown(state: &AppState, info: SubscriptionInfo) -> Result<Value, ApiErr
 /// `PUT /v1/topics/{topic}/subscriptions/{name}`: `201` with the subscription (and, for an HTTP
 /// one, its signing `secret`, shown this once); `200` without a secret when the same
 /// subscription exists; `409 SubscriptionAlreadyExist` when a different one does.
-/// Subscribing a queue writes into it, so the caller's key needs `send` on that queue too.
+/// Subscribing a queue writes into it, so the caller's key needs `send` on that queue too; so
+/// does naming an HTTP subscription's `dead_letter_queue` (failed pushes are written there).
 pub async fn subscribe(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -149,14 +150,16 @@ pub async fn subscribe(
     JsonBody(req): JsonBody<SubscriptionBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let spec = req.into_spec()?;
-    if let Endpoint::Queue(queue) = &spec.endpoint {
+    let written = match &spec.endpoint {
+        Endpoint::Queue(queue) => Some(("queue", queue)),
+        Endpoint::Http(push) => push
+            .dead_letter_queue
+            .as_ref()
+            .map(|q| ("dead_letter_queue", q)),
+    };
+    if let Some((field, queue)) = written {
         if let Some(d) = deny_queue(&caller, queue, Action::Send) {
-            return Err(ApiError {
-                status: d.status,
-                code: d.code,
-                message: d.message,
-                field: Some("queue".into()),
-            });
+            return Err(d.at(field));
         }
     }
     let (created, secret) = if let Endpoint::Http(_) = &spec.endpoint {
@@ -291,26 +294,53 @@ fn check_max(max: Option<usize>) -> Result<usize, ApiError> {
     Ok(max)
 }
 
+/// Checks that the caller may do `action` on the subscription's dead-letter queue, which holds
+/// the messages the dead-letter calls read or move (the topic's grant does not cover that
+/// queue).
+async fn check_dead_letter_queue(
+    state: &AppState,
+    caller: &Caller,
+    topic: &str,
+    name: &str,
+    action: Action,
+) -> Result<(), ApiError> {
+    let info = state.store.get_subscription(topic, name).await?;
+    if let Endpoint::Http(push) = &info.spec.endpoint {
+        if let Some(queue) = &push.dead_letter_queue {
+            if let Some(d) = deny_queue(caller, queue, action) {
+                return Err(d.at("dead_letter_queue"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `GET .../subscriptions/{name}/dead-letters?max=N`: the subscription's messages in its
-/// dead-letter queue, each with its `dead_letter` origin (attempts, last error).
+/// dead-letter queue, each with its `dead_letter` origin (attempts, last error). Needs `read` on
+/// that queue.
 pub async fn dead_letters(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((topic, name)): Path<(String, String)>,
     Query(q): Query<MaxQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let max = check_max(q.max)?;
+    check_dead_letter_queue(&state, &caller, &topic, &name, Action::Read).await?;
     let messages = state.store.push_dead_letters(&topic, &name, max).await?;
     Ok(Json(json!({ "messages": messages })))
 }
 
 /// `POST .../subscriptions/{name}/dead-letters/redrive` (`{"max": N}`, default 100): moves
-/// them back to pending pushes with a fresh schedule and the same message ids.
+/// them back to pending pushes with a fresh schedule and the same message ids. Takes them out
+/// of the dead-letter queue, so it needs `consume` on that queue.
 pub async fn redrive(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((topic, name)): Path<(String, String)>,
     JsonBody(req): JsonBody<MaxQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let max = check_max(req.max)?;
+    check_dead_letter_queue(&state, &caller, &topic, &name, Action::Consume).await?;
     let n = state
         .store
         .redrive_push_dead_letters(&topic, &name, max)

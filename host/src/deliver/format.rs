@@ -118,8 +118,8 @@ pub fn render(
 }
 
 /// The body as text, or its base64 (`true`) when it is not UTF-8 or (for XML) has characters
-/// XML 1.0 cannot carry.
-fn message_text(body: &[u8], xml: bool) -> (String, bool) {
+/// XML 1.0 cannot carry. Also the MNS face's received messages (`api::mns::queues`).
+pub(crate) fn message_text(body: &[u8], xml: bool) -> (String, bool) {
     match std::str::from_utf8(body) {
         Ok(s) if !xml || s.chars().all(xml_char) => (s.to_owned(), false),
         _ => (base64::engine::general_purpose::STANDARD.encode(body), true),
@@ -127,8 +127,20 @@ fn message_text(body: &[u8], xml: bool) -> (String, bool) {
 }
 
 /// XML 1.0 `Char`.
-fn xml_char(c: char) -> bool {
+pub(crate) fn xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// `s` with every character XML 1.0 cannot carry replaced by U+FFFD, for names and short texts
+/// that have no lossless form in an XML document (a serialiser escapes the markup itself).
+pub(crate) fn xml_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().all(xml_char) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| if xml_char(c) { c } else { '\u{FFFD}' })
+        .collect::<String>()
+        .into()
 }
 
 /// Escapes text content (and attribute-safe: quotes too). Characters XML cannot carry are

@@ -230,6 +230,13 @@ pub(crate) fn validate_tag_and_attributes(
         if has_cr_lf_or_nul(tag) {
             return Err(StoreError::invalid("tag", "CR, LF and NUL are not allowed"));
         }
+        if !tag.chars().all(crate::deliver::format::xml_char) {
+            return Err(StoreError::invalid(
+                "tag",
+                "control characters are not allowed (the MNS face and XML pushes carry the tag \
+                 as XML text, which cannot hold them)",
+            ));
+        }
     }
     validate_attributes(attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
@@ -266,6 +273,13 @@ fn validate_attributes<'a>(
             return Err(StoreError::invalid(
                 "attributes",
                 "CR, LF and NUL are not allowed in attributes",
+            ));
+        }
+        if !k.chars().all(crate::deliver::format::xml_char) {
+            return Err(StoreError::invalid(
+                "attributes",
+                "control characters are not allowed in attribute keys (the MNS face carries \
+                 them as XML names of properties); values may hold them",
             ));
         }
     }

@@ -11,6 +11,7 @@ mod metrics;
 mod mns;
 mod push;
 mod rules_wasm;
+mod security_api;
 mod security_mqtt;
 mod skeleton;
 mod store_backpressure;

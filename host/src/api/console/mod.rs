@@ -152,27 +152,31 @@ async fn sign_in(
         );
     }
     let keys = &state.app.keys;
-    match keys.verify(form.key_id.trim(), form.secret.trim()) {
-        Some(key) => {
-            let (token, _) = keys.sessions().create(&key.id);
-            tracing::info!(key = %key.id, "console sign-in");
-            (
-                StatusCode::SEE_OTHER,
-                [
-                    (
-                        header::SET_COOKIE,
-                        session::set_cookie(&token, state.app.https),
-                    ),
-                    (header::LOCATION, "/console/".to_string()),
-                ],
-            )
-                .into_response()
-        }
-        None => pages::sign_in(
+    let Some(key) = keys.verify(form.key_id.trim(), form.secret.trim()) else {
+        return pages::sign_in(
             Some("that access key id and secret do not match a key of this server"),
             StatusCode::UNAUTHORIZED,
-        ),
-    }
+        );
+    };
+    let token = match keys.sessions().create(&key.id) {
+        Ok((token, _)) => token,
+        Err(refused) => {
+            tracing::warn!(key = %key.id, "console sign-in refused: {refused}");
+            return pages::sign_in(Some(&refused.to_string()), StatusCode::TOO_MANY_REQUESTS);
+        }
+    };
+    tracing::info!(key = %key.id, "console sign-in");
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (
+                header::SET_COOKIE,
+                session::set_cookie(&token, state.app.https),
+            ),
+            (header::LOCATION, "/console/".to_string()),
+        ],
+    )
+        .into_response()
 }
 
 async fn sign_out(

@@ -6,14 +6,19 @@
 //! queue tail peeks the queue's head twice a second and sends each message once; it changes
 //! nothing in the queue. Every stream ends when the pipeline shuts down (so the server's graceful
 //! shutdown does not wait on a browser) and after [`MAX_STREAM`] (the browser reconnects).
+//! Open tails are capped per key and in all ([`Tails`]), so one key cannot hold an unbounded
+//! number of tasks and queue polls.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -22,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::ConsoleState;
+use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::pipeline::TapEvent;
 
@@ -37,6 +43,133 @@ const STREAM_BUFFER: usize = 64;
 
 /// Message ids a queue tail remembers as already sent.
 const SEEN_IDS: usize = 1024;
+
+/// Default cap on open tails of one key (config `console_max_tails_per_key`): a browser holds
+/// at most about six connections to one server, so this is a few people's browsers on one key.
+pub const DEFAULT_MAX_TAILS_PER_KEY: usize = 16;
+
+/// Default cap on open tails in all (config `console_max_tails`): each is a task, and a queue
+/// tail peeks twice a second.
+pub const DEFAULT_MAX_TAILS: usize = 256;
+
+/// How many tails may be open at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TailLimits {
+    /// Open tails of one key.
+    pub per_key: usize,
+    /// Open tails in all.
+    pub total: usize,
+}
+
+impl Default for TailLimits {
+    fn default() -> TailLimits {
+        TailLimits {
+            per_key: DEFAULT_MAX_TAILS_PER_KEY,
+            total: DEFAULT_MAX_TAILS,
+        }
+    }
+}
+
+/// The open tails by key, held to their caps. A tail holds a [`TailPermit`] for as long as its
+/// stream runs.
+#[derive(Debug, Default)]
+pub struct Tails {
+    limits: TailLimits,
+    open: Mutex<HashMap<String, usize>>,
+    refused_per_key: AtomicU64,
+    refused_total: AtomicU64,
+}
+
+/// Open tails and refused ones, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TailCounts {
+    /// Tails open now.
+    pub open: u64,
+    /// Tails refused by the per-key cap.
+    pub refused_per_key: u64,
+    /// Tails refused by the total cap.
+    pub refused_total: u64,
+}
+
+/// One open tail's place; dropping it (the stream ended) frees the place.
+#[derive(Debug)]
+pub struct TailPermit {
+    tails: Arc<Tails>,
+    key_id: String,
+}
+
+impl Drop for TailPermit {
+    fn drop(&mut self) {
+        let mut open = self.tails.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.key_id) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key_id);
+            }
+        }
+    }
+}
+
+impl Tails {
+    /// No tails yet, with these caps.
+    pub fn new(limits: TailLimits) -> Tails {
+        Tails {
+            limits,
+            ..Tails::default()
+        }
+    }
+
+    /// A place for one more tail of `key_id`, or a 429 naming the cap reached and its setting.
+    pub fn open(self: &Arc<Self>, key_id: &str) -> Result<TailPermit, ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let refused = |counter: &AtomicU64, message: String| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            ApiError {
+                status: axum::http::StatusCode::TOO_MANY_REQUESTS,
+                code: "TooManyTails",
+                message,
+                field: None,
+            }
+        };
+        let total: usize = open.values().sum();
+        if total >= self.limits.total {
+            return Err(refused(
+                &self.refused_total,
+                format!(
+                    "the server already has {} live tails open (the cap in all): close some, or \
+                     raise `console_max_tails` in sluice.toml",
+                    self.limits.total
+                ),
+            ));
+        }
+        let mine = open.entry(key_id.to_string()).or_default();
+        if *mine >= self.limits.per_key {
+            return Err(refused(
+                &self.refused_per_key,
+                format!(
+                    "this access key already has {} live tails open (the cap per key): close \
+                     some, or raise `console_max_tails_per_key` in sluice.toml",
+                    self.limits.per_key
+                ),
+            ));
+        }
+        *mine += 1;
+        Ok(TailPermit {
+            tails: self.clone(),
+            key_id: key_id.to_string(),
+        })
+    }
+
+    /// Open tails and refusals.
+    pub fn counts(&self) -> TailCounts {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        TailCounts {
+            open: open.values().sum::<usize>() as u64,
+            refused_per_key: self.refused_per_key.load(Ordering::Relaxed),
+            refused_total: self.refused_total.load(Ordering::Relaxed),
+        }
+    }
+}
 
 /// `?filter=` of a topic tail.
 #[derive(Debug, Deserialize)]
@@ -83,12 +216,15 @@ fn tap(state: &ConsoleState) -> Result<(crate::pipeline::Tap, CancellationToken)
 /// Forwards tap events that `pick` turns into JSON until the browser leaves or sluice stops.
 fn follow_tap(
     state: &ConsoleState,
+    caller: &Caller,
     pick: impl Fn(TapEvent) -> Option<Value> + Send + 'static,
 ) -> Result<Response, ApiError> {
     let (tap, closed) = tap(state)?;
+    let permit = state.app.tails.open(&caller.0.id)?;
     let mut events = tap.subscribe();
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
+        let _permit = permit;
         let deadline = tokio::time::sleep(MAX_STREAM);
         tokio::pin!(deadline);
         loop {
@@ -119,12 +255,13 @@ fn follow_tap(
 /// `GET /console/events/topic?filter=F`: device messages whose MQTT topic matches `F`.
 pub async fn topic(
     State(state): State<ConsoleState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<FilterQuery>,
 ) -> Result<Response, ApiError> {
     crate::topic::validate_filter(&q.filter)
         .map_err(|e| ApiError::invalid("filter", e.to_string()))?;
     let filter = q.filter;
-    follow_tap(&state, move |e| match e {
+    follow_tap(&state, &caller, move |e| match e {
         TapEvent::Ingested {
             topic,
             payload,
@@ -142,10 +279,11 @@ pub async fn topic(
 /// `GET /console/events/rule/{name}`: the rule's forwards as it makes them.
 pub async fn rule(
     State(state): State<ConsoleState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     state.app.rules.get(&name)?;
-    follow_tap(&state, move |e| match e {
+    follow_tap(&state, &caller, move |e| match e {
         TapEvent::Output {
             rule,
             topic,
@@ -166,9 +304,11 @@ pub async fn rule(
 /// receiving them.
 pub async fn queue(
     State(state): State<ConsoleState>,
+    Extension(caller): Extension<Caller>,
     Path(queue): Path<String>,
 ) -> Result<Response, ApiError> {
     state.app.store.get_queue(&queue).await?;
+    let permit = state.app.tails.open(&caller.0.id)?;
     let closed = state
         .app
         .stages
@@ -179,6 +319,7 @@ pub async fn queue(
     let store = state.app.store.clone();
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
+        let _permit = permit;
         let deadline = tokio::time::Instant::now() + MAX_STREAM;
         let mut seen: HashSet<String> = HashSet::new();
         let mut order: VecDeque<String> = VecDeque::new();
@@ -231,4 +372,35 @@ pub async fn queue(
         }
     });
     Ok(stream(rx).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tails are capped per key and in all; a refusal is a counted 429 naming the setting, and
+    /// a closed tail frees its place.
+    #[test]
+    fn tails_are_capped_per_key_and_in_all() {
+        let tails = Arc::new(Tails::new(TailLimits {
+            per_key: 2,
+            total: 3,
+        }));
+        let a1 = tails.open("a").unwrap();
+        let _a2 = tails.open("a").unwrap();
+        let e = tails.open("a").unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            e.message.contains("console_max_tails_per_key"),
+            "{}",
+            e.message
+        );
+        let _b1 = tails.open("b").unwrap();
+        let e = tails.open("c").unwrap_err();
+        assert!(e.message.contains("`console_max_tails`"), "{}", e.message);
+        drop(a1);
+        let _c1 = tails.open("c").unwrap();
+        let c = tails.counts();
+        assert_eq!((c.open, c.refused_per_key, c.refused_total), (3, 1, 1));
+    }
 }

@@ -67,10 +67,12 @@ struct ErrorXml<'a> {
 impl IntoResponse for MnsError {
     fn into_response(self) -> Response {
         let id = request_id();
+        // Messages quote what the client sent (a query value may decode to U+0001).
+        let message = crate::deliver::format::xml_text(&self.message);
         let body = to_xml(&ErrorXml {
             xmlns: XMLNS,
             code: self.code,
-            message: &self.message,
+            message: &message,
             request_id: &id,
             host_id: "sluice",
         });

@@ -20,11 +20,10 @@
 //! | Subscribe, Unsubscribe, Get/SetSubscriptionAttributes, ListSubscriptionByTopic | `/topics/{t}/subscriptions/{s}` |
 
 pub(crate) mod error;
+pub(crate) mod query;
 mod queues;
 mod topics;
 pub(crate) mod xml;
-
-use std::collections::HashMap;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderValue};
@@ -33,6 +32,7 @@ use axum::Router;
 
 use super::AppState;
 use error::MnsError;
+pub(crate) use query::MnsQuery;
 
 /// Queue subscription endpoints in the MNS form: `acs:mns:{region}:{account}:queues/{name}`.
 pub const QUEUE_ENDPOINT_PREFIX: &str = "acs:mns:";
@@ -104,51 +104,6 @@ fn base_url(headers: &HeaderMap) -> String {
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
     format!("http://{host}")
-}
-
-/// Query parameters by lower-cased name (MNS clients differ in case: `waitseconds`,
-/// `numOfMessages`, `ReceiptHandle`).
-fn query_map(query: Option<&str>) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v);
-        out.insert(k.to_ascii_lowercase(), v);
-    }
-    out
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-            if let Ok(b) = u8::from_str_radix(hex, 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A query number, naming the parameter on error.
-fn query_number<T: std::str::FromStr>(
-    q: &HashMap<String, String>,
-    name: &str,
-) -> Result<Option<T>, MnsError> {
-    match q.get(&name.to_ascii_lowercase()) {
-        None => Ok(None),
-        Some(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| MnsError::invalid(name, format!("`{v}` is not a number"))),
-    }
 }
 
 /// A header number (`x-mns-ret-number`), naming the header on error.

@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 
 use super::error::MnsError;
 use super::xml::{
@@ -13,8 +12,9 @@ use super::xml::{
     MessageResp, MessagesReq, MessagesResp, QueueReq, QueueResp, QueueUrl, QueuesResp,
     ReceiptHandlesReq, SentResp, UserProperties, XmlBody, XMLNS, XML_HEADERS,
 };
-use super::{base_url, check_logging, page, query_map, query_number, seconds};
+use super::{base_url, check_logging, page, seconds, MnsQuery};
 use crate::api::AppState;
+use crate::deliver::format::{message_text, xml_text};
 use crate::store::{Message, QueueAttributes, QueueInfo, SendRequest, StoreError};
 
 fn xml_ok(status: StatusCode, body: String) -> Response {
@@ -67,15 +67,12 @@ fn queue_resp(info: QueueInfo, url: Option<String>, root: bool) -> QueueResp {
 pub async fn create_or_set(
     State(state): State<AppState>,
     Path(queue): Path<String>,
-    RawQuery(query): RawQuery,
+    q: MnsQuery,
     headers: HeaderMap,
     body: XmlBody,
 ) -> Result<Response, MnsError> {
     let req: QueueReq = body.parse("Queue")?;
-    let q = query_map(query.as_deref());
-    if q.get("metaoverride")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-    {
+    if q.flag("metaoverride") {
         let current = state.store.get_queue(&queue).await?.attributes;
         state
             .store
@@ -208,13 +205,16 @@ pub async fn send(
     Ok(xml_ok(StatusCode::CREATED, to_xml(&doc)))
 }
 
-/// A stored message as MNS shows it. The body is returned exactly as stored when it is UTF-8
-/// text (XML carries text); other bytes are given as base64.
+/// A stored message as MNS shows it. A body that is UTF-8 text XML can carry is returned as
+/// stored; any other body (not UTF-8, or with characters XML 1.0 cannot carry, such as U+0001
+/// sent through `/v1/`) as base64 with `<MessageEncoding>base64</MessageEncoding>` beside it,
+/// as the push formats do. Encoding keeps every byte (refusing such bodies at send could not
+/// cover bodies that rule outputs and topics already stored), keeps the document well-formed
+/// (one bad body would otherwise fail a whole batch in the SDK) and is what an SDK consumer
+/// in its default mode (`set_encoding(True)`) decodes to the original bytes; SDKs ignore the
+/// extra element.
 fn message_resp(m: Message, root: bool) -> MessageResp {
-    let body = match String::from_utf8(m.body.to_vec()) {
-        Ok(text) => text,
-        Err(_) => base64::engine::general_purpose::STANDARD.encode(&m.body),
-    };
+    let (body, base64) = message_text(&m.body, true);
     let peeked = m.receipt_handle.is_none();
     MessageResp {
         xmlns: root.then_some(XMLNS),
@@ -222,12 +222,13 @@ fn message_resp(m: Message, root: bool) -> MessageResp {
         receipt_handle: m.receipt_handle,
         message_body_md5: m.body_md5,
         message_body: body,
+        message_encoding: base64.then_some("base64"),
         enqueue_time: m.enqueue_time_ms,
         next_visible_time: (!peeked).then_some(m.next_visible_time_ms),
         first_dequeue_time: m.first_dequeue_time_ms.unwrap_or(0),
         dequeue_count: m.dequeue_count,
         priority: m.priority,
-        message_tag: m.tag,
+        message_tag: m.tag.map(|t| xml_text(&t).into_owned()),
         user_properties: UserProperties::from_attributes(&m.attributes.to_map()),
     }
 }
@@ -238,18 +239,14 @@ fn message_resp(m: Message, root: bool) -> MessageResp {
 pub async fn receive_or_peek(
     State(state): State<AppState>,
     Path(queue): Path<String>,
-    RawQuery(query): RawQuery,
+    q: MnsQuery,
 ) -> Result<Response, MnsError> {
-    let q = query_map(query.as_deref());
-    let batch = query_number::<u32>(&q, "numOfMessages")?;
+    let batch = q.number::<u32>("numOfMessages")?;
     let max = batch.unwrap_or(1) as usize;
-    let peek = q
-        .get("peekonly")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let messages = if peek {
+    let messages = if q.peek_only() {
         state.store.peek(&queue, max).await?
     } else {
-        let wait = query_number::<u64>(&q, "waitseconds")?.map(Duration::from_secs);
+        let wait = q.number::<u64>("waitseconds")?.map(Duration::from_secs);
         state.store.receive(&queue, max, wait).await?
     };
     if messages.is_empty() {
@@ -280,10 +277,9 @@ pub async fn receive_or_peek(
 pub async fn delete_messages(
     State(state): State<AppState>,
     Path(queue): Path<String>,
-    RawQuery(query): RawQuery,
+    q: MnsQuery,
     body: XmlBody,
 ) -> Result<Response, MnsError> {
-    let q = query_map(query.as_deref());
     if let Some(handle) = q.get("receipthandle") {
         state.store.delete(&queue, handle).await?;
         return Ok(StatusCode::NO_CONTENT.into_response());
@@ -326,13 +322,13 @@ pub async fn delete_messages(
 pub async fn change_visibility(
     State(state): State<AppState>,
     Path(queue): Path<String>,
-    RawQuery(query): RawQuery,
+    q: MnsQuery,
 ) -> Result<Response, MnsError> {
-    let q = query_map(query.as_deref());
     let handle = q
         .get("receipthandle")
         .ok_or_else(|| MnsError::invalid("ReceiptHandle", "missing"))?;
-    let seconds = query_number::<u32>(&q, "VisibilityTimeout")?
+    let seconds = q
+        .number::<u32>("VisibilityTimeout")?
         .ok_or_else(|| MnsError::invalid("VisibilityTimeout", "missing: seconds, 1 to 43200"))?;
     let changed = state
         .store

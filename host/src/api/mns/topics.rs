@@ -1,6 +1,6 @@
 //! MNS topic, publish and subscription operations over the store's topic functions.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -11,7 +11,7 @@ use super::xml::{
     SubscriptionsResp, TopicReq, TopicResp, TopicUrl, TopicsResp, UserProperties, XmlBody, XMLNS,
     XML_HEADERS,
 };
-use super::{base_url, check_logging, page, query_map, seconds, QUEUE_ENDPOINT_PREFIX};
+use super::{base_url, check_logging, page, seconds, MnsQuery, QUEUE_ENDPOINT_PREFIX};
 use crate::api::auth::{deny_queue, Caller};
 use crate::api::AppState;
 use crate::store::keys::Action;
@@ -66,16 +66,13 @@ fn topic_resp(info: TopicInfo, url: Option<String>, root: bool, cap: u32) -> Top
 pub async fn create_or_set(
     State(state): State<AppState>,
     Path(topic): Path<String>,
-    RawQuery(query): RawQuery,
+    q: MnsQuery,
     headers: HeaderMap,
     body: XmlBody,
 ) -> Result<Response, MnsError> {
     let req: TopicReq = body.parse("Topic")?;
     check_topic(&req, state.store.size_cap())?;
-    let q = query_map(query.as_deref());
-    if q.get("metaoverride")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-    {
+    if q.flag("metaoverride") {
         state.store.get_topic(&topic).await?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
@@ -270,15 +267,12 @@ pub async fn subscribe_or_set(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((topic, name)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
+    q: MnsQuery,
     headers: HeaderMap,
     body: XmlBody,
 ) -> Result<Response, MnsError> {
     let req: SubscriptionReq = body.parse("Subscription")?;
-    let q = query_map(query.as_deref());
-    if q.get("metaoverride")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-    {
+    if q.flag("metaoverride") {
         return set_subscription(&state, &topic, &name, req).await;
     }
     let spec = spec_of(req)?;

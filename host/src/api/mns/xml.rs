@@ -141,15 +141,25 @@ impl UserProperties {
         self.values.into_iter().map(|p| (p.name, p.value)).collect()
     }
 
-    /// Message attributes as properties of type `STRING`; `None` when there are none.
+    /// Message attributes as properties of type `STRING`; `None` when there are none. A value
+    /// with characters XML 1.0 cannot carry is given as type `BINARY` (base64 of its bytes, as
+    /// the SDKs write and read binary properties), so it arrives intact and the document stays
+    /// well-formed.
     pub fn from_attributes(a: &BTreeMap<String, String>) -> Option<UserProperties> {
         (!a.is_empty()).then(|| UserProperties {
             values: a
                 .iter()
-                .map(|(k, v)| PropertyValue {
-                    name: k.clone(),
-                    value: v.clone(),
-                    r#type: string_type(),
+                .map(|(k, v)| {
+                    let (value, base64) = crate::deliver::format::message_text(v.as_bytes(), true);
+                    PropertyValue {
+                        name: crate::deliver::format::xml_text(k).into_owned(),
+                        value,
+                        r#type: if base64 {
+                            "BINARY".into()
+                        } else {
+                            string_type()
+                        },
+                    }
                 })
                 .collect(),
         })
@@ -328,6 +338,9 @@ pub struct MessageResp {
     #[serde(rename = "MessageBodyMD5")]
     pub message_body_md5: String,
     pub message_body: String,
+    /// `base64` when the body is given as base64 (see `queues::message_resp`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_encoding: Option<&'static str>,
     pub enqueue_time: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_visible_time: Option<u64>,
