@@ -142,6 +142,7 @@ async fn shown(state: &AppState, info: SubscriptionInfo) -> Result<Value, ApiErr
 /// one, its signing `secret`, shown this once); `200` without a secret when the same
 /// subscription exists; `409 SubscriptionAlreadyExist` when a different one does.
 /// Subscribing a queue writes into it, so the caller's key needs `send` on that queue too.
+/// An endpoint the egress policy refuses (an IP literal or a metadata host name) is a `400`.
 pub async fn subscribe(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -149,6 +150,12 @@ pub async fn subscribe(
     JsonBody(req): JsonBody<SubscriptionBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let spec = req.into_spec()?;
+    if let Endpoint::Http(push) = &spec.endpoint {
+        state
+            .push_egress
+            .check_new_endpoint(&push.url)
+            .map_err(|message| ApiError::invalid("http", message))?;
+    }
     if let Endpoint::Queue(queue) = &spec.endpoint {
         if let Some(d) = deny_queue(&caller, queue, Action::Send) {
             return Err(ApiError {

@@ -15,7 +15,7 @@ use crate::common::Sluice;
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/mns_sdk.py");
 
 /// Runs one scenario of `mns_sdk.py` and expects `ALL OK`.
-fn sdk(scenario: &str, sluice: &Sluice, key: &str, extra: &[&str]) {
+pub(crate) fn sdk(scenario: &str, sluice: &Sluice, key: &str, extra: &[&str]) {
     let (id, secret) = key.split_once(':').expect("ID:SECRET");
     let out = Command::new("python3")
         .args([SCRIPT, scenario, &sluice.http, id, secret])
