@@ -23,6 +23,8 @@ pub(crate) mod error;
 mod queues;
 mod topics;
 pub(crate) mod xml;
+#[cfg(test)]
+mod xml_fuzz_tests;
 
 use std::collections::HashMap;
 
