@@ -88,8 +88,9 @@ pub struct FileConfig {
     pub rule_log_bytes_per_second: Option<u64>,
     /// Node id stamped into message ids (distinct per process sharing a store).
     pub node_id: Option<u16>,
-    /// Refuse pushes to loopback and private addresses (link-local and metadata addresses are
-    /// always refused).
+    /// Refuse pushes to loopback, private, shared (CGNAT), unique-local, documentation and
+    /// reserved addresses too (cloud metadata, link-local, unspecified, multicast and broadcast
+    /// addresses are always refused, in every IPv4 and IPv6 spelling).
     pub push_deny_private_networks: Option<bool>,
     /// Test knob: multiplies every push retry wait (0 < x <= 1; default 1). E.g. 0.01 runs
     /// BACKOFF_RETRY's 10-20 s waits in 100-200 ms. Never set it in production.

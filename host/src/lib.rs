@@ -16,6 +16,8 @@
 //! - [`serve`]: wires everything for `sluice serve`; [`config`]: `sluice.toml` and flags.
 //! - [`ids`], [`names`], [`topic`]: message ids, object names and MQTT topic rules.
 
+#[cfg(test)]
+mod alloc_meter;
 pub mod api;
 pub mod cli;
 pub mod config;

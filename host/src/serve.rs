@@ -343,10 +343,11 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
 
     // HTTP push runs beside everything else, woken by the store's commits.
     let deliver_stop = CancellationToken::new();
+    let push_egress = crate::deliver::egress::EgressPolicy::new(config.push_deny_private_networks);
     let deliver = crate::deliver::start(
         store.clone(),
         crate::deliver::DeliverConfig {
-            deny_private_networks: config.push_deny_private_networks,
+            egress: push_egress.clone(),
             retry_scale: config.push_retry_scale,
             ..crate::deliver::DeliverConfig::default()
         },
@@ -378,6 +379,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         keys,
         tails: Arc::new(crate::api::console::tail::Tails::new(config.console_tails)),
         https: https.is_some(),
+        push_egress,
     }));
     let http_stop = CancellationToken::new();
     let http_stop_wait = http_stop.clone();

@@ -6,6 +6,8 @@ Run by the e2e suite (tests/tests/e2e/mns.rs), one scenario per call:
     python3 mns_sdk.py deny ENDPOINT ACCESS_KEY_ID SECRET   # a key limited to queues/allowed-q
     python3 mns_sdk.py flow ENDPOINT ACCESS_KEY_ID SECRET N # read rule output from queues
     python3 mns_sdk.py controls ENDPOINT ACCESS_KEY_ID SECRET QUEUE # bodies XML cannot carry
+    python3 mns_sdk.py egress ENDPOINT ACCESS_KEY_ID SECRET URL=ADDRESS...
+                                            # HTTP subscriptions to refused addresses: 400
 
 Prints one line per step and `ALL OK` at the end; any failure raises (non-zero exit).
 """
@@ -286,6 +288,22 @@ def controls(endpoint, key_id, secret, queue):
     print("ALL OK")
 
 
+def egress(endpoint, key_id, secret, *cases):
+    """Each URL=ADDRESS: subscribing URL is refused with InvalidArgument naming ADDRESS."""
+    acc = Account(endpoint, key_id, secret)
+    t = acc.get_topic("egress")
+    t.create(TopicMeta())
+    for i, case in enumerate(cases):
+        url, addr = case.rsplit("=", 1)
+        step("Subscribe %s" % url)
+        e = expect_error("InvalidArgument", t.get_subscription("s%d" % i).subscribe,
+                         SubscriptionMeta(url))
+        assert "Endpoint" in e.message and addr in e.message, e.message
+        print("  ", e.message)
+    assert acc.get_topic("egress").list_subscription()[0] == [], "nothing was created"
+    print("ALL OK")
+
+
 if __name__ == "__main__":
     scenario, args = sys.argv[1], sys.argv[2:]
-    {"ops": ops, "deny": deny, "flow": flow, "controls": controls}[scenario](*args)
+    {"ops": ops, "deny": deny, "flow": flow, "controls": controls, "egress": egress}[scenario](*args)

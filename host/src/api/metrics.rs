@@ -86,6 +86,8 @@ struct Snapshot {
     topics: Vec<(String, u32, u64)>,
     queues: Vec<(QueueInfo, QueueTotals)>,
     pushes: Vec<(String, String, PushStatus)>,
+    /// Push targets refused by the egress policy: (at creation, before connecting).
+    egress_refused: (u64, u64),
     store: Arc<crate::store::metrics::StoreCounters>,
     sessions: super::console::session::SessionCounts,
     tails: super::console::tail::TailCounts,
@@ -186,6 +188,10 @@ impl Snapshot {
             topics,
             queues,
             pushes,
+            egress_refused: (
+                state.push_egress.counters.refused_at_create.load(Relaxed),
+                state.push_egress.counters.refused_at_connect.load(Relaxed),
+            ),
             store: counters,
             sessions: state.keys.sessions().counts(),
             tails: state.tails.counts(),
@@ -706,6 +712,20 @@ impl Collector for Snapshot {
                     .map(|(t, n, s)| (sub(t, n), gauge(read(s)))),
             )?;
         }
+
+        family(
+            &mut e,
+            "sluice_push_egress_refused",
+            "Push targets refused by the egress policy (metadata, link-local; private ranges \
+             with push_deny_private_networks): subscriptions at creation, attempts before \
+             connecting.",
+            None,
+            [
+                (vec![("at", "create".to_string())], self.egress_refused.0),
+                (vec![("at", "connect".to_string())], self.egress_refused.1),
+            ]
+            .map(|(labels, v)| (labels, counter(v))),
+        )?;
 
         // The store's commits.
         family(

@@ -68,6 +68,8 @@ pub struct Services {
     pub tails: Arc<console::tail::Tails>,
     /// Served over HTTPS (`--http-tls-cert`): the console's session cookie is then `Secure`.
     pub https: bool,
+    /// Where HTTP subscriptions may push: checked when one is created (both API faces).
+    pub push_egress: crate::deliver::egress::EgressPolicy,
 }
 
 /// 2 MiB: the largest message (1 MiB) as base64 JSON fits; anything larger is cut off early.

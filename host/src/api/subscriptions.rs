@@ -143,6 +143,7 @@ async fn shown(state: &AppState, info: SubscriptionInfo) -> Result<Value, ApiErr
 /// subscription exists; `409 SubscriptionAlreadyExist` when a different one does.
 /// Subscribing a queue writes into it, so the caller's key needs `send` on that queue too; so
 /// does naming an HTTP subscription's `dead_letter_queue` (failed pushes are written there).
+/// An endpoint the egress policy refuses (an IP literal or a metadata host name) is a `400`.
 pub async fn subscribe(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -150,6 +151,12 @@ pub async fn subscribe(
     JsonBody(req): JsonBody<SubscriptionBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let spec = req.into_spec()?;
+    if let Endpoint::Http(push) = &spec.endpoint {
+        state
+            .push_egress
+            .check_new_endpoint(&push.url)
+            .map_err(|message| ApiError::invalid("http", message))?;
+    }
     let written = match &spec.endpoint {
         Endpoint::Queue(queue) => Some(("queue", queue)),
         Endpoint::Http(push) => push

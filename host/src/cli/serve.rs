@@ -39,8 +39,8 @@ pub struct ServeArgs {
     /// Node id stamped into message ids; distinct per process sharing a store.
     #[arg(long)]
     pub node_id: Option<u16>,
-    /// Refuse HTTP pushes to loopback and private networks (link-local and metadata addresses
-    /// are always refused).
+    /// Refuse HTTP pushes to loopback, private, CGNAT, unique-local, documentation and reserved
+    /// addresses too (metadata, link-local, multicast addresses are always refused).
     #[arg(long)]
     pub push_deny_private_networks: bool,
     /// Accept anonymous MQTT clients from any address (default: loopback only). Anyone who can

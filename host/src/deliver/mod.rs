@@ -52,8 +52,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Settings of the delivery stage.
 #[derive(Debug, Clone)]
 pub struct DeliverConfig {
-    /// Refuse loopback and private addresses (`push_deny_private_networks`).
-    pub deny_private_networks: bool,
+    /// Where pushes may connect (`push_deny_private_networks`), with its refusal counters.
+    pub egress: egress::EgressPolicy,
     /// Multiplies every scheduled retry wait. 1.0 in production; tests set e.g. 0.01 so the
     /// schedules run in seconds (`push_retry_scale`, documented as a test knob). `Retry-After`
     /// is not scaled.
@@ -67,7 +67,7 @@ pub struct DeliverConfig {
 impl Default for DeliverConfig {
     fn default() -> Self {
         DeliverConfig {
-            deny_private_networks: false,
+            egress: egress::EgressPolicy::default(),
             retry_scale: 1.0,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             resolve_overrides: Vec::new(),

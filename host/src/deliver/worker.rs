@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::classify::{classify_failure, classify_status, AttemptFailure, Verdict};
-use super::egress::{check_ip, EgressDenied, GuardedResolver};
+use super::egress::{check_url, EgressDenied, EgressPolicy, GuardedResolver};
 use super::schedule::{retry_delay, scaled};
 use super::sign::Signer;
 use super::{format, DeliverConfig, DeliverError, RESPONSE_BODY_CAP};
@@ -122,7 +122,7 @@ fn build_client(
     sub: &PushSubscription,
     cfg: &DeliverConfig,
 ) -> Result<reqwest::Client, DeliverError> {
-    let mut resolver = GuardedResolver::new(cfg.deny_private_networks);
+    let mut resolver = GuardedResolver::new(cfg.egress.deny_private_networks);
     for (name, ips) in &cfg.resolve_overrides {
         resolver = resolver.with_override(name, ips.clone());
     }
@@ -385,7 +385,7 @@ async fn attempt(
     cfg: Arc<DeliverConfig>,
     clock: Arc<dyn Clock>,
 ) -> PushOutcome {
-    let verdict = attempt_result(&client, &sub, &signer, &d, cfg.deny_private_networks).await;
+    let verdict = attempt_result(&client, &sub, &signer, &d, &cfg.egress).await;
     let result = next_result(
         verdict,
         sub.push.strategy,
@@ -450,21 +450,17 @@ pub async fn attempt_result(
     sub: &PushSubscription,
     signer: &Signer,
     d: &PushDelivery,
-    deny_private_networks: bool,
+    egress: &EgressPolicy,
 ) -> Verdict {
     let url = match reqwest::Url::parse(&sub.push.url) {
         Ok(u) => u,
         Err(e) => return classify_failure(&AttemptFailure::Request(e.to_string())),
     };
-    // IP literals skip the resolver: check them here.
-    let literal = url
-        .host_str()
-        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-        .and_then(|h| h.parse::<std::net::IpAddr>().ok());
-    if let Some(ip) = literal {
-        if let Err(e) = check_ip(ip, deny_private_networks) {
-            return classify_failure(&AttemptFailure::Egress(e.to_string()));
-        }
+    // IP literals skip the resolver: check them here (the subscription may predate the
+    // policy). Names are checked by the resolver, on the addresses connected to.
+    if let Err(e) = check_url(&url, egress.deny_private_networks) {
+        egress.count_refused_connect();
+        return classify_failure(&AttemptFailure::Egress(e.to_string()));
     }
     let deadline = Instant::now() + Duration::from_secs(sub.push.push_timeout_seconds.into());
     let rendered = format::render(sub.push.format, &sub.topic, &sub.name, d);
@@ -488,7 +484,13 @@ pub async fn attempt_result(
     let send = req.body(rendered.body).send();
     let resp = match tokio::time::timeout_at(deadline.into(), send).await {
         Err(_) => return classify_failure(&AttemptFailure::Timeout),
-        Ok(Err(e)) => return classify_failure(&failure_of(&e)),
+        Ok(Err(e)) => {
+            let failure = failure_of(&e);
+            if let AttemptFailure::Egress(_) = failure {
+                egress.count_refused_connect();
+            }
+            return classify_failure(&failure);
+        }
         Ok(Ok(r)) => r,
     };
     let status = resp.status().as_u16();

@@ -575,26 +575,112 @@ async fn four_xx_retried_410_disables_429_waits_redirects_not_followed_refused_f
     );
 }
 
+/// Metadata endpoints in the spellings a URL parser accepts, with the address (or name) the
+/// refusal must name.
+const METADATA_URLS: &[(&str, &str)] = &[
+    (
+        "http://169.254.169.254/latest/meta-data/",
+        "169.254.169.254",
+    ),
+    ("http://2852039166/", "169.254.169.254"),
+    ("http://0xA9FEA9FE/", "169.254.169.254"),
+    ("http://0251.0376.0251.0376/", "169.254.169.254"),
+    ("http://169.254.43518/", "169.254.169.254"),
+    ("http://169.254.169.254./", "169.254.169.254"),
+    (
+        "http://100.100.100.200/latest/meta-data/",
+        "100.100.100.200",
+    ),
+    ("http://168.63.129.16/", "168.63.129.16"),
+    ("http://[fd00:ec2::254]/", "fd00:ec2::254"),
+    ("http://[::a9fe:a9fe]/", "169.254.169.254"),
+    ("http://[::ffff:169.254.169.254]/", "169.254.169.254"),
+    ("http://[64:ff9b::a9fe:a9fe]/", "169.254.169.254"),
+    ("http://[2002:a9fe:a9fe::]/", "169.254.169.254"),
+    (
+        "http://metadata.google.internal./computeMetadata/v1/",
+        "metadata.google.internal",
+    ),
+];
+
+async fn egress_refused(s: &Sluice, at: &str) -> u64 {
+    let (st, text) = s.api().get_text("/metrics").await;
+    assert_eq!(st, 200);
+    let line = format!("sluice_push_egress_refused_total{{at=\"{at}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .unwrap_or_else(|| panic!("no {line} in /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn egress_policy_refuses_metadata_always_and_private_networks_when_denied() {
-    // Proves the egress rules at connect time: 169.254.169.254 is always refused; with
-    // --push-deny-private-networks a name that resolves to loopback (localhost) is refused
-    // although a server listens there, and nothing reaches it.
+async fn subscriptions_to_metadata_addresses_are_refused_at_creation_in_every_spelling() {
+    // Proves the creation check on both faces: a push URL whose host is a metadata address in
+    // any spelling (decimal, hex, octal, short, trailing dot, IPv6-embedded, a metadata name)
+    // is a 400 naming the address, and nothing is created; with --push-deny-private-networks a
+    // loopback literal is refused the same way.
     let dir = tempfile::tempdir().unwrap();
     let s = start_sluice(dir.path(), 0.01, &["--push-deny-private-networks"]);
+    let (st, v) = put(&s, "/v1/topics/t", &json!({})).await;
+    assert_eq!(st, 201, "{v}");
     let hook = Hook::start(|_, _| ok()).await;
-    let local = hook.url.replace("127.0.0.1", "localhost");
-    subscribe(&s, "t", "local", json!({"http": local})).await;
+    let mut cases: Vec<(String, &str)> = METADATA_URLS
+        .iter()
+        .map(|(u, a)| (u.to_string(), *a))
+        .collect();
+    cases.push((hook.url.clone(), "127.0.0.1"));
+    for (i, (url, addr)) in cases.iter().enumerate() {
+        let (st, v) = put(
+            &s,
+            &format!("/v1/topics/t/subscriptions/s{i}"),
+            &json!({"http": url}),
+        )
+        .await;
+        assert_eq!(st, 400, "{url}: {v}");
+        assert_eq!(v["error"]["field"], "http", "{url}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        println!("{message}");
+        assert!(message.contains(addr), "{url}: {message}");
+        let why = if *addr == "127.0.0.1" {
+            "refused by push_deny_private_networks"
+        } else {
+            "always refused"
+        };
+        assert!(message.contains(why), "{url}: {message}");
+    }
+    let (st, v) = s.api().get("/v1/topics/t/subscriptions").await;
+    assert_eq!(st, 200);
+    assert_eq!(v["subscriptions"], json!([]), "nothing was created");
+    assert_eq!(egress_refused(&s, "create").await, cases.len() as u64);
+
+    // The MNS face, through the official SDK.
+    let args: Vec<String> = cases.iter().map(|(u, a)| format!("{u}={a}")).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    crate::mns::sdk("egress", &s, &s.key, &args);
+    assert_eq!(egress_refused(&s, "create").await, 2 * cases.len() as u64);
+    assert_eq!(hook.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_to_names_resolving_to_refused_addresses_and_to_older_literals_never_connect() {
+    // Proves the check at connect time: with --push-deny-private-networks a name that resolves
+    // to loopback (localhost) is refused on the resolved address although a server listens
+    // there, and a loopback literal subscribed before the setting was turned on is refused
+    // before connecting; nothing reaches the server.
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Hook::start(|_, _| ok()).await;
+    let s = start_sluice(dir.path(), 0.01, &[]);
     subscribe(&s, "t", "literal", json!({"http": hook.url})).await;
-    subscribe(
-        &s,
-        "t",
-        "metadata",
-        json!({"http": "http://169.254.169.254/latest/meta-data/"}),
-    )
-    .await;
+    s.stop();
+    let s = start_sluice(dir.path(), 0.01, &["--push-deny-private-networks"]);
+    for (name, host) in [("local", "localhost"), ("upper", "LOCALHOST")] {
+        let url = hook.url.replace("127.0.0.1", host);
+        subscribe(&s, "t", name, json!({"http": url})).await;
+    }
     publish(&s, "t", "x").await;
-    for name in ["local", "literal", "metadata"] {
+    for name in ["local", "upper", "literal"] {
         assert!(
             wait_for(Duration::from_secs(20), async || status(&s, "t", name)
                 .await["failed_attempts_total"]
@@ -608,12 +694,10 @@ async fn egress_policy_refuses_metadata_always_and_private_networks_when_denied(
         println!("{name}: {}", st["last_error"]);
         let e = st["last_error"].as_str().unwrap();
         assert!(e.contains("egress policy"), "{name}: {e}");
+        assert!(e.contains("127.0.0.1 is loopback"), "{name}: {e}");
         assert_eq!(st["delivered_total"], 0);
     }
-    assert!(status(&s, "t", "metadata").await["last_error"]
-        .as_str()
-        .unwrap()
-        .contains("169.254.169.254"));
+    assert!(egress_refused(&s, "connect").await >= 6);
     assert_eq!(hook.count(), 0, "nothing reached the loopback server");
 }
 

@@ -24,6 +24,8 @@ pub(crate) mod query;
 mod queues;
 mod topics;
 pub(crate) mod xml;
+#[cfg(test)]
+mod xml_fuzz_tests;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderValue};

@@ -262,7 +262,8 @@ fn spec_of(req: SubscriptionReq) -> Result<SubscriptionSpec, MnsError> {
 
 /// Subscribe (`201` + `Location`; `204` when the same subscription exists; `409
 /// SubscriptionAlreadyExist` when a different one does) or, with `?metaoverride=true`,
-/// SetSubscriptionAttributes. Subscribing a queue needs `send` on that queue too.
+/// SetSubscriptionAttributes. Subscribing a queue needs `send` on that queue too; an HTTP
+/// endpoint the egress policy refuses is a `400 InvalidArgument`.
 pub async fn subscribe_or_set(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -276,6 +277,12 @@ pub async fn subscribe_or_set(
         return set_subscription(&state, &topic, &name, req).await;
     }
     let spec = spec_of(req)?;
+    if let Endpoint::Http(push) = &spec.endpoint {
+        state
+            .push_egress
+            .check_new_endpoint(&push.url)
+            .map_err(|message| MnsError::invalid("Endpoint", message))?;
+    }
     if let Endpoint::Queue(queue) = &spec.endpoint {
         if let Some(d) = deny_queue(&caller, queue, Action::Send) {
             return Err(MnsError::new(d.status, d.code, d.message));

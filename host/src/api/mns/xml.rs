@@ -59,7 +59,12 @@ impl XmlBody {
         }
         let text = std::str::from_utf8(&self.0)
             .map_err(|_| MnsError::malformed(format!("the {what} document is not UTF-8")))?;
-        quick_xml::de::from_str(text)
+        if has_doctype(text) {
+            return Err(MnsError::malformed(format!(
+                "the {what} document is not accepted: MNS documents have no DOCTYPE; remove it"
+            )));
+        }
+        quick_xml::de::from_str(&keep_xml10_line_ends(text))
             .map_err(|e| MnsError::malformed(format!("the {what} document is not valid: {e}")))
     }
 
@@ -77,6 +82,77 @@ impl XmlBody {
             }
         }
     }
+}
+
+/// Whether the document has a DOCTYPE. MNS documents have none, and quick-xml's deserializer,
+/// which skips a DOCTYPE wherever it appears, panics on one inside an element's text
+/// (`<A>x<!DOCTYPE y>z</A>` makes two text events in a row, which it treats as unreachable), so
+/// such documents are refused before they reach it. Only a body that contains the characters
+/// `<!DOCTYPE` (in any case) is read event by event, so one inside CDATA or a comment is text.
+fn has_doctype(text: &str) -> bool {
+    const DOCTYPE: &[u8] = b"<!doctype";
+    if !text
+        .as_bytes()
+        .windows(DOCTYPE.len())
+        .any(|w| w.eq_ignore_ascii_case(DOCTYPE))
+    {
+        return false;
+    }
+    let mut reader = quick_xml::Reader::from_str(text);
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::DocType(_)) => return true,
+            // A broken document is refused by the deserializer, with its reason.
+            Ok(quick_xml::events::Event::Eof) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// quick-xml's deserializer applies XML 1.1 line-end handling, which turns U+0085 and U+2028
+/// into line feeds. MNS documents are XML 1.0, where both are ordinary characters, and a message
+/// body must arrive unchanged (its MD5 is answered to the client). Character references are not
+/// line-end handled, so both characters are rewritten as references; inside a CDATA section,
+/// which takes no references, the section is closed around the reference.
+fn keep_xml10_line_ends(text: &str) -> std::borrow::Cow<'_, str> {
+    const CDATA_OPEN: &str = "<![CDATA[";
+    const CDATA_CLOSE: &str = "]]>";
+    if !text.contains(['\u{85}', '\u{2028}']) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut in_cdata = false;
+    let mut rest = text;
+    while let Some(ch) = rest.chars().next() {
+        if !in_cdata && rest.starts_with(CDATA_OPEN) {
+            in_cdata = true;
+            out.push_str(CDATA_OPEN);
+            rest = &rest[CDATA_OPEN.len()..];
+            continue;
+        }
+        if in_cdata && rest.starts_with(CDATA_CLOSE) {
+            in_cdata = false;
+            out.push_str(CDATA_CLOSE);
+            rest = &rest[CDATA_CLOSE.len()..];
+            continue;
+        }
+        let reference = match ch {
+            '\u{85}' => Some("&#x85;"),
+            '\u{2028}' => Some("&#x2028;"),
+            _ => None,
+        };
+        match (reference, in_cdata) {
+            (Some(r), false) => out.push_str(r),
+            (Some(r), true) => {
+                out.push_str(CDATA_CLOSE);
+                out.push_str(r);
+                out.push_str(CDATA_OPEN);
+            }
+            (None, _) => out.push(ch),
+        }
+        rest = &rest[ch.len_utf8()..];
+    }
+    out.into()
 }
 
 /// Parses an optional number element, naming it on error.

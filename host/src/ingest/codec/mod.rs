@@ -11,6 +11,8 @@ use rumqttc::v5::mqttbytes as m5;
 
 use super::ProtocolVersion;
 
+#[cfg(test)]
+mod fuzz_tests;
 mod v4;
 mod v5;
 
@@ -178,6 +180,8 @@ pub(crate) enum CodecError {
     TopicNotUtf8,
     #[error("MQTT 5 topic aliases are not supported")]
     TopicAlias,
+    #[error("malformed MQTT 5 packet: a field runs past the end of the packet")]
+    Truncated,
 }
 
 /// What the first bytes of a connection say, before a codec is chosen.

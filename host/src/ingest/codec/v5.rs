@@ -18,9 +18,13 @@ pub(super) fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Inbound>, 
         return Ok(Some(Inbound::Disconnect));
     }
     let limit = u32::try_from(max).unwrap_or(u32::MAX);
+    let before = buf.len();
     let packet = match p5::Packet::read(buf, Some(limit)) {
         Ok(p) => p,
-        Err(m5::Error::InsufficientBytes(_)) => return Ok(None),
+        Err(m5::Error::InsufficientBytes(_)) if buf.len() == before => return Ok(None),
+        // The whole packet was taken off the buffer and a field inside it (a property length)
+        // runs past its end: malformed, not "wait for more bytes".
+        Err(m5::Error::InsufficientBytes(_)) => return Err(CodecError::Truncated),
         Err(m5::Error::PayloadSizeLimitExceeded { pkt_size, .. }) => {
             return Err(CodecError::TooLarge {
                 size: pkt_size,
