@@ -205,7 +205,7 @@ def ops(endpoint, key_id, secret):
     e1 = expect_error("SignatureDoesNotMatch", wrong.list_queue)
     unknown = Account(endpoint, "SKnobody", secret)
     e2 = expect_error("SignatureDoesNotMatch", unknown.list_queue)
-    assert (e1.status, e1.message) == (e2.status, e2.message), (e1, e2)
+    assert (e1.type, e1.message) == (e2.type, e2.message), (e1, e2)
     print("ALL OK")
 
 

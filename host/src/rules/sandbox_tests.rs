@@ -336,8 +336,10 @@ fn a_log_loop_writes_at_most_the_caps_and_counts_the_rest() {
         .finish();
     let line = b"log line with a\nforged second line";
     let module = rt.load(&fixture("host_call_loop")).unwrap();
-    let mut binding = Binding::default();
-    binding.log = std::sync::Arc::new(super::rule_log::RuleLog::new("chatty"));
+    let binding = Binding {
+        log: std::sync::Arc::new(super::rule_log::RuleLog::new("chatty")),
+        ..Binding::default()
+    };
     let mut instance = rt
         .instantiate(&module, binding, Environment::default())
         .unwrap();
