@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice::store::jetstream::local::{proc_cpu_seconds, LocalCluster};
+use sluice_test_support::nats::{proc_cpu_seconds, LocalCluster};
 use sluice::store::jetstream::{JetStream, JetStreamOptions};
 use sluice::store::{PublishRequest, QueueAttributes, Store, StoreOptions, SubscriptionSpec};
 

@@ -583,7 +583,7 @@ impl ServeConfig {
         for d in &file.device {
             // Checked here too (the store checks every create) so a reserved or malformed key
             // fails the start even when that device is stored already.
-            crate::store::devices::validate_product_key(&d.product_key).map_err(|e| {
+            crate::devices::record::validate_product_key(&d.product_key).map_err(|e| {
                 ConfigError::Invalid {
                     key: "device.product_key".into(),
                     message: format!("[[device]] `{}`: {e}", d.device_name),

@@ -4,11 +4,13 @@
 //! - [`ingest`]: sluice's own MQTT listener and the external-broker client; hands each message
 //!   over and waits for its ack.
 //! - [`rules`]: the Wasm sandbox, the rule set and the thing-model view.
-//! - [`store`]: durable topics, subscriptions and queues in SQLite (group commit).
+//! - [`store`]: durable topics, subscriptions, queues and records, on one of two backends:
+//!   `store/sqlite/` (one process, group commit) or `store/jetstream/` (a NATS cluster).
 //! - [`deliver`]: HTTP push to the HTTP subscriptions of topics (retries, signing, isolation).
 //! - [`devices`]: the device registry (products, devices, secrets, tags), device sign-in,
 //!   per-device topic access and downlink to a device.
-//! - [`pipeline`]: joins ingest -> rules -> store and sends acks back after the commit.
+//! - [`pipeline`]: joins ingest -> rules -> store and sends acks back after the commit;
+//!   [`rule_catalog`] keeps the rules as store records.
 //! - [`api`]: the HTTP API under `/v1/`, the MNS-compatible API, access-key checks, `/healthz`,
 //!   and the web console under `/console/`.
 //! - [`credentials`]: the per-user credentials file (a key per server URL).
@@ -30,6 +32,7 @@ pub mod ids;
 pub mod ingest;
 pub mod names;
 pub mod pipeline;
+pub mod rule_catalog;
 pub mod rules;
 pub mod serve;
 pub mod store;

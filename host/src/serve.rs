@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::policy;
 use crate::config::{MqttMode, ServeConfig, StoreBackend, SyncLevel};
 use crate::conn_limit::{ConnLimiter, ConnLimits};
 use crate::devices::{DevicePolicy, DeviceRegistry, DeviceService, DownlinkPath};
@@ -24,7 +25,6 @@ use crate::ingest::{ExternalBroker, ExternalConfig, ListenerConfig, MqttListener
 use crate::pipeline::{
     CommitError, CommitSink, Output, Pipeline, PipelineConfig, Republisher, DEFAULT_QUEUE_DEPTH,
 };
-use crate::rules::catalog::{RuleCatalog, SqliteRuleCatalog};
 use crate::rules::registry::{RegistryError, RuleRegistry};
 use crate::rules::runtime::TagSource;
 use crate::rules::spec::{RuleDefinition, RuleState};
@@ -62,6 +62,9 @@ pub enum ServeError {
     /// The rule catalog could not be opened.
     #[error(transparent)]
     Catalog(#[from] crate::rules::catalog::CatalogError),
+    /// The rules of an earlier version's `rules.db` could not be brought into the store.
+    #[error(transparent)]
+    RuleImport(#[from] crate::rule_catalog::ImportError),
     /// The sandbox could not start.
     #[error("rule sandbox: {0}")]
     Sandbox(String),
@@ -217,11 +220,17 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     );
     let configured_rules = check_configured_rules(&config, &runtime)?;
 
-    let fresh = !config.data_dir.join("sluice.db").exists();
     let store = open_store(&config).await?;
-    let admin_key = store.ensure_admin_key().await?;
+    // A store without an admin key has never served: only then is the example set up.
+    let fresh = policy::key_by_name(&store, policy::ADMIN_KEY_NAME)
+        .await?
+        .is_none();
+    if store.backend() == "sqlite" {
+        crate::rule_catalog::import_legacy_rules(&store, &config.data_dir).await?;
+    }
+    let admin_key = policy::ensure_admin_key(&store).await?;
     let keys = Arc::new(crate::api::auth::KeyRing::new(
-        store.list_keys().await?,
+        policy::list_keys(&store).await?,
         config.console_sessions,
     ));
     let devices = Arc::new(DeviceRegistry::load(store.clone()).await?);
@@ -239,23 +248,14 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     let engine = Arc::new(RuleEngine::new(runtime, Some(tags)));
     let registry = {
         let engine = engine.clone();
-        let dir = config.data_dir.clone();
         // On JetStream every process runs the rules of the cluster's catalog.
-        let cluster = store.cluster_rule_catalog();
-        tokio::task::spawn_blocking(move || -> Result<RuleRegistry, ServeError> {
-            let catalog: Box<dyn RuleCatalog> = match cluster {
-                Some(c) => Box::new(c),
-                None => Box::new(SqliteRuleCatalog::open(&dir)?),
-            };
-            Ok(RuleRegistry::open(engine, catalog)?)
-        })
-        .await
-        .map_err(|e| ServeError::Config(e.to_string()))??
+        let catalog = Box::new(crate::rule_catalog::StoredRules::new(store.clone()));
+        tokio::task::spawn_blocking(move || RuleRegistry::open(engine, catalog))
+            .await
+            .map_err(|e| ServeError::Config(e.to_string()))??
     };
     let registry = Arc::new(registry);
-    if let Some(changes) = store.shared_changes() {
-        follow_shared_catalog(changes, &store, &keys, &devices, &registry);
-    }
+    follow_shared_records(&store, &keys, &devices, &registry).await?;
     if fresh && config.example_setup {
         create_default_setup(&store, &registry).await?;
     }
@@ -637,17 +637,26 @@ async fn create_default_setup(
     Ok(())
 }
 
-/// On a shared (JetStream) store, keeps this process's views of the shared catalog current:
+/// On a shared (JetStream) store, keeps this process's views of the shared records current:
 /// devices and products, access keys (a key deleted through another process is revoked here
-/// within moments), and rules (created, changed, started, stopped or deleted elsewhere).
-fn follow_shared_catalog(
-    changes: crate::store::jetstream::shared::SharedChanges,
+/// within moments), and rules (created, changed, started, stopped or deleted elsewhere). On
+/// SQLite this process makes every change itself, and there is nothing to follow.
+async fn follow_shared_records(
     store: &Store,
     keys: &Arc<crate::api::auth::KeyRing>,
     devices: &Arc<DeviceRegistry>,
     registry: &Arc<RuleRegistry>,
-) {
-    let (mut seen_devices, mut seen_products) = (changes.devices, changes.products);
+) -> Result<(), ServeError> {
+    use crate::devices::record::{DEVICES, PRODUCTS};
+    let watch = |kind| store.record_changes(kind);
+    let (Some(mut seen_devices), Some(mut seen_products), Some(seen_keys), Some(seen_rules)) = (
+        watch(DEVICES).await?,
+        watch(PRODUCTS).await?,
+        watch(policy::KEYS).await?,
+        watch(crate::rule_catalog::RULES).await?,
+    ) else {
+        return Ok(());
+    };
     let devices = devices.clone();
     tokio::spawn(async move {
         loop {
@@ -663,17 +672,17 @@ fn follow_shared_catalog(
             }
         }
     });
-    let mut seen = changes.keys;
+    let mut seen = seen_keys;
     let (keys, store) = (keys.clone(), store.clone());
     tokio::spawn(async move {
         while seen.changed().await.is_ok() {
-            match store.list_keys().await {
+            match policy::list_keys(&store).await {
                 Ok(all) => keys.replace_all(all),
                 Err(e) => tracing::warn!(error = %e, "cannot reload the shared access keys"),
             }
         }
     });
-    let mut seen = changes.rules;
+    let mut seen = seen_rules;
     let registry = registry.clone();
     tokio::spawn(async move {
         while seen.changed().await.is_ok() {
@@ -686,6 +695,7 @@ fn follow_shared_catalog(
             }
         }
     });
+    Ok(())
 }
 
 async fn create_running_rule(

@@ -45,7 +45,7 @@ use super::json::QueryArgs;
 use super::mns::error::MnsError;
 use super::mns::MnsQuery;
 use super::queues::ReceiveQuery;
-use crate::store::keys::{AccessKey, Action, Resource};
+use crate::api::policy::{AccessKey, Permission, Resource};
 
 /// Largest clock difference accepted in an MNS-signed request's `Date` (MNS: 15 minutes).
 pub const MAX_DATE_SKEW_SECONDS: i64 = 15 * 60;
@@ -349,7 +349,7 @@ fn parse_query_once(req: &mut Request) -> Result<bool, Denied> {
 }
 
 /// A 403 naming the key, the action and the resource when `key` may not do `action` there.
-fn deny(key: &AccessKey, resource: &Resource<'_>, action: Action) -> Option<Denied> {
+fn deny(key: &AccessKey, resource: &Resource<'_>, action: Permission) -> Option<Denied> {
     if key.allows(resource, action) {
         return None;
     }
@@ -509,42 +509,42 @@ async fn check_body_digest(req: Request) -> Result<Request, Denied> {
 /// What a request does: the queue or topic it touches and the action, by method and path;
 /// `peek` is what the parsed query says (a peek needs `read`, a receive `consume`). Anything that
 /// is not a queue or topic operation is [`Resource::Admin`].
-pub fn classify<'a>(method: &Method, path: &'a str, peek: bool) -> (Resource<'a>, Action) {
+pub fn classify<'a>(method: &Method, path: &'a str, peek: bool) -> (Resource<'a>, Permission) {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let segs: &[&str] = match segs.first() {
         Some(&"v1") => &segs[1..],
         _ => &segs[..],
     };
     let read_or_manage = if method == Method::GET || method == Method::HEAD {
-        Action::Read
+        Permission::Read
     } else {
-        Action::Manage
+        Permission::Manage
     };
     match segs {
-        ["queues"] => (Resource::Queue(None), Action::Read),
+        ["queues"] => (Resource::Queue(None), Permission::Read),
         ["queues", q] => (Resource::Queue(Some(q)), read_or_manage),
         ["queues", q, "messages", ..] => {
             let action = if method == Method::POST && segs.len() == 3 {
-                Action::Send
+                Permission::Send
             } else if method == Method::GET && segs.len() == 3 && peek {
-                Action::Read
+                Permission::Read
             } else {
-                Action::Consume
+                Permission::Consume
             };
             (Resource::Queue(Some(q)), action)
         }
-        ["topics"] => (Resource::Topic(None), Action::Read),
+        ["topics"] => (Resource::Topic(None), Permission::Read),
         ["topics", t] => (Resource::Topic(Some(t)), read_or_manage),
-        ["topics", t, "messages"] => (Resource::Topic(Some(t)), Action::Send),
+        ["topics", t, "messages"] => (Resource::Topic(Some(t)), Permission::Send),
         ["topics", t, "subscriptions", ..] => (Resource::Topic(Some(t)), read_or_manage),
-        _ => (Resource::Admin, Action::Manage),
+        _ => (Resource::Admin, Permission::Manage),
     }
 }
 
 /// A 403 for a handler's own policy check of a second queue a request names (a subscription's
 /// target or dead-letter queue, a queue's dead-letter queue): each queue named is checked with
 /// the permission the operation needs on it.
-pub fn deny_queue(caller: &Caller, queue: &str, action: Action) -> Option<Denied> {
+pub fn deny_queue(caller: &Caller, queue: &str, action: Permission) -> Option<Denied> {
     deny(&caller.0, &Resource::Queue(Some(queue)), action)
 }
 
@@ -580,31 +580,31 @@ mod tests {
         let c = |m: Method, p: &'static str, peek: bool| classify(&m, p, peek);
         assert_eq!(
             c(Method::GET, "/queues", false),
-            (Resource::Queue(None), Action::Read)
+            (Resource::Queue(None), Permission::Read)
         );
         assert_eq!(
             c(Method::GET, "/queues/q/messages", false),
-            (Resource::Queue(Some("q")), Action::Consume)
+            (Resource::Queue(Some("q")), Permission::Consume)
         );
         assert_eq!(
             c(Method::GET, "/queues/q/messages", true),
-            (Resource::Queue(Some("q")), Action::Read)
+            (Resource::Queue(Some("q")), Permission::Read)
         );
         assert_eq!(
             c(Method::POST, "/v1/queues/q/messages", false),
-            (Resource::Queue(Some("q")), Action::Send)
+            (Resource::Queue(Some("q")), Permission::Send)
         );
         assert_eq!(
             c(Method::POST, "/v1/queues/q/messages/delete", true),
-            (Resource::Queue(Some("q")), Action::Consume)
+            (Resource::Queue(Some("q")), Permission::Consume)
         );
         assert_eq!(
             c(Method::PUT, "/topics/t/subscriptions/s", false),
-            (Resource::Topic(Some("t")), Action::Manage)
+            (Resource::Topic(Some("t")), Permission::Manage)
         );
         assert_eq!(
             c(Method::POST, "/topics/t/messages", false),
-            (Resource::Topic(Some("t")), Action::Send)
+            (Resource::Topic(Some("t")), Permission::Send)
         );
         assert_eq!(c(Method::GET, "/v1/rules", false).0, Resource::Admin);
         assert_eq!(c(Method::GET, "/v1/keys", false).0, Resource::Admin);
@@ -614,7 +614,7 @@ mod tests {
     fn ring_with(grant: &str) -> (KeyRing, AccessKey) {
         let key = AccessKey::generate(
             "k",
-            vec![crate::store::keys::Grant::parse(grant).unwrap()],
+            vec![crate::api::policy::Allow::parse(grant).unwrap()],
             0,
         );
         (KeyRing::new(vec![key.clone()], Default::default()), key)

@@ -20,12 +20,7 @@ const CHUNK_BYTES: usize = 64 * 1024;
 
 /// `GET /v1/backup` -> `200 application/vnd.sqlite3`, the database file.
 pub async fn snapshot(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let dir = state
-        .store
-        .db_path()
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
+    let dir = state.store.data_dir().to_path_buf();
     let tmp = dir.join(format!(".backup-{:016x}.db", rand::random::<u64>()));
     if let Err(e) = state.store.backup(&tmp).await {
         // The store writes `<tmp>.partial` and renames it; remove whichever is left.

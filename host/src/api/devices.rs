@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::json::JsonBody;
 use super::{body, AppState};
 use crate::devices::{DeviceError, DownlinkError};
-use crate::store::devices::Device;
+use crate::devices::Device;
 
 /// The body of `PUT /v1/devices/{pk}/{dn}`.
 #[derive(Debug, Deserialize)]

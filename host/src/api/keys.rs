@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
-use crate::store::keys::{AccessKey, Grant, ADMIN_KEY_NAME};
+use super::policy::{self, AccessKey, Allow, ADMIN_KEY_NAME};
 
 /// A key to create.
 #[derive(Debug, Deserialize)]
@@ -34,7 +34,7 @@ pub fn shown(k: &AccessKey) -> Value {
     json!({
         "id": k.id,
         "name": k.name,
-        "allow": k.grants.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "allow": k.allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "admin": k.is_admin(),
         "create_time_ms": k.create_time_ms,
     })
@@ -58,10 +58,10 @@ pub async fn create(
     let grants = body
         .allow
         .iter()
-        .map(|g| Grant::parse(g))
+        .map(|g| Allow::parse(g))
         .collect::<Result<Vec<_>, _>>()?;
     let key = AccessKey::generate(&name, grants, state.store.clock().now_ms());
-    if !state.store.create_key(key.clone()).await? {
+    if !policy::create_key(&state.store, key.clone()).await? {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
             code: "KeyAlreadyExist",
@@ -77,7 +77,7 @@ pub async fn create(
 
 /// `GET /v1/keys`
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let keys = state.store.list_keys().await?;
+    let keys = policy::list_keys(&state.store).await?;
     Ok(Json(
         json!({ "keys": keys.iter().map(shown).collect::<Vec<_>>() }),
     ))
@@ -115,7 +115,7 @@ pub async fn delete(
              other keys for clients",
         ));
     }
-    if !state.store.delete_key(&id).await? {
+    if !policy::delete_key(&state.store, &id).await? {
         return Err(not_found(&id));
     }
     state.keys.remove(&id);

@@ -12,6 +12,7 @@ mod devices;
 pub mod error;
 mod json;
 mod keys;
+pub mod policy;
 pub mod metrics;
 pub mod mns;
 mod queues;

@@ -24,7 +24,7 @@ use super::auth::{deny_queue, Caller};
 use super::error::{ApiError, ErrorDetail};
 use super::json::{JsonBody, QueryArgs};
 use super::{body, AppState};
-use crate::store::keys::Action;
+use crate::api::policy::Permission;
 use crate::store::{Message, QueueAttributes, SendRequest, StoreError};
 
 /// Attributes for create or set; omitted ones take their defaults (create) or keep their
@@ -89,7 +89,7 @@ impl QueueBody {
     /// `max_receive_count` are written there.
     pub fn check_dead_letter_queue(&self, caller: &Caller) -> Result<(), ApiError> {
         if let Some(Some(queue)) = &self.dead_letter_queue {
-            if let Some(d) = deny_queue(caller, queue, Action::Send) {
+            if let Some(d) = deny_queue(caller, queue, Permission::Send) {
                 return Err(d.at("dead_letter_queue"));
             }
         }

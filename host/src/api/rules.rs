@@ -83,7 +83,11 @@ pub async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    state.rules.delete(&name)?;
+    let registry = state.rules.clone();
+    let deleted = name.clone();
+    tokio::task::spawn_blocking(move || registry.delete(&deleted))
+        .await
+        .map_err(join_error)??;
     Ok(Json(json!({ "deleted": name })))
 }
 

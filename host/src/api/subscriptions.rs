@@ -14,7 +14,7 @@ use super::auth::{deny_queue, Caller};
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
-use crate::store::keys::Action;
+use crate::api::policy::Permission;
 use crate::store::{
     ContentFormat, Endpoint, HttpPush, NotifyStrategy, StoreError, SubscriptionInfo,
     SubscriptionSpec,
@@ -165,7 +165,7 @@ pub async fn subscribe(
             .map(|q| ("dead_letter_queue", q)),
     };
     if let Some((field, queue)) = written {
-        if let Some(d) = deny_queue(&caller, queue, Action::Send) {
+        if let Some(d) = deny_queue(&caller, queue, Permission::Send) {
             return Err(d.at(field));
         }
     }
@@ -309,7 +309,7 @@ async fn check_dead_letter_queue(
     caller: &Caller,
     topic: &str,
     name: &str,
-    action: Action,
+    action: Permission,
 ) -> Result<(), ApiError> {
     let info = state.store.get_subscription(topic, name).await?;
     if let Endpoint::Http(push) = &info.spec.endpoint {
@@ -332,7 +332,7 @@ pub async fn dead_letters(
     Query(q): Query<MaxQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let max = check_max(q.max)?;
-    check_dead_letter_queue(&state, &caller, &topic, &name, Action::Read).await?;
+    check_dead_letter_queue(&state, &caller, &topic, &name, Permission::Read).await?;
     let messages = state.store.push_dead_letters(&topic, &name, max).await?;
     Ok(Json(json!({ "messages": messages })))
 }
@@ -347,7 +347,7 @@ pub async fn redrive(
     JsonBody(req): JsonBody<MaxQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let max = check_max(req.max)?;
-    check_dead_letter_queue(&state, &caller, &topic, &name, Action::Consume).await?;
+    check_dead_letter_queue(&state, &caller, &topic, &name, Permission::Consume).await?;
     let n = state
         .store
         .redrive_push_dead_letters(&topic, &name, max)

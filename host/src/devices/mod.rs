@@ -2,19 +2,20 @@
 //! it — MQTT sign-in ([`auth`]), per-device topic access ([`policy`]), device tags for rules
 //! (`attribute()`), and downlink to a device ([`downlink`]).
 //!
-//! Rows live in the store (`store::devices`, schema v3). This module keeps an in-memory copy so
-//! the hot paths (every CONNECT, every PUBLISH check, every `attribute()` call) never wait on
-//! SQLite: changes go to the store first and reach the copy only after their commit.
+//! Devices and products are records in the store ([`record`]). This module keeps an in-memory
+//! copy so the hot paths (every CONNECT, every PUBLISH check, every `attribute()` call) never
+//! wait on the store: changes go to the store first and reach the copy only after their commit.
 
 pub mod auth;
 pub mod downlink;
 pub mod policy;
+pub mod record;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::rules::runtime::TagSource;
-use crate::store::devices::Device;
+pub use record::Device;
 use crate::store::{Store, StoreError};
 
 pub use downlink::{DownlinkError, DownlinkOutcome, DownlinkPath};
@@ -136,7 +137,7 @@ impl DeviceRegistry {
             tags,
             create_time_ms: crate::ids::now_ms(),
         };
-        if !self.store.create_device(device.clone()).await? {
+        if !record::create(&self.store, &device).await? {
             return Err(DeviceError::AlreadyExists {
                 product_key: product_key.to_string(),
                 device_name: device_name.to_string(),
@@ -159,7 +160,7 @@ impl DeviceRegistry {
 
     /// Removes a device. Its open connection is not cut, but it cannot sign in again.
     pub async fn delete(&self, product_key: &str, device_name: &str) -> Result<(), DeviceError> {
-        if !self.store.delete_device(product_key, device_name).await? {
+        if !record::delete(&self.store, product_key, device_name).await? {
             return Err(DeviceError::NotFound {
                 product_key: product_key.to_string(),
                 device_name: device_name.to_string(),
@@ -175,8 +176,7 @@ impl DeviceRegistry {
 
     /// One device from the store (secret included; callers showing it to people drop it).
     pub async fn get(&self, product_key: &str, device_name: &str) -> Result<Device, DeviceError> {
-        self.store
-            .get_device(product_key, device_name)
+        record::get(&self.store, product_key, device_name)
             .await?
             .ok_or_else(|| DeviceError::NotFound {
                 product_key: product_key.to_string(),
@@ -186,7 +186,7 @@ impl DeviceRegistry {
 
     /// Every device from the store.
     pub async fn list(&self) -> Result<Vec<Device>, StoreError> {
-        self.store.list_devices().await
+        record::list(&self.store).await
     }
 
     /// The in-memory entry of a device (no I/O: used on every CONNECT).
@@ -260,10 +260,10 @@ impl TagSource for DeviceRegistry {
 
 async fn read_snapshot(store: &Store) -> Result<Snapshot, StoreError> {
     let mut snapshot = Snapshot::default();
-    for pk in store.list_products().await? {
+    for pk in record::list_products(store).await? {
         snapshot.products.insert(pk);
     }
-    for d in store.list_devices().await? {
+    for d in record::list(store).await? {
         snapshot.devices.insert(
             (d.product_key, d.device_name),
             Arc::new(DeviceEntry {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use super::auth::SignIn;
 use super::DeviceRegistry;
 use crate::ingest::{ConnectInfo, ConnectPolicy, ConnectRefusal, DeviceIdentity, SessionInfo};
-use crate::store::devices::{is_reserved_product_key, RESERVED_PRODUCT_KEYS};
+use super::record::{is_reserved_product_key, RESERVED_PRODUCT_KEYS};
 
 /// The first levels of the device status topics (after the empty level of the leading `/`).
 const STATUS_PREFIX: [&str; 4] = ["", "as", "mqtt", "status"];

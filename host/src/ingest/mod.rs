@@ -43,8 +43,6 @@ pub mod status;
 mod thing_reply;
 
 #[cfg(test)]
-mod external_tests;
-#[cfg(test)]
 mod listener_tests;
 
 pub use backoff::Backoff;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use sluice::store::jetstream::local::LocalCluster;
+use sluice_test_support::nats::LocalCluster;
 
 use crate::common::{auth_for, free_port, sluice_bin, Sluice};
 use crate::push::{self as hooks, Answer, Hook};

@@ -345,7 +345,8 @@ async fn dead_letter_at_max_receive_count_3_moves_on_the_fourth_receive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_queue_topic_and_backup_verbs_work_against_the_server() {
     // Proves the `sluice NOUN VERB` CLI verbs end to end, tables and --json, and that
-    // `sluice backup FILE` writes a 0600 copy that a server can open and that holds the messages.
+    // `sluice backup FILE` writes a 0600 copy that a server can open and that holds the messages
+    // and the rules.
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &[]);
     let cli = |args: &[&str]| sluice.run_cli(args);
@@ -455,5 +456,16 @@ async fn cli_queue_topic_and_backup_verbs_work_against_the_server() {
     got.sort();
     println!("restored backup holds {got:?}");
     assert_eq!(got, ["one", "three", "two"]);
+    // The rules are in the snapshot too: the example rule comes back running, not recreated
+    // (the restored store is not a fresh one).
+    let rules = h.get("/v1/rules").await;
+    let names: Vec<(&str, &str)> = rules.json["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r["state"].as_str().unwrap()))
+        .collect();
+    println!("restored backup holds rules {names:?}");
+    assert_eq!(names, [("overheat", "running")]);
     sluice.stop();
 }

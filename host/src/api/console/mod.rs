@@ -30,7 +30,7 @@ use serde::Deserialize;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
-use crate::store::keys::{Action, Resource};
+use crate::api::policy::{Permission, Resource};
 
 /// What the console's handlers reach: the API's state and the sampled history.
 #[derive(Clone)]
@@ -67,16 +67,16 @@ pub fn is_page_path(path: &str) -> bool {
 /// What a console path needs beyond a signed-in key: `None` for a non-console path (the API's
 /// own classification applies), `Some(None)` for pages any signed-in key may see (their data
 /// comes from `/v1/`, checked there), `Some(Some(..))` for console data endpoints.
-pub fn policy<'a>(path: &'a str, _query: Option<&str>) -> Option<Option<(Resource<'a>, Action)>> {
+pub fn policy<'a>(path: &'a str, _query: Option<&str>) -> Option<Option<(Resource<'a>, Permission)>> {
     let rest = path.strip_prefix("/console")?;
     if !(rest.is_empty() || rest.starts_with('/')) {
         return None;
     }
     let segs: Vec<&str> = rest.trim_matches('/').split('/').collect();
     Some(match segs.as_slice() {
-        ["events", "queue", q] => Some((Resource::Queue(Some(q)), Action::Read)),
+        ["events", "queue", q] => Some((Resource::Queue(Some(q)), Permission::Read)),
         // Tails of all device traffic or a rule's output, and system-wide history: admin.
-        ["events", ..] | ["history"] => Some((Resource::Admin, Action::Manage)),
+        ["events", ..] | ["history"] => Some((Resource::Admin, Permission::Manage)),
         _ => None,
     })
 }
@@ -239,11 +239,11 @@ mod tests {
         assert_eq!(policy("/console/rules", None), Some(None));
         assert_eq!(
             policy("/console/events/queue/q1", None),
-            Some(Some((Resource::Queue(Some("q1")), Action::Read)))
+            Some(Some((Resource::Queue(Some("q1")), Permission::Read)))
         );
         assert_eq!(
             policy("/console/history", None),
-            Some(Some((Resource::Admin, Action::Manage)))
+            Some(Some((Resource::Admin, Permission::Manage)))
         );
         assert!(is_page_path("/console/queues"));
         assert!(!is_page_path("/console/history"));

@@ -14,7 +14,7 @@ use super::xml::{
 use super::{base_url, check_logging, page, seconds, MnsQuery, QUEUE_ENDPOINT_PREFIX};
 use crate::api::auth::{deny_queue, Caller};
 use crate::api::AppState;
-use crate::store::keys::Action;
+use crate::api::policy::Permission;
 use crate::store::{
     ContentFormat, Endpoint, HttpPush, NotifyStrategy, PublishRequest, StoreError,
     SubscriptionInfo, SubscriptionSpec, TopicInfo,
@@ -284,7 +284,7 @@ pub async fn subscribe_or_set(
             .map_err(|message| MnsError::invalid("Endpoint", message))?;
     }
     if let Endpoint::Queue(queue) = &spec.endpoint {
-        if let Some(d) = deny_queue(&caller, queue, Action::Send) {
+        if let Some(d) = deny_queue(&caller, queue, Permission::Send) {
             return Err(MnsError::new(d.status, d.code, d.message));
         }
     }

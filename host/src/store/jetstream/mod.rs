@@ -22,8 +22,8 @@
 //! - **Dead letters**: a delivery whose count passes `max_receive_count` is copied to the
 //!   dead-letter queue (deduplicating id `dl.{message id}`) and then acked, instead of being
 //!   returned.
-//! - **Devices, access keys and rules**: buckets of their own, followed by every process
-//!   ([`shared`]).
+//! - **Records** (rules, devices, products, access keys): a bucket per kind, followed by every
+//!   process ([`records`]).
 //! - **HTTP push**: pending pushes in a stream per topic, one durable consumer per HTTP
 //!   subscription shared by every process ([`push`]).
 //!
@@ -37,12 +37,11 @@
 
 mod catalog;
 pub mod durability;
-pub mod local;
 mod publish;
 mod push;
 mod queue;
 mod receipt;
-pub mod shared;
+mod records;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -118,7 +117,7 @@ struct Inner {
     submit: mpsc::Sender<Submitted>,
     counters: Arc<StoreCounters>,
     push: push::PushPlane,
-    shared: shared::Shared,
+    records: records::Records,
 }
 
 impl JetStream {
@@ -138,7 +137,7 @@ impl JetStream {
                 ))
             })?;
         let js = async_nats::jetstream::new(client);
-        let (key, catalog, shared) =
+        let (key, catalog) =
             until_ready(STARTUP_PATIENCE, || open_catalog(&js, &opts)).await?;
         let (submit, submitted) = mpsc::channel(SUBMIT_DEPTH);
         let store = JetStream {
@@ -153,7 +152,7 @@ impl JetStream {
                 submit,
                 counters: Arc::default(),
                 push: push::PushPlane::default(),
-                shared,
+                records: records::Records::default(),
             }),
         };
         tokio::spawn(publish_in_order(Arc::downgrade(&store.inner), submitted));
@@ -640,13 +639,12 @@ const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 async fn open_catalog(
     js: &Context,
     opts: &JetStreamOptions,
-) -> Result<([u8; 32], Catalog, shared::Shared)> {
+) -> Result<([u8; 32], Catalog)> {
     let meta = open_bucket(js, &format!("{}_meta", opts.prefix), opts.replicas).await?;
     claim_node(&meta, opts.node_id, &opts.node_label).await?;
     let key = receipt_key(&meta).await?;
     let catalog = Catalog::open(js, &opts.prefix, opts.replicas).await?;
-    let shared = shared::Shared::open(js, &opts.prefix, opts.replicas).await?;
-    Ok((key, catalog, shared))
+    Ok((key, catalog))
 }
 
 /// Runs `step` again while it fails with [`StoreError::Unavailable`] (a cluster that is still

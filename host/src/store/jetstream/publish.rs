@@ -19,7 +19,7 @@ use super::{
 };
 use crate::ids::{now_ms, MessageId};
 use crate::store::metrics::{QueueTotals, StoreCounters};
-use crate::store::writer::{md5_hex, md5_of};
+use crate::store::types::{md5_hex, md5_of};
 use crate::store::{
     DeadLetterOrigin, Endpoint, PublishRequest, Published, Result, StoreError, DEFAULT_PRIORITY,
 };

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::ids::{now_ms, MessageId};
 use crate::store::metrics::QueueTotals;
-use crate::store::writer::{md5_hex, md5_of};
+use crate::store::types::{md5_hex, md5_of};
 use crate::store::{
     Attributes, DeadLetterOrigin, Message, QueueAttributes, Result, SendRequest, Sent, StoreError,
     VisibilityChanged, DEFAULT_PRIORITY,

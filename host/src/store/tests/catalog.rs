@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::{open_with, Env};
-use crate::store::schema::{migrate_to, SCHEMA_VERSION};
+use crate::store::sqlite::schema::{migrate_to, SCHEMA_VERSION};
 use crate::store::{
     ManualClock, QueueAttributes, Store, StoreError, StoreOptions, SubscriptionSpec,
 };

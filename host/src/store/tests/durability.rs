@@ -2,10 +2,8 @@
 
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 
 use super::{body_text, text, Env};
-use crate::store::writer::{Op, OpKind};
 use crate::store::{PublishRequest, StoreError, SubscriptionSpec};
 
 const NO_WAIT: Option<Duration> = Some(Duration::ZERO);
@@ -140,15 +138,8 @@ async fn a_receive_whose_caller_went_away_is_released() {
     let env = Env::new();
     env.queue("q", |_| {}).await;
     env.store.send("q", text("m")).await.unwrap();
-    let (reply, rx) = oneshot::channel();
-    drop(rx); // the caller is gone before the answer comes
-    let tx = env.store.inner.tx.as_ref().unwrap().interactive.clone();
-    tx.send(Op {
-        kind: OpKind::Receive("q".into(), 1),
-        reply,
-    })
-    .await
-    .unwrap();
+    // The caller is gone before the answer comes.
+    env.store.sqlite().abandoned_receive("q", 1).await;
     // The release runs in the writer's next batch and wakes this long poll.
     let got = env
         .store

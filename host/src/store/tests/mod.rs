@@ -3,12 +3,9 @@
 
 mod catalog;
 mod concurrency;
-mod conformance;
 mod durability;
-mod nats;
 mod publish;
 mod queue;
-mod shared;
 
 use std::sync::Arc;
 

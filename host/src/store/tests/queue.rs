@@ -135,15 +135,15 @@ async fn made_up_and_garbled_handles_are_refused() {
         assert_eq!(e.status(), 400);
     }
     // Well-formed but forged: same seq, other generation -> stale; another seq -> not exist.
-    let r = crate::store::receipt::Receipt::decode(&real).unwrap();
-    let forged = crate::store::receipt::Receipt {
+    let r = crate::store::sqlite::receipt::Receipt::decode(&real).unwrap();
+    let forged = crate::store::sqlite::receipt::Receipt {
         seq: r.seq,
         gen: r.gen ^ 1,
     }
     .encode();
     let e = env.store.delete("q", &forged).await.unwrap_err();
     assert_eq!(e.code(), "ReceiptHandleStale");
-    let elsewhere = crate::store::receipt::Receipt {
+    let elsewhere = crate::store::sqlite::receipt::Receipt {
         seq: r.seq + 1000,
         gen: r.gen,
     }
@@ -475,7 +475,7 @@ async fn operations_on_missing_queues_say_so() {
     assert_eq!(e.code(), "QueueNotExist");
     let e = env.store.get_queue("nope").await.unwrap_err();
     assert_eq!(e.code(), "QueueNotExist");
-    let h = crate::store::receipt::Receipt { seq: 1, gen: 5 }.encode();
+    let h = crate::store::sqlite::receipt::Receipt { seq: 1, gen: 5 }.encode();
     let e = env.store.delete("nope", &h).await.unwrap_err();
     assert_eq!(e.code(), "QueueNotExist");
     assert!(!env.store.delete_queue("nope").await.unwrap());

@@ -2,8 +2,7 @@
 //!
 //! SQLite's automatic checkpoint runs inside the COMMIT that takes the write-ahead log past
 //! 1,000 pages: the writer copies those pages into the database file and fsyncs it while every
-//! request waits (measured: ~7 % of the writer's time, publishing or draining a queue, and single
-//! commits of 0.2–0.8 s when the disk stalls). Here the write connection's automatic checkpoint
+//! request waits (and a single commit takes as long as the disk stalls). Here the write connection's automatic checkpoint
 //! is off. A thread with a connection of its own copies the log into the database every
 //! [`CHECKPOINT_FRAMES`] new frames, in PASSIVE mode, which never blocks the writer.
 //!
@@ -27,7 +26,7 @@ use rusqlite::hooks::Wal;
 use rusqlite::Connection;
 
 use crate::store::metrics::StoreCounters;
-use crate::store::schema::configure;
+use crate::store::sqlite::schema::configure;
 use crate::store::types::Synchronous;
 
 /// New log frames (pages) between two background checkpoints: SQLite's own default.

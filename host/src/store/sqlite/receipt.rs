@@ -8,7 +8,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
-use super::error::StoreError;
+use crate::store::error::StoreError;
 
 /// Length of an encoded handle.
 pub(crate) const HANDLE_LEN: usize = 22;

@@ -5,18 +5,11 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use crate::store::jetstream::local::LocalCluster;
-use crate::store::jetstream::{JetStream, JetStreamOptions};
+use sluice_test_support::nats::LocalCluster;
+use sluice::store::jetstream::{JetStream, JetStreamOptions};
 
 static SERVER: OnceLock<LocalCluster> = OnceLock::new();
 static NEXT_PREFIX: AtomicU32 = AtomicU32::new(0);
-
-/// A JetStream backend on the shared server with a fresh prefix (one replica: one server).
-pub(super) async fn jetstream() -> JetStream {
-    connect(&fresh_prefix(), 1, "conformance")
-        .await
-        .expect("connect to the test NATS server")
-}
 
 /// A prefix no other test uses.
 pub(super) fn fresh_prefix() -> String {
@@ -29,7 +22,7 @@ pub(super) async fn connect(
     prefix: &str,
     node_id: u16,
     label: &str,
-) -> crate::store::Result<JetStream> {
+) -> sluice::store::Result<JetStream> {
     let servers = SERVER
         .get_or_init(|| LocalCluster::start(1, true))
         .servers();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::nats::{connect, fresh_prefix};
 use super::{body_text, create_queue, text};
-use crate::store::{Store, StoreOptions};
+use sluice::store::{Store, StoreOptions};
 
 async fn process(prefix: &str, node_id: u16, dir: &tempfile::TempDir) -> Store {
     let js = connect(prefix, node_id, &format!("process-{node_id}"))
@@ -60,7 +60,7 @@ async fn processes_share_the_catalog_and_follow_each_others_changes() {
         .await
         .unwrap();
     assert_eq!(body_text(&got[0]), "m2");
-    let lease = got[0].next_visible_time_ms - crate::ids::now_ms();
+    let lease = got[0].next_visible_time_ms - sluice::ids::now_ms();
     assert!(
         lease <= 5_000,
         "the new visibility timeout applies: {lease} ms"

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::error::StoreError;
-use super::types::{SubscriptionInfo, SubscriptionSpec, TopicInfo};
+use crate::store::error::StoreError;
+use crate::store::types::{SubscriptionInfo, SubscriptionSpec, TopicInfo};
 
 /// Idle read connections kept for reuse.
 const MAX_IDLE_READERS: usize = 4;

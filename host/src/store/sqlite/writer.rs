@@ -9,21 +9,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt as _;
-use md5::{Digest as _, Md5};
 use rusqlite::Connection;
 use rustc_hash::FxHashMap;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
-use super::clock::Clock;
-use super::error::StoreError;
+use crate::store::clock::Clock;
+use crate::store::error::StoreError;
 use super::index::{
     pack, unpack, Catalog, Journal, QueueIndex, QueueSql, QueueState, SubState, Tombstones,
     TopicState, Undo, Wake,
 };
-use super::metrics::Counts;
+use crate::store::metrics::Counts;
 use super::receipt::Receipt;
 use super::schema::{queue_table, queue_table_ddl, Opened};
-use super::types::{
+use crate::store::types::{
     Attributes, DeadLetterOrigin, Endpoint, Message, PublishRequest, Published, QueueAttributes,
     QueueInfo, SendRequest, Sent, StoreOptions, StorePaths, SubscriptionSpec, VisibilityChanged,
     DEFAULT_PRIORITY,
@@ -34,9 +33,13 @@ mod catalog;
 mod checkpointer;
 mod messages;
 mod push;
+mod request;
 mod retention;
 mod syncer;
+pub(crate) use request::{Answer, Isolation, Request, When};
+use request::{Failed, Held, Pending};
 use crate::ids::{IdGenerator, MessageId};
+use crate::store::types::{md5_hex, md5_of};
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -47,19 +50,16 @@ const SWEEP_ROWS: i64 = 512;
 const MAX_IDLE: Duration = Duration::from_secs(60);
 
 /// At most this many units of rule outputs (one device message's outputs each) are taken at a
-/// time before the interactive requests that arrived meanwhile. Applying one costs ~5–20 µs of
-/// the writer's CPU, so taking 1,024 at once held a consumer's receive or delete for ~10 ms
-/// behind them. Measured with `sluice bench` and `sluice_store_commit_seconds` /
-/// `sluice_store_commit_requests`.
+/// time before the interactive requests that arrived meanwhile: each costs the writer some
+/// microseconds, and a consumer's receive or delete must not wait behind a thousand of them.
 const MAX_BULK_PER_BATCH: usize = 256;
-/// Most units one [`OpKind::PublishUnits`] request carries; larger submissions are split. The
+/// Most units one request of rule outputs carries; larger submissions are split. The
 /// bulk lane holds `max_batch_requests / MAX_UNITS_PER_REQUEST` requests, so it buffers about
 /// as many device messages as when each was a request of its own.
 pub(crate) const MAX_UNITS_PER_REQUEST: usize = 32;
 /// Longest a transaction stays open taking requests while the disk is busy with an earlier
-/// commit (see `extend_while_syncing`): a slow fsync (here p50 0.2 ms, p99 0.8 ms, stalls of
-/// hundreds of ms) must not hold the transaction open, and the visibility of its messages, for
-/// that long.
+/// commit (see `extend_while_syncing`): a slow fsync (a stalled disk takes hundreds of ms) must
+/// not hold the transaction open, and the visibility of its messages, for that long.
 const EXTEND_AT_MOST: Duration = Duration::from_millis(2);
 /// Most long polls of one queue one commit wakes one by one; more new messages than this
 /// wake this many (each takes up to 16, and every woken poll that finds more comes back).
@@ -67,90 +67,14 @@ const MAX_WAKES: u32 = 256;
 /// Prepared statements kept per connection: each queue has about ten.
 const STATEMENT_CACHE: usize = 512;
 
-/// A request to the writer with its answer channel.
-pub(crate) struct Op {
-    pub kind: OpKind,
-    pub reply: oneshot::Sender<Result<Reply>>,
-}
-
-/// What a request asks for.
-pub(crate) enum OpKind {
-    CreateTopic(String),
-    DeleteTopic(String),
-    CreateQueue(String, QueueAttributes),
-    SetQueueAttributes(String, QueueAttributes),
-    DeleteQueue(String),
-    GetQueue(String),
-    ListQueues,
-    CreateSubscription {
-        topic: String,
-        name: String,
-        spec: SubscriptionSpec,
-    },
-    DeleteSubscription {
-        topic: String,
-        name: String,
-    },
-    Publish(Vec<(String, PublishRequest, Digest)>),
-    /// Rule outputs: several units, each one device message's outputs, each committed atomically
-    /// on its own and answered with a result of its own ([`Reply::Units`]). One request for many
-    /// messages: a request and its answer per message cost the rule threads, the writer and the
-    /// acker more than the rows did.
-    PublishUnits(Vec<Vec<(String, PublishRequest, Digest)>>),
-    Send(String, Vec<(SendRequest, Digest)>),
-    Receive(String, usize),
-    Peek(String, usize),
-    Delete(String, Vec<String>),
-    ChangeVisibility(String, String, u32),
-    /// HTTP push state (`store::push`).
-    Push(Box<super::push::PushOp>),
-    /// Device registry changes (`store::devices`).
-    Devices(Box<super::devices::DeviceOp>),
-    /// Access key changes (`store::keys`).
-    Keys(Box<super::keys::KeyOp>),
-    Shutdown,
-}
-
-/// The writer's answers.
+/// A receive's answer: the claimed messages, and what a long poll that got none needs.
 #[derive(Debug)]
-pub(crate) enum Reply {
-    Bool(bool),
-    Unit,
-    Published(Vec<Published>),
-    Sent(Vec<Sent>),
-    Received {
-        messages: Vec<Message>,
-        polling_wait_seconds: u32,
-        next_visible_ms: Option<u64>,
-    },
-    Messages(Vec<Message>),
-    Deleted(Vec<Result<()>>),
-    /// One result per unit of a [`OpKind::PublishUnits`].
-    Units(Vec<Result<()>>),
-    Visibility(VisibilityChanged),
-    Queues(Vec<QueueInfo>),
-    Push(Box<super::push::PushReply>),
-    Devices(Box<super::devices::DeviceReply>),
-}
-
-impl Reply {
-    pub fn bool(self) -> Result<bool> {
-        match self {
-            Reply::Bool(b) => Ok(b),
-            other => Err(other.unexpected()),
-        }
-    }
-
-    pub fn unit(self) -> Result<()> {
-        match self {
-            Reply::Unit => Ok(()),
-            other => Err(other.unexpected()),
-        }
-    }
-
-    pub fn unexpected(self) -> StoreError {
-        StoreError::Internal(format!("unexpected writer reply {self:?}"))
-    }
+pub(crate) struct Received {
+    pub messages: Vec<Message>,
+    /// The queue's default long-poll wait, seconds.
+    pub polling_wait_seconds: u32,
+    /// When the next message of the queue becomes visible (a lease or delay ending), ms.
+    pub next_visible_ms: Option<u64>,
 }
 
 /// Loads the catalog and index from disk (in the caller's thread, so errors surface from
@@ -161,8 +85,8 @@ pub(crate) fn spawn(
     opts: &StoreOptions,
     notifiers: Notifiers,
     commit_tx: watch::Sender<u64>,
-    push_signals: Arc<super::push::PushSignals>,
-    counters: Arc<super::metrics::StoreCounters>,
+    push_signals: Arc<crate::store::push::PushSignals>,
+    counters: Arc<crate::store::metrics::StoreCounters>,
 ) -> Result<(Lanes, std::thread::JoinHandle<()>)> {
     let Opened { conn, lock } = opened;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -190,7 +114,7 @@ pub(crate) fn spawn(
         syncer: None,
         checkpoints: None,
     };
-    if opts.synchronous == super::types::Synchronous::Full {
+    if opts.synchronous == crate::store::types::Synchronous::Full {
         // FULL's guarantee, with the fsync on its own thread (see `syncer`).
         w.conn
             .pragma_update(None, "synchronous", "NORMAL")
@@ -231,20 +155,10 @@ pub(crate) fn spawn(
     Ok((Lanes { interactive, bulk }, handle))
 }
 
-impl OpKind {
-    /// What a request counts for against [`MAX_BULK_PER_BATCH`]: its rule outputs' units.
-    fn units(&self) -> usize {
-        match self {
-            OpKind::PublishUnits(units) => units.len(),
-            _ => 1,
-        }
-    }
-}
-
 /// Moves requests already waiting in `rx` into `batch` until it holds `up_to`. All at once:
 /// that gives the senders their room back in one go, where taking one at a time woke a rule
-/// thread blocked on the full queue for each message (7 % of the writer's time at full load).
-fn take(batch: &mut Vec<Op>, rx: &mut mpsc::Receiver<Op>, up_to: usize) {
+/// thread blocked on the full queue for each message.
+fn take(batch: &mut Vec<Request>, rx: &mut mpsc::Receiver<Request>, up_to: usize) {
     if batch.len() < up_to {
         // Ready at once with what is waiting; pending (nothing waiting) counts as nothing.
         let _ = rx.recv_many(batch, up_to - batch.len()).now_or_never();
@@ -253,13 +167,13 @@ fn take(batch: &mut Vec<Op>, rx: &mut mpsc::Receiver<Op>, up_to: usize) {
 
 /// Moves waiting bulk requests into `batch` while it holds fewer than `up_to` requests and
 /// they add up to fewer than [`MAX_BULK_PER_BATCH`] units.
-fn take_bulk(batch: &mut Vec<Op>, rx: &mut mpsc::Receiver<Op>, up_to: usize) {
+fn take_bulk(batch: &mut Vec<Request>, rx: &mut mpsc::Receiver<Request>, up_to: usize) {
     let mut units = 0;
     while batch.len() < up_to && units < MAX_BULK_PER_BATCH {
         match rx.try_recv() {
-            Ok(op) => {
-                units += op.kind.units();
-                batch.push(op);
+            Ok(request) => {
+                units += request.units();
+                batch.push(request);
             }
             Err(_) => break,
         }
@@ -269,9 +183,9 @@ fn take_bulk(batch: &mut Vec<Op>, rx: &mut mpsc::Receiver<Op>, up_to: usize) {
 /// Moves waiting requests into `batch` until it holds `up_to`: interactive ones first (up to
 /// half), then bulk ones up to [`MAX_BULK_PER_BATCH`] units, then interactive ones again.
 fn fill(
-    batch: &mut Vec<Op>,
-    interactive: &mut mpsc::Receiver<Op>,
-    bulk: &mut mpsc::Receiver<Op>,
+    batch: &mut Vec<Request>,
+    interactive: &mut mpsc::Receiver<Request>,
+    bulk: &mut mpsc::Receiver<Request>,
     up_to: usize,
 ) {
     take(batch, interactive, (up_to / 2).max(1));
@@ -280,25 +194,32 @@ fn fill(
 }
 
 /// An answer held until the commit.
-type Held = (oneshot::Sender<Result<Reply>>, Result<Reply>, When);
+enum HeldAnswer {
+    /// Sent once the commit is on disk (at FULL; at the commit otherwise).
+    Durable(Box<dyn Held>),
+    /// Sent at the commit.
+    AtCommit(Box<dyn Held>),
+    /// A receive of this queue, sent at the commit (its messages would be visible again and
+    /// its handles refused as stale; at-least-once, as after a lost consumer).
+    Claim {
+        queue: String,
+        pending: Pending<Received>,
+    },
+}
 
-/// When a request is answered. Only what acknowledges something stored waits for the fsync;
-/// were a commit lost to a power cut, what was answered at it would simply happen again.
-enum When {
-    /// After the commit is on disk (at FULL): publishes, sends, deletes, changes.
-    Durable,
-    /// At the commit: a receive of this queue (its messages would be visible again and its
-    /// handles refused as stale; at-least-once, as after a lost consumer).
-    Claim(String),
-    /// At the commit: a push worker's cycle (its outcomes and claims are sluice's own
-    /// bookkeeping; a lost cycle means a message pushed once more).
-    Internal,
+impl HeldAnswer {
+    fn fail(self, e: &StoreError) {
+        match self {
+            HeldAnswer::Durable(held) | HeldAnswer::AtCommit(held) => held.send(Some(e)),
+            HeldAnswer::Claim { pending, .. } => Box::new(pending).send(Some(e)),
+        }
+    }
 }
 
 /// A batch whose transaction is open.
 struct Open {
     /// Answers held until the commit.
-    pending: Vec<Held>,
+    pending: Vec<HeldAnswer>,
     /// Requests applied.
     served: u64,
     /// Whether one is answered at the commit (not after the fsync), so worth committing soon.
@@ -306,7 +227,7 @@ struct Open {
     /// Claims given back or messages expired at the start (a commit worth announcing).
     changed: bool,
     /// A shutdown request seen in the batch.
-    shutdown: Option<oneshot::Sender<Result<Reply>>>,
+    shutdown: Option<Answer<()>>,
     /// Set when SQLite ended the transaction by itself (it rolls the whole transaction back on
     /// some errors, `SQLITE_FULL` among them, savepoint or not): the batch fails as a whole, and
     /// no later request may run, or it would commit on its own, outside the batch and its fsync.
@@ -314,15 +235,13 @@ struct Open {
 }
 
 /// Answers every request of a batch that could not start with `e`; returns a shutdown
-/// request's reply if one was among them.
-fn refuse(batch: Vec<Op>, e: &StoreError) -> Option<oneshot::Sender<Result<Reply>>> {
+/// request's answer if one was among them.
+fn refuse(batch: Vec<Request>, e: &StoreError) -> Option<Answer<()>> {
     let mut shutdown = None;
-    for op in batch {
-        match op.kind {
-            OpKind::Shutdown => shutdown = Some(op.reply),
-            _ => {
-                let _ = op.reply.send(Err(e.duplicate()));
-            }
+    for request in batch {
+        match request {
+            Request::Shutdown(answer) => shutdown = Some(answer),
+            other => other.refuse(e.duplicate()),
         }
     }
     shutdown
@@ -336,11 +255,11 @@ fn refuse(batch: Vec<Op>, e: &StoreError) -> Option<oneshot::Sender<Result<Reply
 /// not behind a thousand queued rule outputs, and a flood of API requests cannot starve ingest.
 #[derive(Debug)]
 pub(crate) struct Lanes {
-    pub interactive: mpsc::Sender<Op>,
-    pub bulk: mpsc::Sender<Op>,
+    pub interactive: mpsc::Sender<Request>,
+    pub bulk: mpsc::Sender<Request>,
 }
 
-struct Writer {
+pub(crate) struct Writer {
     conn: Connection,
     _lock: File,
     db: PathBuf,
@@ -366,7 +285,7 @@ struct Writer {
     /// are refused, everything else goes on (so consumers can drain it).
     full: bool,
     /// Shared with the store handles; added to after each commit.
-    counters: Arc<super::metrics::StoreCounters>,
+    counters: Arc<crate::store::metrics::StoreCounters>,
     /// What the request being applied did (kept only if it succeeds).
     pub(super) op_counts: Counts,
     /// What the requests of this batch did (kept only if the batch commits).
@@ -454,22 +373,6 @@ impl Digest {
             attributes: attributes.json().map(str::to_owned),
         }
     }
-}
-
-pub(super) fn md5_of(body: &[u8]) -> [u8; 16] {
-    Md5::digest(body).into()
-}
-
-/// Upper-case hex, as MNS answers a body's MD5. Written out here because `hex::encode_upper`
-/// goes through a char iterator, which cost the writer 5 % of its time at full load.
-pub(super) fn md5_hex(md5: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = Vec::with_capacity(md5.len() * 2);
-    for b in md5 {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 0x0f)]);
-    }
-    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 fn attributes_json(a: &BTreeMap<String, String>) -> Result<Option<String>> {
@@ -632,7 +535,7 @@ impl Writer {
 
     // ----- the loop -----
 
-    fn run(mut self, mut interactive: mpsc::Receiver<Op>, mut bulk: mpsc::Receiver<Op>) {
+    fn run(mut self, mut interactive: mpsc::Receiver<Request>, mut bulk: mpsc::Receiver<Request>) {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -704,8 +607,8 @@ impl Writer {
         &mut self,
         rt: &tokio::runtime::Runtime,
         open: &mut Open,
-        interactive: &mut mpsc::Receiver<Op>,
-        bulk: &mut mpsc::Receiver<Op>,
+        interactive: &mut mpsc::Receiver<Request>,
+        bulk: &mut mpsc::Receiver<Request>,
     ) {
         let Some(syncer) = self.syncer.as_ref() else {
             return;
@@ -748,18 +651,18 @@ impl Writer {
     /// answers the shutdown last.
     fn shut_down(
         mut self,
-        reply: oneshot::Sender<Result<Reply>>,
-        mut interactive: mpsc::Receiver<Op>,
-        mut bulk: mpsc::Receiver<Op>,
+        reply: Answer<()>,
+        mut interactive: mpsc::Receiver<Request>,
+        mut bulk: mpsc::Receiver<Request>,
     ) {
         for rx in [&mut interactive, &mut bulk] {
             rx.close();
-            while let Ok(op) = rx.try_recv() {
-                let _ = op.reply.send(Err(StoreError::Closed));
+            while let Ok(request) = rx.try_recv() {
+                request.refuse(StoreError::Closed);
             }
         }
         self.finish();
-        let _ = reply.send(Ok(Reply::Unit));
+        let _ = reply.send(Ok(()));
     }
 
     fn finish(&mut self) {
@@ -853,43 +756,91 @@ impl Writer {
     }
 
     /// Applies requests in the open transaction; their answers wait for the commit.
-    fn apply_ops(&mut self, open: &mut Open, ops: Vec<Op>) {
-        for op in ops {
-            if let OpKind::Shutdown = op.kind {
-                open.shutdown = Some(op.reply);
-                continue;
-            }
-            if let Some(e) = &open.aborted {
-                open.pending
-                    .push((op.reply, Err(e.duplicate()), When::Durable));
-                continue;
-            }
-            open.served += 1;
-            let when = match &op.kind {
-                OpKind::Receive(q, _) => When::Claim(q.clone()),
-                OpKind::Push(p) if matches!(**p, super::push::PushOp::Cycle { .. }) => {
-                    When::Internal
+    fn apply_ops(&mut self, open: &mut Open, requests: Vec<Request>) {
+        for request in requests {
+            let job = match request {
+                Request::Shutdown(answer) => {
+                    open.shutdown = Some(answer);
+                    continue;
                 }
-                _ => When::Durable,
+                other if open.aborted.is_some() => {
+                    if let Some(e) = &open.aborted {
+                        other.refuse(e.duplicate());
+                    }
+                    continue;
+                }
+                Request::Receive { queue, max, answer } => {
+                    open.served += 1;
+                    self.op_counts.clear();
+                    // No savepoint: each claim is applied whole or not at all on its own.
+                    let result = self.receive(&queue, max).map_err(|e| self.classify(e));
+                    self.after_op(open, result.as_ref().err());
+                    open.answers_at_commit = true;
+                    open.pending.push(HeldAnswer::Claim {
+                        queue,
+                        pending: Pending { answer, result },
+                    });
+                    continue;
+                }
+                Request::Job(job) => job,
             };
+            open.served += 1;
+            let when = job.when();
             self.op_counts.clear();
-            let result = self.apply(op.kind);
-            match &result {
-                Ok(_) => self.batch_counts.absorb(&mut self.op_counts),
-                Err(e) if self.conn.is_autocommit() => {
-                    tracing::error!(error = %e, "SQLite rolled back the whole batch; it fails as one");
-                    open.aborted = Some(e.duplicate());
+            let (held, error) = match job.isolation() {
+                Isolation::Savepoint => {
+                    let mut job = Some(job);
+                    let mut ran = None;
+                    let outcome = self.in_savepoint(|w| {
+                        let (held, error) = job.take().expect("a job runs once").run(w);
+                        ran = Some(held);
+                        error.map_or(Ok(()), Err)
+                    });
+                    match (outcome, ran) {
+                        (Ok(()), Some(held)) => (held, None),
+                        // Failed, or ran but its savepoint could not be released: rolled back,
+                        // so it answers with the error.
+                        (Err(e), Some(held)) => (Failed::wrap(held, e.duplicate()), Some(e)),
+                        // The savepoint could not even be opened: it never ran.
+                        (outcome, None) => {
+                            let e = outcome.err().unwrap_or_else(|| {
+                                StoreError::Internal("a request did not run".into())
+                            });
+                            self.after_op(open, Some(&e));
+                            if let Some(job) = job {
+                                job.refuse(e);
+                            }
+                            continue;
+                        }
+                    }
                 }
-                Err(_) => {}
+                Isolation::Direct => job.run(self),
+            };
+            self.after_op(open, error.as_ref());
+            open.answers_at_commit |= when != When::Durable;
+            open.pending.push(match when {
+                When::Durable => HeldAnswer::Durable(held),
+                When::Internal => HeldAnswer::AtCommit(held),
+            });
+        }
+    }
+
+    /// Keeps what a request did if it succeeded; a failure that ended the whole transaction
+    /// fails the batch as one.
+    fn after_op(&mut self, open: &mut Open, error: Option<&StoreError>) {
+        match error {
+            None => self.batch_counts.absorb(&mut self.op_counts),
+            Some(e) if self.conn.is_autocommit() => {
+                tracing::error!(error = %e, "SQLite rolled back the whole batch; it fails as one");
+                open.aborted = Some(e.duplicate());
             }
-            open.answers_at_commit |= !matches!(when, When::Durable);
-            open.pending.push((op.reply, result, when));
+            Some(_) => {}
         }
     }
 
     /// Commits the open transaction and answers its requests (through the sync thread at
-    /// FULL); returns the shutdown reply if one was in it.
-    fn commit(&mut self, open: Open) -> Option<oneshot::Sender<Result<Reply>>> {
+    /// FULL); returns the shutdown answer if one was in it.
+    fn commit(&mut self, open: Open) -> Option<Answer<()>> {
         let Open {
             pending,
             served,
@@ -918,22 +869,20 @@ impl Writer {
                 }
                 self.notify();
                 self.cat.push.signal();
-                let mut answers = Vec::with_capacity(pending.len());
-                for (reply, result, when) in pending {
-                    match when {
-                        When::Claim(queue) => self.answer_claim(reply, result, queue),
-                        When::Internal => {
-                            let _ = reply.send(result);
-                        }
-                        When::Durable => answers.push((reply, result)),
+                let mut durable = Vec::with_capacity(pending.len());
+                for held in pending {
+                    match held {
+                        HeldAnswer::Claim { queue, pending } => self.answer_claim(pending, queue),
+                        HeldAnswer::AtCommit(held) => held.send(None),
+                        HeldAnswer::Durable(held) => durable.push(held),
                     }
                 }
                 match &self.syncer {
                     // Answered once the commit is on disk, while the next batch runs.
-                    Some(syncer) => syncer.after_commit(answers),
+                    Some(syncer) => syncer.after_commit(durable),
                     None => {
-                        for (reply, result) in answers {
-                            let _ = reply.send(result);
+                        for held in durable {
+                            held.send(None);
                         }
                     }
                 }
@@ -952,8 +901,8 @@ impl Writer {
                 for q in self.cat.queues.values_mut() {
                     q.next_sweep_ms = q.next_sweep_ms.min(now);
                 }
-                for (reply, result, _) in pending {
-                    let _ = reply.send(result.and(Err(e.duplicate())));
+                for held in pending {
+                    held.fail(&e);
                 }
             }
         }
@@ -962,14 +911,9 @@ impl Writer {
 
     /// Answers a receive; when its requester went away, the messages it claimed are given back
     /// in the next batch rather than left leased to nobody.
-    fn answer_claim(
-        &mut self,
-        reply: oneshot::Sender<Result<Reply>>,
-        result: Result<Reply>,
-        queue: String,
-    ) {
-        if let Err(Ok(Reply::Received { messages, .. })) = reply.send(result) {
-            self.give_back(&queue, messages);
+    fn answer_claim(&mut self, pending: Pending<Received>, queue: String) {
+        if let Err(Ok(received)) = pending.answer.send(pending.result) {
+            self.give_back(&queue, received.messages);
         }
     }
 
@@ -1063,90 +1007,57 @@ impl Writer {
         }
     }
 
-    fn apply(&mut self, kind: OpKind) -> Result<Reply> {
-        match kind {
-            OpKind::GetQueue(name) => {
-                let id = self.queue_id(&name)?;
-                Ok(Reply::Queues(vec![self.queue_info(id)?]))
-            }
-            OpKind::ListQueues => {
-                let mut ids: Vec<(String, i64)> = self
-                    .cat
-                    .queue_ids
-                    .iter()
-                    .map(|(n, &id)| (n.clone(), id))
-                    .collect();
-                ids.sort();
-                let infos = ids
-                    .into_iter()
-                    .map(|(_, id)| self.queue_info(id))
-                    .collect::<Result<_>>()?;
-                Ok(Reply::Queues(infos))
-            }
-            OpKind::Peek(queue, max) => self.peek(&queue, max).map(Reply::Messages),
-            // No savepoint: each of their writes is applied whole or not at all on its own
-            // (see `receive` and `delete_batch`).
-            OpKind::Receive(queue, max) => self.receive(&queue, max).map_err(|e| self.classify(e)),
-            OpKind::Delete(queue, handles) => {
-                let id = self.queue_id(&queue)?;
-                self.with_queue(id, |w, q| w.delete_batch(q, &handles))
-                    .map(Reply::Deleted)
-                    .map_err(|e| self.classify(e))
-            }
-            OpKind::Shutdown => Ok(Reply::Unit),
-            // Opens a savepoint itself when the unit writes more than one row.
-            OpKind::Publish(items) => {
-                let now = self.clock.now_ms();
-                let mut published = Vec::with_capacity(items.len());
-                self.publish(items, now, Some(&mut published))
-                    .map(|()| Reply::Published(published))
-                    .map_err(|e| self.classify(e))
-            }
-            OpKind::PublishUnits(units) => self.publish_units(units),
-            kind => self.in_savepoint(|w| w.apply_write(kind)),
-        }
+    /// The store's clock, ms.
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.now_ms()
     }
 
-    fn apply_write(&mut self, kind: OpKind) -> Result<Reply> {
+    /// The write connection, for requests that only run statements (records).
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// One queue with its counts.
+    pub(crate) fn get_queue(&mut self, name: &str) -> Result<QueueInfo> {
+        let id = self.queue_id(name)?;
+        self.queue_info(id)
+    }
+
+    /// Every queue with its counts, by name.
+    pub(crate) fn list_queues(&mut self) -> Result<Vec<QueueInfo>> {
+        let mut ids: Vec<(String, i64)> = self
+            .cat
+            .queue_ids
+            .iter()
+            .map(|(n, &id)| (n.clone(), id))
+            .collect();
+        ids.sort();
+        ids.into_iter().map(|(_, id)| self.queue_info(id)).collect()
+    }
+
+    /// An API publish: one unit, answered with each message's id.
+    pub(crate) fn publish_unit(
+        &mut self,
+        items: Vec<(String, PublishRequest, Digest)>,
+    ) -> Result<Vec<Published>> {
         let now = self.clock.now_ms();
-        match kind {
-            OpKind::CreateTopic(name) => self.create_topic(&name, now).map(Reply::Bool),
-            OpKind::DeleteTopic(name) => self.delete_topic(&name).map(Reply::Bool),
-            OpKind::CreateQueue(name, attrs) => {
-                self.create_queue(&name, attrs, now).map(Reply::Bool)
-            }
-            OpKind::SetQueueAttributes(name, attrs) => {
-                self.set_queue_attributes(&name, attrs, now)?;
-                Ok(Reply::Unit)
-            }
-            OpKind::DeleteQueue(name) => self.delete_queue(&name).map(Reply::Bool),
-            OpKind::CreateSubscription { topic, name, spec } => self
-                .create_subscription(&topic, &name, spec, now)
-                .map(Reply::Bool),
-            OpKind::DeleteSubscription { topic, name } => {
-                self.delete_subscription(&topic, &name).map(Reply::Bool)
-            }
-            OpKind::Send(queue, reqs) => self.send(&queue, reqs, now).map(Reply::Sent),
-            OpKind::ChangeVisibility(queue, handle, secs) => self
-                .change_visibility(&queue, &handle, secs, now)
-                .map(Reply::Visibility),
-            OpKind::Push(op) => self.apply_push(*op, now).map(|r| Reply::Push(Box::new(r))),
-            OpKind::Devices(op) => {
-                super::devices::apply(&self.conn, *op, now).map(|r| Reply::Devices(Box::new(r)))
-            }
-            OpKind::Keys(op) => super::keys::apply(&self.conn, *op).map(Reply::Bool),
-            OpKind::GetQueue(_)
-            | OpKind::ListQueues
-            | OpKind::Peek(..)
-            | OpKind::Receive(..)
-            | OpKind::Delete(..)
-            | OpKind::Publish(..)
-            | OpKind::PublishUnits(..)
-            | OpKind::Shutdown => Err(StoreError::Internal("misrouted request".into())),
-        }
+        let mut published = Vec::with_capacity(items.len());
+        self.publish(items, now, Some(&mut published))?;
+        Ok(published)
     }
 
-    fn queue_id(&self, name: &str) -> Result<i64> {
+    /// Deletes messages of `queue` by receipt handle: one result per handle. No savepoint:
+    /// each delete is applied whole or not at all on its own (see `delete_batch`).
+    pub(crate) fn delete_handles(
+        &mut self,
+        queue: &str,
+        handles: &[String],
+    ) -> Result<Vec<Result<()>>> {
+        let id = self.queue_id(queue)?;
+        self.with_queue(id, |w, q| w.delete_batch(q, handles))
+    }
+
+    pub(crate) fn queue_id(&self, name: &str) -> Result<i64> {
         self.cat
             .queue_ids
             .get(name)
@@ -1158,7 +1069,7 @@ impl Writer {
 
     /// Takes a queue out of the catalog for the duration of `f` (so `f` may touch other queues,
     /// e.g. the dead-letter queue) and puts it back whatever happens.
-    fn with_queue<T>(
+    pub(crate) fn with_queue<T>(
         &mut self,
         id: i64,
         f: impl FnOnce(&mut Self, &mut QueueState) -> Result<T>,

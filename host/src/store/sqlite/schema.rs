@@ -6,13 +6,14 @@
 //! [`migrate_to`]`(conn, 1)`, fills it, opens it with `Store::open` and checks the data (see
 //! `tests::migrations`).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::Path;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
-use super::error::StoreError;
-use super::types::{StoreOptions, StorePaths, Synchronous};
+use crate::store::data_dir::{self, create_private_file};
+use crate::store::error::StoreError;
+use crate::store::types::{StoreOptions, StorePaths, Synchronous};
 
 /// One schema step, run inside the migration transaction.
 pub(crate) type Migration = fn(&Transaction<'_>) -> rusqlite::Result<()>;
@@ -20,9 +21,10 @@ pub(crate) type Migration = fn(&Transaction<'_>) -> rusqlite::Result<()>;
 /// Every schema step, oldest first.
 pub(crate) const MIGRATIONS: &[Migration] = &[
     migrate_v1,
-    super::push::migrate_v2_push,
-    super::devices::migrate_v3_devices,
-    super::keys::migrate_v4_keys,
+    super::push_state::migrate_v2_push,
+    migrate_v3_devices,
+    migrate_v4_keys,
+    super::records::migrate_v5_records,
 ];
 
 /// The schema version this build writes.
@@ -57,6 +59,37 @@ fn migrate_v1(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             id INTEGER PRIMARY KEY,
             refs INTEGER NOT NULL,
             body BLOB NOT NULL
+        );",
+    )
+}
+
+/// Version 3: products and devices (moved into `records` by version 5).
+fn migrate_v3_devices(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE products (
+            product_key TEXT PRIMARY KEY,
+            create_time_ms INTEGER NOT NULL
+        );
+        CREATE TABLE devices (
+            product_key TEXT NOT NULL REFERENCES products (product_key),
+            device_name TEXT NOT NULL,
+            secret TEXT NOT NULL,
+            tags TEXT NOT NULL,
+            create_time_ms INTEGER NOT NULL,
+            PRIMARY KEY (product_key, device_name)
+        );",
+    )
+}
+
+/// Version 4: access keys (moved into `records` by version 5).
+fn migrate_v4_keys(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE access_keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            secret TEXT NOT NULL,
+            grants TEXT NOT NULL,
+            create_time_ms INTEGER NOT NULL
         );",
     )
 }
@@ -97,52 +130,9 @@ pub(crate) struct Opened {
     pub lock: File,
 }
 
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
-    let path = path.to_path_buf();
-    move |source| StoreError::Io {
-        action,
-        path,
-        source,
-    }
-}
-
-/// Creates `path` 0600 if it does not exist (SQLite would create it 0644; its `-wal` and `-shm`
-/// files take the mode of the database file).
-fn create_private_file(path: &Path) -> Result<File, StoreError> {
-    let mut o = OpenOptions::new();
-    o.read(true).write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    o.open(path).map_err(io_err("cannot create or open", path))
-}
-
-/// Opens the store's files and write connection.
+/// Opens the store's files and write connection, the data directory locked first.
 pub(crate) fn open(paths: &StorePaths, opts: &StoreOptions) -> Result<Opened, StoreError> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
-    }
-    b.create(&paths.dir)
-        .map_err(io_err("cannot create data directory", &paths.dir))?;
-
-    let lock = create_private_file(&paths.lock)?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(StoreError::Locked {
-                path: paths.lock.clone(),
-            })
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(io_err("cannot lock", &paths.lock)(e));
-        }
-    }
+    let lock = data_dir::lock(&paths.dir, &paths.lock)?;
     drop(create_private_file(&paths.db)?);
 
     let db = &paths.db;
@@ -164,7 +154,7 @@ pub(crate) fn open(paths: &StorePaths, opts: &StoreOptions) -> Result<Opened, St
     configure(&conn, opts.synchronous).map_err(sq)?;
     // 8 MiB: the writer touches the tail (inserts) and the head (claims) of each queue table,
     // and a larger cache makes every commit slower (SQLite scans the page-cache hash table at
-    // the end of each transaction: measured ~3 % of the writer at 32 MiB).
+    // the end of each transaction).
     conn.pragma_update(None, "cache_size", -8_000).map_err(sq)?;
     if let Some(max) = opts.max_db_bytes {
         let page: i64 = conn

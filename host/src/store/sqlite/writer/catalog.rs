@@ -7,11 +7,11 @@ use super::*;
 impl Writer {
     // ----- catalog -----
 
-    pub(super) fn snapshot_topics(&mut self) {
+    pub(crate) fn snapshot_topics(&mut self) {
         self.undo.push(Undo::Topics(self.cat.topics.clone()));
     }
 
-    pub(super) fn create_topic(&mut self, name: &str, now: u64) -> Result<bool> {
+    pub(crate) fn create_topic(&mut self, name: &str, now: u64) -> Result<bool> {
         if self.cat.topics.contains_key(name) {
             return Ok(false);
         }
@@ -30,7 +30,7 @@ impl Writer {
         Ok(true)
     }
 
-    pub(super) fn delete_topic(&mut self, name: &str) -> Result<bool> {
+    pub(crate) fn delete_topic(&mut self, name: &str) -> Result<bool> {
         let Some(t) = self.cat.topics.get(name) else {
             return Ok(false);
         };
@@ -50,7 +50,7 @@ impl Writer {
         Ok(true)
     }
 
-    pub(super) fn check_dead_letter_queue(
+    pub(crate) fn check_dead_letter_queue(
         &self,
         queue: &str,
         attrs: &QueueAttributes,
@@ -72,7 +72,7 @@ impl Writer {
         Ok(())
     }
 
-    pub(super) fn create_queue(
+    pub(crate) fn create_queue(
         &mut self,
         name: &str,
         attrs: QueueAttributes,
@@ -118,7 +118,7 @@ impl Writer {
         Ok(true)
     }
 
-    pub(super) fn set_queue_attributes(
+    pub(crate) fn set_queue_attributes(
         &mut self,
         name: &str,
         attrs: QueueAttributes,
@@ -139,7 +139,7 @@ impl Writer {
         Ok(())
     }
 
-    pub(super) fn delete_queue(&mut self, name: &str) -> Result<bool> {
+    pub(crate) fn delete_queue(&mut self, name: &str) -> Result<bool> {
         let Some(&id) = self.cat.queue_ids.get(name) else {
             return Ok(false);
         };
@@ -196,7 +196,7 @@ impl Writer {
     /// The topic's id for a new subscription `name`, or `None` when an identical one exists
     /// (create is idempotent); a different subscription of that name is refused. Shared by
     /// queue and HTTP subscriptions.
-    pub(super) fn topic_for_new_subscription(
+    pub(crate) fn topic_for_new_subscription(
         &self,
         topic: &str,
         name: &str,
@@ -217,7 +217,7 @@ impl Writer {
         }
     }
 
-    pub(super) fn create_subscription(
+    pub(crate) fn create_subscription(
         &mut self,
         topic: &str,
         name: &str,
@@ -258,7 +258,7 @@ impl Writer {
         Ok(true)
     }
 
-    pub(super) fn delete_subscription(&mut self, topic: &str, name: &str) -> Result<bool> {
+    pub(crate) fn delete_subscription(&mut self, topic: &str, name: &str) -> Result<bool> {
         let Some(t) = self.cat.topics.get(topic) else {
             return Err(StoreError::TopicNotExist {
                 name: topic.to_owned(),
@@ -279,7 +279,7 @@ impl Writer {
         Ok(true)
     }
 
-    pub(super) fn queue_info(&mut self, id: i64) -> Result<QueueInfo> {
+    pub(crate) fn queue_info(&mut self, id: i64) -> Result<QueueInfo> {
         let now = self.clock.now_ms();
         self.with_queue(id, |w, q| {
             w.journal().promote(q, now);

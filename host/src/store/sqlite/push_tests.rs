@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::push::{HttpPush, NotifyStrategy, PushOutcome, PushResult};
-use super::tests::{Env, T0};
-use super::{Clock, Endpoint, PublishRequest, StoreError, SubscriptionSpec};
+use crate::store::push::{HttpPush, NotifyStrategy, PushOutcome, PushResult};
+use crate::store::tests::{Env, T0};
+use crate::store::{Clock, Endpoint, PublishRequest, StoreError, SubscriptionSpec};
 
 fn http_spec(url: &str, f: impl FnOnce(&mut HttpPush)) -> SubscriptionSpec {
     let mut p = HttpPush::new(url);
@@ -117,7 +117,7 @@ async fn publish_fans_out_to_http_subscriptions_in_its_commit_with_the_body_stor
         .await
         .unwrap();
     assert_eq!((p.queues, p.pushes), (1, 2));
-    let db = rusqlite::Connection::open(env.store.db_path()).unwrap();
+    let db = rusqlite::Connection::open(env.store.data_dir().join("sluice.db")).unwrap();
     let (n, refs): (i64, i64) = db
         .query_row(
             "SELECT COUNT(*), COALESCE(SUM(refs), 0) FROM bodies",
@@ -407,7 +407,7 @@ async fn gone_disables_drop_is_counted_rotation_keeps_the_old_secret_for_the_gra
 
     publish(&env, "t", "y").await;
     assert!(env.store.delete_subscription("t", "h").await.unwrap());
-    let db = rusqlite::Connection::open(env.store.db_path()).unwrap();
+    let db = rusqlite::Connection::open(env.store.data_dir().join("sluice.db")).unwrap();
     let left: i64 = db
         .query_row(
             "SELECT (SELECT COUNT(*) FROM push_pending) + (SELECT COUNT(*) FROM push_subs)",
@@ -426,12 +426,12 @@ async fn a_v1_database_migrates_to_push_state_and_keeps_its_catalog() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut conn = rusqlite::Connection::open(dir.path().join("sluice.db")).unwrap();
-        super::schema::migrate_to(&mut conn, 1).unwrap();
+        crate::store::sqlite::schema::migrate_to(&mut conn, 1).unwrap();
         conn.execute_batch("INSERT INTO topics (id, name, create_time_ms) VALUES (1, 'old', 1);")
             .unwrap();
     }
-    let clock = std::sync::Arc::new(super::ManualClock::new(T0));
-    let store = super::tests::open_with(dir.path(), clock);
+    let clock = std::sync::Arc::new(crate::store::ManualClock::new(T0));
+    let store = crate::store::tests::open_with(dir.path(), clock);
     assert_eq!(store.list_topics().await.unwrap()[0].name, "old");
     store
         .create_subscription("old", "h", http_spec("http://127.0.0.1:9/", |_| {}))
@@ -453,7 +453,7 @@ async fn a_v1_database_migrates_to_push_state_and_keeps_its_catalog() {
     let v: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(v, super::schema::SCHEMA_VERSION);
+    assert_eq!(v, crate::store::sqlite::schema::SCHEMA_VERSION);
 }
 
 #[tokio::test]
@@ -462,7 +462,7 @@ async fn a_strategy_change_reaches_reads_the_worker_and_a_restart() {
     // next retry) and survives a reopen; a queue subscription is refused with the field named.
     let mut env = Env::new();
     topic_t_with_http_sub_h(&env).await;
-    let strategy = |info: super::SubscriptionInfo| match info.spec.endpoint {
+    let strategy = |info: crate::store::SubscriptionInfo| match info.spec.endpoint {
         Endpoint::Http(p) => p.strategy,
         other => panic!("not HTTP: {other:?}"),
     };

@@ -22,14 +22,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use tokio::sync::oneshot;
-
-use super::{Reply, Result};
+use super::request::Held;
 use crate::store::error::StoreError;
 use crate::store::metrics::StoreCounters;
 
 /// One request's answer, held until its commit is on disk.
-pub(super) type Answer = (oneshot::Sender<Result<Reply>>, Result<Reply>);
+pub(super) type Answer = Box<dyn Held>;
 
 /// Makes everything written to the WAL so far durable.
 pub(super) type MakeDurable = Box<dyn FnMut() -> std::io::Result<()> + Send>;
@@ -108,10 +106,9 @@ impl Syncer {
             if let Err(mpsc::SendError(answers)) = tx.send(answers) {
                 self.progress.unsynced.fetch_sub(1, Ordering::AcqRel);
                 // The thread is gone (it never exits early; only a panic ends it).
-                for (reply, _) in answers {
-                    let _ = reply.send(Err(StoreError::Internal(
-                        "the store's sync thread has stopped".into(),
-                    )));
+                let stopped = StoreError::Internal("the store's sync thread has stopped".into());
+                for held in answers {
+                    held.send(Some(&stopped));
                 }
             }
         }
@@ -178,16 +175,17 @@ fn run(
         progress.synced.notify_waiters();
         match synced {
             Ok(()) => {
-                for (reply, result) in answers {
-                    let _ = reply.send(result);
+                for held in answers {
+                    held.send(None);
                 }
             }
             Err(e) => {
                 if !failed.swap(true, Ordering::AcqRel) {
                     tracing::error!(path = %path.display(), error = %e, "fsync of the write-ahead log failed; the store refuses writes until it is restarted");
                 }
-                for (reply, result) in answers {
-                    let _ = reply.send(result.and(Err(sync_failed(path))));
+                let failed = sync_failed(path);
+                for held in answers {
+                    held.send(Some(&failed));
                 }
             }
         }
@@ -220,9 +218,13 @@ mod tests {
 
     use super::*;
 
-    fn answer() -> (Answer, oneshot::Receiver<Result<Reply>>) {
-        let (tx, rx) = oneshot::channel();
-        ((tx, Ok(Reply::Unit)), rx)
+    fn answer() -> (Answer, tokio::sync::oneshot::Receiver<crate::store::Result<()>>) {
+        let (answer, rx) = tokio::sync::oneshot::channel();
+        let held = super::super::request::Pending {
+            answer,
+            result: Ok(()),
+        };
+        (Box::new(held), rx)
     }
 
     #[test]

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{body_text, text};
-use crate::ids::now_ms;
-use crate::store::{
+use sluice::ids::now_ms;
+use sluice::store::{
+    Record,
     Endpoint, HttpPush, PublishRequest, PushDelivery, PushOutcome, PushResult, QueueAttributes,
     SendRequest, Store, StoreError, StoreOptions, SubscriptionSpec,
 };
@@ -27,7 +28,9 @@ enum Kind {
 struct Subject {
     store: Store,
     kind: Kind,
-    _dir: tempfile::TempDir,
+    /// The JetStream name prefix (empty on SQLite).
+    prefix: String,
+    dir: tempfile::TempDir,
 }
 
 impl Subject {
@@ -82,22 +85,48 @@ impl Subject {
 
     async fn open(kind: Kind) -> Subject {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = match kind {
-            Kind::Sqlite => Store::open(dir.path(), StoreOptions::default()).expect("open"),
+        let (store, prefix) = match kind {
+            Kind::Sqlite => (
+                Store::open(dir.path(), StoreOptions::default()).expect("open"),
+                String::new(),
+            ),
             Kind::JetStream => {
-                let js = super::nats::jetstream().await;
-                Store::open_with_jetstream(dir.path(), StoreOptions::default(), js).expect("open")
+                let prefix = super::nats::fresh_prefix();
+                let js = super::nats::connect(&prefix, 1, "conformance")
+                    .await
+                    .expect("connect to the test NATS server");
+                let store = Store::open_with_jetstream(dir.path(), StoreOptions::default(), js)
+                    .expect("open");
+                (store, prefix)
             }
         };
         Subject {
             store,
             kind,
-            _dir: dir,
+            prefix,
+            dir,
         }
     }
 
     async fn queue(&self, name: &str, f: impl FnOnce(&mut QueueAttributes)) {
         super::create_queue(&self.store, name, f).await
+    }
+
+    /// Another handle on the same stored data: the SQLite store closed and opened again, or a
+    /// second process on the JetStream prefix.
+    async fn reopen(&mut self) {
+        self.store.close().await.expect("close");
+        self.store = match self.kind {
+            Kind::Sqlite => Store::open(self.dir.path(), StoreOptions::default()).expect("reopen"),
+            Kind::JetStream => {
+                self.dir = tempfile::tempdir().expect("tempdir");
+                let js = super::nats::connect(&self.prefix, 2, "second")
+                    .await
+                    .expect("connect");
+                Store::open_with_jetstream(self.dir.path(), StoreOptions::default(), js)
+                    .expect("open")
+            }
+        };
     }
 
     fn on_jetstream(&self) -> bool {
@@ -141,7 +170,60 @@ conformance!(
     limits_refuse_and_store_nothing,
     push_claims_retries_and_delivers,
     push_disable_keeps_the_message_and_give_up_dead_letters,
+    records_are_kept_by_key_and_survive_a_reopen,
 );
+
+async fn records_are_kept_by_key_and_survive_a_reopen(mut s: Subject) {
+    // Proves the record contract both backends keep: insert does not replace, put does, keys
+    // with `/` parts list in key order, get and delete answer by key, a bad kind, key or value
+    // is refused naming the field, and the records are there for another handle on the same
+    // store (a reopen on SQLite, another process on JetStream).
+    let rec = |key: &str, value: &str| Record {
+        key: key.into(),
+        value: value.into(),
+    };
+    let st = s.store.clone();
+    assert!(st.insert_record("things", rec("pk/b", r#"{"n":1}"#)).await.unwrap());
+    assert!(!st.insert_record("things", rec("pk/b", r#"{"n":2}"#)).await.unwrap());
+    assert_eq!(
+        st.get_record("things", "pk/b").await.unwrap().as_deref(),
+        Some(r#"{"n":1}"#)
+    );
+    st.put_record("things", rec("pk/b", r#"{"n":3}"#)).await.unwrap();
+    st.put_record("things", rec("pk/a.1", r#"{"n":4}"#)).await.unwrap();
+    st.put_record("other", rec("pk/a.1", r#"{"n":5}"#)).await.unwrap();
+    let keys: Vec<String> = st
+        .list_records("things")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(keys, vec!["pk/a.1", "pk/b"]);
+    assert_eq!(
+        st.get_record("things", "pk/b").await.unwrap().as_deref(),
+        Some(r#"{"n":3}"#)
+    );
+    assert!(st.delete_record("things", "pk/a.1").await.unwrap());
+    assert!(!st.delete_record("things", "pk/a.1").await.unwrap());
+    assert_eq!(st.get_record("things", "pk/a.1").await.unwrap(), None);
+    assert_eq!(
+        st.get_record("other", "pk/a.1").await.unwrap().as_deref(),
+        Some(r#"{"n":5}"#),
+        "kinds are apart"
+    );
+    let field = |e: StoreError| e.field().map(str::to_owned);
+    let e = st.put_record("Bad", rec("k", "{}")).await.unwrap_err();
+    assert_eq!(field(e).as_deref(), Some("kind"));
+    let e = st.put_record("things", rec("a//b", "{}")).await.unwrap_err();
+    assert_eq!(field(e).as_deref(), Some("key"));
+    let e = st.put_record("things", rec("k", "{not json")).await.unwrap_err();
+    assert_eq!(field(e).as_deref(), Some("value"));
+
+    s.reopen().await;
+    let listed = s.store.list_records("things").await.unwrap();
+    assert_eq!(listed, vec![rec("pk/b", r#"{"n":3}"#)]);
+}
 
 async fn send_receive_delete_round_trip(s: Subject) {
     // Proves: a received message carries its fields and a handle, and is gone after delete.
@@ -314,7 +396,7 @@ async fn delayed_messages_appear_on_time(s: Subject) {
             .await
             .unwrap();
         assert_eq!(got.len(), 1, "{queue}");
-        assert!(got[0].enqueue_time_ms + 1000 <= crate::ids::now_ms());
+        assert!(got[0].enqueue_time_ms + 1000 <= now_ms());
     }
     println!(
         "{:?}: delayed messages came after {:?}",

@@ -5,12 +5,15 @@ use std::collections::HashMap;
 
 use rusqlite::{params, OptionalExtension};
 
-use super::super::push::{
-    overdue_spacing, HttpPush, NotifyStrategy, PushCounters, PushCycle, PushDelivery, PushMeta,
-    PushOp, PushOutcome, PushReply, PushResult, PushSubState, PushSubscription, PushUndo,
+use super::super::push_state::{
+    overdue_spacing, PushCounters, PushMeta, PushSubState, PushUndo,
+};
+use crate::store::push::{
+    HttpPush, NotifyStrategy, PushCycle, PushDelivery, PushOutcome, PushResult, PushStatus,
+    PushSubscription,
 };
 use super::*;
-use crate::store::index::ROW_COLS;
+use crate::store::sqlite::index::ROW_COLS;
 
 const SELECT_PENDING: &str = "SELECT message_id, body_md5, tag, attributes, publish_ms, \
     attempts, body_ref, body FROM push_pending WHERE seq = ?1";
@@ -24,7 +27,7 @@ impl Writer {
 
     /// Rebuilds the push index from disk (after the catalog): every pending row is due at its
     /// stored time, except overdue retries, which are spread out.
-    pub(super) fn push_load(&mut self, now: u64) -> Result<()> {
+    pub(crate) fn push_load(&mut self, now: u64) -> Result<()> {
         let mut https: HashMap<i64, (String, String, HttpPush)> = HashMap::new();
         for (topic, t) in &self.cat.topics {
             for (name, s) in &t.subs {
@@ -187,7 +190,7 @@ impl Writer {
 
     /// Removes an HTTP subscription's push state and pending rows (with its subscription row
     /// by the caller). A no-op for queue subscriptions.
-    pub(super) fn push_forget(&mut self, sub: i64) -> Result<()> {
+    pub(crate) fn push_forget(&mut self, sub: i64) -> Result<()> {
         let Some(s) = self.cat.push.subs.remove(&sub) else {
             return Ok(());
         };
@@ -230,90 +233,61 @@ impl Writer {
 
     // ----- requests -----
 
-    pub(super) fn apply_push(&mut self, op: PushOp, now: u64) -> Result<PushReply> {
-        match op {
-            PushOp::Create {
-                topic,
-                name,
-                spec,
-                secret,
-            } => self
-                .push_create(&topic, &name, spec, secret, now)
-                .map(PushReply::Created),
-            PushOp::List => Ok(PushReply::List(self.push_list(now))),
-            PushOp::Cycle {
-                sub,
-                outcomes,
-                claim,
-            } => self
-                .push_cycle(sub, outcomes, claim, now)
-                .map(PushReply::Cycle),
-            PushOp::SetEnabled {
-                topic,
-                name,
-                enabled,
-            } => {
-                let id = self.push_sub_id(&topic, &name)?;
-                self.push_set_enabled(id, enabled, None)?;
-                Ok(PushReply::Unit)
-            }
-            PushOp::Rotate {
-                topic,
-                name,
-                secret,
-                grace_ms,
-            } => {
-                let id = self.push_sub_id(&topic, &name)?;
-                let s = self.push_state(id)?;
-                let old = s.meta.clone();
-                let mut meta = s.meta.clone();
-                meta.old_secret =
-                    Some((std::mem::replace(&mut meta.secret, secret), now + grace_ms));
-                self.conn
-                    .prepare_cached(
-                        "UPDATE push_subs SET secret = ?1, old_secret = ?2, \
-                         old_secret_until_ms = ?3 WHERE sub_id = ?4",
-                    )?
-                    .execute(params![
-                        meta.secret,
-                        meta.old_secret.as_ref().map(|o| o.0.as_str()),
-                        meta.old_secret.as_ref().map(|o| o.1 as i64),
-                        id
-                    ])?;
-                self.push_state(id)?.meta = meta;
-                self.push_undo(PushUndo::Meta(id, Box::new(old)));
-                self.cat.push.catalog_changed = true;
-                tracing::info!(topic = %topic, subscription = %name, grace_ms, "push secret rotated");
-                Ok(PushReply::Unit)
-            }
-            PushOp::SetStrategy {
-                topic,
-                name,
-                strategy,
-            } => {
-                self.push_set_strategy(&topic, &name, strategy)?;
-                Ok(PushReply::Unit)
-            }
-            PushOp::Status { topic, name } => {
-                let id = self.push_sub_id(&topic, &name)?;
-                self.cat
-                    .push
-                    .status(id)
-                    .map(PushReply::Status)
-                    .ok_or_else(|| StoreError::Internal("push state vanished".into()))
-            }
-            PushOp::DeadLetters {
-                topic,
-                name,
-                max,
-                redrive,
-            } => self.push_dead_letters(&topic, &name, max, redrive, now),
-        }
+    /// Turns an HTTP subscription's pushes on or off.
+    pub(crate) fn push_set_enabled_by_name(
+        &mut self,
+        topic: &str,
+        name: &str,
+        enabled: bool,
+    ) -> Result<()> {
+        let id = self.push_sub_id(topic, name)?;
+        self.push_set_enabled(id, enabled, None)
+    }
+
+    /// Replaces the signing secret; the old one keeps signing until `now + grace_ms`.
+    pub(crate) fn push_rotate(
+        &mut self,
+        topic: &str,
+        name: &str,
+        secret: String,
+        grace_ms: u64,
+        now: u64,
+    ) -> Result<()> {
+        let id = self.push_sub_id(topic, name)?;
+        let s = self.push_state(id)?;
+        let old = s.meta.clone();
+        let mut meta = s.meta.clone();
+        meta.old_secret = Some((std::mem::replace(&mut meta.secret, secret), now + grace_ms));
+        self.conn
+            .prepare_cached(
+                "UPDATE push_subs SET secret = ?1, old_secret = ?2, \
+                 old_secret_until_ms = ?3 WHERE sub_id = ?4",
+            )?
+            .execute(params![
+                meta.secret,
+                meta.old_secret.as_ref().map(|o| o.0.as_str()),
+                meta.old_secret.as_ref().map(|o| o.1 as i64),
+                id
+            ])?;
+        self.push_state(id)?.meta = meta;
+        self.push_undo(PushUndo::Meta(id, Box::new(old)));
+        self.cat.push.catalog_changed = true;
+        tracing::info!(topic = %topic, subscription = %name, grace_ms, "push secret rotated");
+        Ok(())
+    }
+
+    /// Delivery counters and state of an HTTP subscription.
+    pub(crate) fn push_status(&self, topic: &str, name: &str) -> Result<PushStatus> {
+        let id = self.push_sub_id(topic, name)?;
+        self.cat
+            .push
+            .status(id)
+            .ok_or_else(|| StoreError::Internal("push state vanished".into()))
     }
 
     /// The strategy lives in two places that must agree: the subscription's stored spec (what
     /// reads and restarts see) and the push state (what the worker's next retry uses).
-    fn push_set_strategy(
+    pub(crate) fn push_set_strategy(
         &mut self,
         topic: &str,
         name: &str,
@@ -382,7 +356,7 @@ impl Writer {
         }
     }
 
-    fn push_create(
+    pub(crate) fn push_create(
         &mut self,
         topic: &str,
         name: &str,
@@ -446,7 +420,7 @@ impl Writer {
         Ok(true)
     }
 
-    fn push_list(&self, now: u64) -> Vec<PushSubscription> {
+    pub(crate) fn push_list(&self, now: u64) -> Vec<PushSubscription> {
         let mut out: Vec<PushSubscription> = self
             .cat
             .push
@@ -489,7 +463,7 @@ impl Writer {
         Ok(())
     }
 
-    fn push_cycle(
+    pub(crate) fn push_cycle(
         &mut self,
         sub: i64,
         outcomes: Vec<PushOutcome>,
@@ -729,60 +703,30 @@ impl Writer {
         Ok(())
     }
 
-    /// Lists (or moves back to pending) the subscription's visible messages in its dead-letter
-    /// queue.
-    fn push_dead_letters(
+    /// The subscription's visible messages in its dead-letter queue, oldest first.
+    pub(crate) fn push_dead_letters(
         &mut self,
         topic: &str,
         name: &str,
         max: usize,
-        redrive: bool,
         now: u64,
-    ) -> Result<PushReply> {
-        let sub = self.push_sub_id(topic, name)?;
-        let meta = self.push_state(sub)?.meta.clone();
-        let dlq_name = meta.push.dead_letter_queue.clone().ok_or_else(|| {
-            StoreError::invalid(
-                "dead_letter_queue",
-                format!("subscription `{name}` has no dead-letter queue"),
-            )
-        })?;
-        let dlq = self.queue_id(&dlq_name)?;
-        let mut found: Vec<(u64, RawRow)> = Vec::new();
-        {
-            let mut stmt = self.conn.prepare(&format!(
-                "SELECT {ROW_COLS} FROM {} ORDER BY seq",
-                queue_table(dlq)
-            ))?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                let raw = RawRow::read(r)?;
-                if raw.next_visible_ms > now {
-                    continue; // received by someone, or delayed: not ours to move
-                }
-                let Some(origin) = raw.origin.as_deref() else {
-                    continue;
-                };
-                let Ok(origin) = serde_json::from_str::<DeadLetterOrigin>(origin) else {
-                    continue;
-                };
-                if origin.source_queue == topic
-                    && origin.source_subscription.as_deref() == Some(name)
-                {
-                    found.push((r.get::<_, i64>(0)? as u64, raw));
-                    if found.len() >= max {
-                        break;
-                    }
-                }
-            }
-        }
-        if !redrive {
-            let messages = found
-                .into_iter()
-                .map(|(_, raw)| self.to_message(raw, None))
-                .collect::<Result<_>>()?;
-            return Ok(PushReply::DeadLetters(messages));
-        }
+    ) -> Result<Vec<Message>> {
+        let (_, _, found) = self.find_dead_letters(topic, name, max, now)?;
+        found
+            .into_iter()
+            .map(|(_, raw)| self.to_message(raw, None))
+            .collect()
+    }
+
+    /// Moves the subscription's visible dead letters back to pending pushes; returns how many.
+    pub(crate) fn push_redrive(
+        &mut self,
+        topic: &str,
+        name: &str,
+        max: usize,
+        now: u64,
+    ) -> Result<u64> {
+        let (sub, dlq, found) = self.find_dead_letters(topic, name, max, now)?;
         let n = found.len() as u64;
         self.with_queue(dlq, |w, q| {
             w.journal().promote(q, now);
@@ -833,7 +777,57 @@ impl Writer {
                 "dead letters redriven to pending pushes"
             );
         }
-        Ok(PushReply::Redriven(n))
+        Ok(n)
+    }
+
+    /// The subscription's id, its dead-letter queue's id and the visible rows there that came
+    /// from it (seq and row), oldest first, at most `max`.
+    #[allow(clippy::type_complexity)]
+    fn find_dead_letters(
+        &mut self,
+        topic: &str,
+        name: &str,
+        max: usize,
+        now: u64,
+    ) -> Result<(i64, i64, Vec<(u64, RawRow)>)> {
+        let sub = self.push_sub_id(topic, name)?;
+        let meta = self.push_state(sub)?.meta.clone();
+        let dlq_name = meta.push.dead_letter_queue.clone().ok_or_else(|| {
+            StoreError::invalid(
+                "dead_letter_queue",
+                format!("subscription `{name}` has no dead-letter queue"),
+            )
+        })?;
+        let dlq = self.queue_id(&dlq_name)?;
+        let mut found: Vec<(u64, RawRow)> = Vec::new();
+        {
+            let mut stmt = self.conn.prepare(&format!(
+                "SELECT {ROW_COLS} FROM {} ORDER BY seq",
+                queue_table(dlq)
+            ))?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let raw = RawRow::read(r)?;
+                if raw.next_visible_ms > now {
+                    continue; // received by someone, or delayed: not ours to move
+                }
+                let Some(origin) = raw.origin.as_deref() else {
+                    continue;
+                };
+                let Ok(origin) = serde_json::from_str::<DeadLetterOrigin>(origin) else {
+                    continue;
+                };
+                if origin.source_queue == topic
+                    && origin.source_subscription.as_deref() == Some(name)
+                {
+                    found.push((r.get::<_, i64>(0)? as u64, raw));
+                    if found.len() >= max {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok((sub, dlq, found))
     }
 }
 
