@@ -107,6 +107,7 @@ pub use push::{
     ContentFormat, HttpPush, NotifyStrategy, PushCreated, PushCycle, PushDelivery, PushOutcome,
     PushResult, PushSignals, PushStatus, PushSubscription,
 };
+pub use types::QueueAttributesPatch;
 pub use types::{
     validate_name, Attributes, DeadLetterOrigin, Endpoint, Message, PublishRequest, Published,
     QueueAttributes, QueueInfo, SendRequest, Sent, StoreOptions, SubscriptionInfo,
