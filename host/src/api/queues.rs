@@ -17,7 +17,7 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::auth::{deny_queue, Caller};
@@ -25,81 +25,17 @@ use super::error::{ApiError, ErrorDetail};
 use super::json::{JsonBody, QueryArgs};
 use super::{body, AppState};
 use crate::api::policy::Permission;
-use crate::store::{Message, QueueAttributes, SendRequest, StoreError};
+use crate::store::{Message, QueueAttributesPatch, SendRequest, StoreError};
 
-/// Attributes for create or set; omitted ones take their defaults (create) or keep their
-/// value (set).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueueBody {
-    delay_seconds: Option<u32>,
-    maximum_message_size: Option<u32>,
-    message_retention_period: Option<u32>,
-    visibility_timeout: Option<u32>,
-    polling_wait_seconds: Option<u32>,
-    /// Absent: unchanged; `null`: none; a name: that queue.
-    #[serde(default, deserialize_with = "present")]
-    dead_letter_queue: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    max_receive_count: Option<Option<u32>>,
-}
-
-/// Tells an explicit `null` (`Some(None)`) from an absent field (`None`, via `default`).
-fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
-}
-
-impl QueueBody {
-    /// Applies the given attributes over `base` (the defaults for create, the current
-    /// attributes for set). Clearing `dead_letter_queue` also clears `max_receive_count`
-    /// unless the request names one (which validation then refuses).
-    pub fn apply(self, mut a: QueueAttributes) -> QueueAttributes {
-        if let Some(v) = self.delay_seconds {
-            a.delay_seconds = v;
+/// Refuses a `dead_letter_queue` the caller may not send to: messages that exceed
+/// `max_receive_count` are written there.
+fn check_dead_letter_queue(body: &QueueAttributesPatch, caller: &Caller) -> Result<(), ApiError> {
+    if let Some(Some(queue)) = &body.dead_letter_queue {
+        if let Some(d) = deny_queue(caller, queue, Permission::Send) {
+            return Err(d.at("dead_letter_queue"));
         }
-        if let Some(v) = self.maximum_message_size {
-            a.maximum_message_size = v;
-        }
-        if let Some(v) = self.message_retention_period {
-            a.message_retention_period = v;
-        }
-        if let Some(v) = self.visibility_timeout {
-            a.visibility_timeout = v;
-        }
-        if let Some(v) = self.polling_wait_seconds {
-            a.polling_wait_seconds = v;
-        }
-        if let Some(v) = self.dead_letter_queue {
-            if v.is_none() && self.max_receive_count.is_none() {
-                a.max_receive_count = None;
-            }
-            a.dead_letter_queue = v;
-        }
-        if let Some(v) = self.max_receive_count {
-            a.max_receive_count = v;
-        }
-        a
     }
-
-    /// Refuses a `dead_letter_queue` the caller may not send to: messages that exceed
-    /// `max_receive_count` are written there.
-    pub fn check_dead_letter_queue(&self, caller: &Caller) -> Result<(), ApiError> {
-        if let Some(Some(queue)) = &self.dead_letter_queue {
-            if let Some(d) = deny_queue(caller, queue, Permission::Send) {
-                return Err(d.at("dead_letter_queue"));
-            }
-        }
-        Ok(())
-    }
-
-    /// The attributes of a new queue: the given ones over the defaults.
-    pub fn attributes(self) -> QueueAttributes {
-        self.apply(QueueAttributes::default())
-    }
+    Ok(())
 }
 
 /// `PUT /v1/queues/{queue}`: creates the queue. Idempotent: the same attributes again answer
@@ -109,9 +45,9 @@ pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(queue): Path<String>,
-    JsonBody(body): JsonBody<QueueBody>,
+    JsonBody(body): JsonBody<QueueAttributesPatch>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    body.check_dead_letter_queue(&caller)?;
+    check_dead_letter_queue(&body, &caller)?;
     let created = state.store.create_queue(&queue, body.attributes()).await?;
     let info = state.store.get_queue(&queue).await?;
     let status = if created {
@@ -129,9 +65,9 @@ pub async fn set_attributes(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(queue): Path<String>,
-    JsonBody(body): JsonBody<QueueBody>,
+    JsonBody(body): JsonBody<QueueAttributesPatch>,
 ) -> Result<Json<Value>, ApiError> {
-    body.check_dead_letter_queue(&caller)?;
+    check_dead_letter_queue(&body, &caller)?;
     let current = state.store.get_queue(&queue).await?.attributes;
     state
         .store

@@ -45,7 +45,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run sluice: MQTT listener, rules, store and HTTP API.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Queues: create, send, receive, delete, ...
     #[command(subcommand)]
     Queue(queue::QueueCommand),
@@ -86,7 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let client = client::Client::new(server, key.as_deref(), cli.ca_cert.as_deref())?;
     match cli.command {
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(*args).await,
         Command::Queue(cmd) => queue::run(cmd, &client, cli.json).await,
         Command::Topic(cmd) => topic::run_topic(cmd, &client, cli.json).await,
         Command::Sub(cmd) => sub::run(cmd, &client, cli.json).await,

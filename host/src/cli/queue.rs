@@ -5,6 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::client::{segment, Client};
 use super::output;
+use crate::store::QueueAttributesPatch;
 
 /// Most messages in one send, receive, peek or delete request (the batch limit of MNS).
 const BATCH: usize = 16;
@@ -92,32 +93,14 @@ pub enum QueueCommand {
     },
 }
 
-/// Queue attributes of `queue create` and `queue set`.
+/// A queue and the attributes to give it: `queue create` and `queue set`.
 #[derive(Debug, Args)]
 pub struct AttributeArgs {
     /// Queue name.
     pub queue: String,
-    /// Seconds before a new message becomes visible (0–604800).
-    #[arg(long)]
-    pub delay_seconds: Option<u32>,
-    /// Largest body in bytes (1024–65536).
-    #[arg(long)]
-    pub maximum_message_size: Option<u32>,
-    /// Seconds a message is kept (60–604800).
-    #[arg(long)]
-    pub message_retention_period: Option<u32>,
-    /// Seconds a received message stays invisible (1–43200).
-    #[arg(long)]
-    pub visibility_timeout: Option<u32>,
-    /// Default long-poll wait in seconds (0–30).
-    #[arg(long)]
-    pub polling_wait_seconds: Option<u32>,
-    /// Queue that gets messages received more than --max-receive-count times.
-    #[arg(long, requires = "max_receive_count")]
-    pub dead_letter_queue: Option<String>,
-    /// Receives allowed before a message moves to the dead-letter queue (1–1000).
-    #[arg(long)]
-    pub max_receive_count: Option<u32>,
+    /// The attributes given (sent as the API's body, spelled the same).
+    #[command(flatten)]
+    pub attributes: QueueAttributesPatch,
 }
 
 /// Arguments of `queue set`.
@@ -129,28 +112,6 @@ pub struct SetArgs {
     /// Turn dead-lettering off.
     #[arg(long, conflicts_with_all = ["dead_letter_queue", "max_receive_count"])]
     pub no_dead_letter_queue: bool,
-}
-
-impl AttributeArgs {
-    /// The given attributes as a JSON object (absent ones left out).
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        let mut put = |k: &str, v: Option<u32>| {
-            if let Some(v) = v {
-                m.insert(k.into(), v.into());
-            }
-        };
-        put("delay_seconds", self.delay_seconds);
-        put("maximum_message_size", self.maximum_message_size);
-        put("message_retention_period", self.message_retention_period);
-        put("visibility_timeout", self.visibility_timeout);
-        put("polling_wait_seconds", self.polling_wait_seconds);
-        put("max_receive_count", self.max_receive_count);
-        if let Some(q) = &self.dead_letter_queue {
-            m.insert("dead_letter_queue".into(), q.clone().into());
-        }
-        Value::Object(m)
-    }
 }
 
 /// Parses `KEY=VALUE`.
@@ -166,23 +127,23 @@ pub async fn run(cmd: QueueCommand, client: &Client, as_json: bool) -> anyhow::R
     match cmd {
         QueueCommand::Create(a) => {
             let v: Value = client
-                .put(&format!("/v1/queues/{}", segment(&a.queue)), &a.to_json())
+                .put(&format!("/v1/queues/{}", segment(&a.queue)), &a.attributes)
                 .await?;
             print_or(as_json, &v, || print_queue(&v));
         }
         QueueCommand::Set(s) => {
-            let mut body = s.attributes.to_json();
+            let AttributeArgs {
+                queue,
+                attributes: mut body,
+            } = s.attributes;
             if s.no_dead_letter_queue {
-                body["dead_letter_queue"] = Value::Null;
+                body.dead_letter_queue = Some(None);
             }
-            if body.as_object().is_some_and(Map::is_empty) {
+            if body.is_empty() {
                 anyhow::bail!("`queue set` needs at least one attribute to change (see --help)");
             }
             let v: Value = client
-                .patch(
-                    &format!("/v1/queues/{}", segment(&s.attributes.queue)),
-                    &body,
-                )
+                .patch(&format!("/v1/queues/{}", segment(&queue)), &body)
                 .await?;
             print_or(as_json, &v, || print_queue(&v));
         }
@@ -450,4 +411,73 @@ pub fn time_ms(v: &Value) -> String {
         .and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string())
         .unwrap_or_else(|| output::cell(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use serde_json::json;
+
+    use super::QueueCommand;
+    use crate::store::{QueueAttributes, QueueAttributesPatch};
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: QueueCommand,
+    }
+
+    fn parse(args: &[&str]) -> QueueCommand {
+        Cli::try_parse_from(std::iter::once("queue").chain(args.iter().copied()))
+            .unwrap()
+            .cmd
+    }
+
+    #[test]
+    fn the_flags_are_the_apis_patch_and_serialise_to_its_body() {
+        // Proves: `queue create` and `queue set` send the same JSON body as before the one
+        // patch type (given attributes only; `--no-dead-letter-queue` as null), and the API
+        // reads it back as the same patch.
+        let QueueCommand::Create(a) = parse(&[
+            "create",
+            "jobs",
+            "--visibility-timeout",
+            "60",
+            "--dead-letter-queue",
+            "dlq",
+            "--max-receive-count",
+            "3",
+        ]) else {
+            panic!("create")
+        };
+        let body = serde_json::to_value(&a.attributes).unwrap();
+        assert_eq!(
+            body,
+            json!({"visibility_timeout": 60, "dead_letter_queue": "dlq", "max_receive_count": 3})
+        );
+        let back: QueueAttributesPatch = serde_json::from_value(body).unwrap();
+        assert_eq!(back, a.attributes);
+        let QueueCommand::Set(s) = parse(&["set", "jobs", "--no-dead-letter-queue"]) else {
+            panic!("set")
+        };
+        assert!(s.no_dead_letter_queue && s.attributes.attributes.is_empty());
+        let mut patch = s.attributes.attributes;
+        patch.dead_letter_queue = Some(None);
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            json!({"dead_letter_queue": null})
+        );
+        let current = QueueAttributes {
+            dead_letter_queue: Some("dlq".into()),
+            max_receive_count: Some(3),
+            ..QueueAttributes::default()
+        };
+        let cleared = patch.apply(current);
+        assert_eq!(cleared, QueueAttributes::default());
+        assert!(Cli::try_parse_from(["queue", "create", "q", "--dead-letter-queue", "d"]).is_err());
+        let unknown = serde_json::from_value::<QueueAttributesPatch>(json!({"delay": 1}))
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("unknown field `delay`"), "{unknown}");
+    }
 }

@@ -53,6 +53,7 @@ pub use push::{
     PushResult, PushSignals, PushStatus, PushSubscription,
 };
 pub use records::Record;
+pub use types::QueueAttributesPatch;
 pub use types::{
     validate_name, Attributes, DeadLetterOrigin, Endpoint, Message, PublishRequest, Published,
     QueueAttributes, QueueInfo, SendRequest, Sent, StoreOptions, SubscriptionInfo,

@@ -34,9 +34,10 @@ pub const MAX_MESSAGE_SIZE_CAP: u32 = 1 << 20;
 /// Default per-message priority (1–16, 1 highest, default 8, as in MNS).
 pub const DEFAULT_PRIORITY: u8 = 8;
 
-/// How hard SQLite syncs each commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// How hard SQLite syncs each commit (also `sluice serve --synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Synchronous {
     /// `synchronous=FULL`: nothing acknowledged is lost even on power loss (the default).
     #[default]
@@ -188,6 +189,106 @@ impl QueueAttributes {
             }
         }
         Ok(())
+    }
+}
+
+/// A change to a queue's attributes: the ones given are set, the others keep their value (or
+/// take their defaults, for a new queue). One type for every face that creates a queue or sets
+/// its attributes: the `/v1` API's JSON body (`PUT`/`PATCH /v1/queues/{queue}`), the MNS
+/// `<Queue>` document (converted by the MNS face, whose elements are text), the `[[queue]]`
+/// tables of `sluice.toml`, and the flags of `sluice queue create` and `queue set`.
+///
+/// In JSON, `"dead_letter_queue": null` clears dead-lettering; an absent field is unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct QueueAttributesPatch {
+    /// Seconds before a new message becomes visible (0–604800).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_seconds: Option<u32>,
+    /// Largest body in bytes (1024–65536, or up to the server's cap).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum_message_size: Option<u32>,
+    /// Seconds a message is kept (60–604800).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_retention_period: Option<u32>,
+    /// Seconds a received message stays invisible (1–43200).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility_timeout: Option<u32>,
+    /// Default long-poll wait in seconds (0–30).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polling_wait_seconds: Option<u32>,
+    /// Queue that gets messages received more than --max-receive-count times.
+    #[arg(long, num_args = 1, requires = "max_receive_count")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dead_letter_queue: Option<Option<String>>,
+    /// Receives allowed before a message moves to the dead-letter queue (1–1000).
+    #[arg(long, num_args = 1)]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_receive_count: Option<Option<u32>>,
+}
+
+/// Tells an explicit `null` (`Some(None)`) from an absent field (`None`, via `default`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+impl QueueAttributesPatch {
+    /// The given attributes over `base` (the defaults for a new queue, the current attributes
+    /// for a change). Clearing `dead_letter_queue` also clears `max_receive_count` unless the
+    /// patch names one (which validation then refuses).
+    pub fn apply(self, mut a: QueueAttributes) -> QueueAttributes {
+        if let Some(v) = self.delay_seconds {
+            a.delay_seconds = v;
+        }
+        if let Some(v) = self.maximum_message_size {
+            a.maximum_message_size = v;
+        }
+        if let Some(v) = self.message_retention_period {
+            a.message_retention_period = v;
+        }
+        if let Some(v) = self.visibility_timeout {
+            a.visibility_timeout = v;
+        }
+        if let Some(v) = self.polling_wait_seconds {
+            a.polling_wait_seconds = v;
+        }
+        if let Some(v) = self.dead_letter_queue {
+            if v.is_none() && self.max_receive_count.is_none() {
+                a.max_receive_count = None;
+            }
+            a.dead_letter_queue = v;
+        }
+        if let Some(v) = self.max_receive_count {
+            a.max_receive_count = v;
+        }
+        a
+    }
+
+    /// The attributes of a new queue: the given ones over the defaults.
+    pub fn attributes(self) -> QueueAttributes {
+        self.apply(QueueAttributes::default())
+    }
+
+    /// True when no attribute is given.
+    pub fn is_empty(&self) -> bool {
+        *self == QueueAttributesPatch::default()
     }
 }
 

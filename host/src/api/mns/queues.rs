@@ -15,31 +15,25 @@ use super::xml::{
 use super::{base_url, check_logging, page, seconds, MnsQuery};
 use crate::api::AppState;
 use crate::deliver::format::{message_text, xml_text};
-use crate::store::{Message, QueueAttributes, QueueInfo, SendRequest, StoreError};
+use crate::store::{Message, QueueAttributesPatch, QueueInfo, SendRequest, StoreError};
 
 fn xml_ok(status: StatusCode, body: String) -> Response {
     (status, XML_HEADERS, body).into_response()
 }
 
-/// Applies the attributes of a `<Queue>` document over `a`; names the element on a bad value.
-fn apply_queue(req: &QueueReq, mut a: QueueAttributes) -> Result<QueueAttributes, MnsError> {
+/// The attributes a `<Queue>` document gives (its elements are text); names the element on a
+/// bad value. MNS has no dead-letter queue: those stay as they are.
+fn queue_patch(req: &QueueReq) -> Result<QueueAttributesPatch, MnsError> {
     check_logging(&req.logging_enabled)?;
-    if let Some(v) = number("DelaySeconds", &req.delay_seconds)? {
-        a.delay_seconds = v;
-    }
-    if let Some(v) = number("MaximumMessageSize", &req.maximum_message_size)? {
-        a.maximum_message_size = v;
-    }
-    if let Some(v) = number("MessageRetentionPeriod", &req.message_retention_period)? {
-        a.message_retention_period = v;
-    }
-    if let Some(v) = number("VisibilityTimeout", &req.visibility_timeout)? {
-        a.visibility_timeout = v;
-    }
-    if let Some(v) = number("PollingWaitSeconds", &req.polling_wait_seconds)? {
-        a.polling_wait_seconds = v;
-    }
-    Ok(a)
+    Ok(QueueAttributesPatch {
+        delay_seconds: number("DelaySeconds", &req.delay_seconds)?,
+        maximum_message_size: number("MaximumMessageSize", &req.maximum_message_size)?,
+        message_retention_period: number("MessageRetentionPeriod", &req.message_retention_period)?,
+        visibility_timeout: number("VisibilityTimeout", &req.visibility_timeout)?,
+        polling_wait_seconds: number("PollingWaitSeconds", &req.polling_wait_seconds)?,
+        dead_letter_queue: None,
+        max_receive_count: None,
+    })
 }
 
 fn queue_resp(info: QueueInfo, url: Option<String>, root: bool) -> QueueResp {
@@ -76,13 +70,13 @@ pub async fn create_or_set(
         let current = state.store.get_queue(&queue).await?.attributes;
         state
             .store
-            .set_queue_attributes(&queue, apply_queue(&req, current)?)
+            .set_queue_attributes(&queue, queue_patch(&req)?.apply(current))
             .await?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let created = state
         .store
-        .create_queue(&queue, apply_queue(&req, QueueAttributes::default())?)
+        .create_queue(&queue, queue_patch(&req)?.attributes())
         .await?;
     let url = format!("{}/queues/{queue}", base_url(&headers));
     let status = if created {
