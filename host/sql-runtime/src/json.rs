@@ -1,6 +1,6 @@
 //! A JSON validator and a lazy scanner over validated payload bytes.
 //!
-//! The payload is validated once per message ([`validate`]); after that the scanner
+//! The payload is validated once per message ([`validate_object`]); after that the scanner
 //! ([`find_member`], [`find_index`], [`skip_value`]) walks only the parts a rule reads and
 //! never allocates.
 

@@ -11,10 +11,14 @@
 //! - `shared.rs`: tags and codes shared with the compiler (it `include!`s the file).
 //! - [`json`]: validator and lazy scanner over the payload bytes.
 //! - [`text`]: number formatting, escaping, base64, hex, `LIKE`.
-//! - `ffi` (wasm32 only): the arena, the `sluice_v1` imports and the `rt_*` exports.
+//! - `ffi`: the memory, the arena, the `sluice_v1` imports and the `rt_*` exports.
 //!
 //! Natively the crate is an ordinary library (so `json` and `text` are unit-tested with
-//! `cargo test`); only the wasm32 build has the exports.
+//! `cargo test`); only the wasm32 build has the exports. The native test build compiles `ffi`
+//! too, over a simulated memory and host, so the exports and their `unsafe` (all of the crate's)
+//! run under `cargo test`, and under Miri:
+//! `cargo +nightly miri test -p sluice-sql-runtime --lib ffi::` (about a minute; needs
+//! `rustup toolchain install nightly --profile minimal -c miri -c rust-src`).
 
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
@@ -26,5 +30,5 @@ pub mod shared {
 pub mod json;
 pub mod text;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", test))]
 mod ffi;

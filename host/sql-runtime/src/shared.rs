@@ -71,3 +71,7 @@ pub const CONSTS_CAP: usize = 64 * 1024;
 
 /// The debug log line a json rule writes for a payload that is not a valid JSON object.
 pub const INVALID_PAYLOAD_LOG: &str = "invalid_payload";
+/// What a compiled SQL rule's `sluice_on_message` returns for that payload (after the log line):
+/// no output. Not one of the ABI's statuses (`sluice_guest::abi::Status`); the host counts the
+/// message as an invalid payload and otherwise treats it as OK.
+pub const STATUS_INVALID_PAYLOAD: i32 = 2;

@@ -148,12 +148,7 @@ pub async fn test(
     };
     // Compile first: the spec check below would report the same error without its position.
     if let Some(sql) = &req.rule.sql {
-        let opts = crate::rules::sql::CompileOptions {
-            data_type: match data_type {
-                crate::rules::DataType::Json => crate::rules::sql::DataType::Json,
-                crate::rules::DataType::Binary => crate::rules::sql::DataType::Binary,
-            },
-        };
+        let opts = crate::rules::sql::CompileOptions { data_type };
         if let Err(e) = crate::rules::sql::compile(sql, &opts) {
             return Err(sql_error(&e));
         }

@@ -211,9 +211,9 @@ pub fn module_bytes(spec: &RuleSpec) -> Result<std::borrow::Cow<'_, [u8]>, RuleE
         RuleSource::Wasm { module } => Ok(std::borrow::Cow::Borrowed(module)),
         RuleSource::Sql { sql } => super::compile_sql(sql, spec.data_type)
             .map(|c| std::borrow::Cow::Owned(c.wasm))
-            .map_err(|message| RuleError::Sql {
+            .map_err(|e| RuleError::Sql {
                 name: spec.name.clone(),
-                message,
+                message: e.to_string(),
             }),
     }
 }

@@ -48,28 +48,20 @@ pub struct CompiledSql {
 }
 
 /// Compiles rule SQL to Wasm; the error carries line and column.
-pub fn compile_sql(sql_text: &str, data_type: DataType) -> Result<CompiledSql, String> {
-    let opts = sql::CompileOptions {
-        data_type: match data_type {
-            DataType::Json => sql::DataType::Json,
-            DataType::Binary => sql::DataType::Binary,
-        },
-    };
-    sql::compile(sql_text, &opts)
-        .map(|c| CompiledSql {
-            raw_output: c.raw_output,
-            wasm: c.wasm,
-            from_filter: c.from_filter,
-        })
-        .map_err(|e| e.to_string())
+pub fn compile_sql(sql_text: &str, data_type: DataType) -> Result<CompiledSql, sql::SqlError> {
+    sql::compile(sql_text, &sql::CompileOptions { data_type }).map(|c| CompiledSql {
+        raw_output: c.raw_output,
+        wasm: c.wasm,
+        from_filter: c.from_filter,
+    })
 }
 
 /// The FROM filter of a SQL rule.
 pub fn sql_from_filter(name: &str, sql: &str, data_type: DataType) -> Result<String, RuleError> {
     compile_sql(sql, data_type)
         .map(|c| c.from_filter)
-        .map_err(|message| RuleError::Sql {
+        .map_err(|e| RuleError::Sql {
             name: name.to_string(),
-            message,
+            message: e.to_string(),
         })
 }

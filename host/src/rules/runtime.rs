@@ -708,8 +708,11 @@ impl RuleInstance {
                         message: violation,
                     });
                 }
+                // A SQL rule's payload that its data type refuses: OK, counted apart.
+                call.invalid_payload = status == crate::rules::sql::STATUS_INVALID_PAYLOAD;
                 match Status::from_code(status) {
                     Some(Status::Ok) => Ok(Outcome::Emitted(std::mem::take(&mut call.decisions))),
+                    None if call.invalid_payload => Ok(Outcome::Emitted(Vec::new())),
                     Some(Status::Drop) => Ok(Outcome::Dropped),
                     Some(Status::Failed) => Err(RuleFailure {
                         kind: FailureKind::RuleError,
@@ -932,8 +935,8 @@ struct CallState {
     out_of_fuel: bool,
     /// What this message logged.
     log: MessageLog,
-    /// The module said the payload was not what its data type promises (the SQL runtime's
-    /// `invalid_payload` debug log): the message is dropped, and counted apart from drops.
+    /// The module said the payload was not what its data type promises (a SQL rule's
+    /// `STATUS_INVALID_PAYLOAD`): the message is dropped, and counted apart from drops.
     invalid_payload: bool,
 }
 
@@ -1333,10 +1336,6 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: Host<'_>, level: i32, p: i32, l: i32| {
             charge(&mut c, HOST_CALL_FUEL)?;
             let range = checked_range(&mut c, p, l)?;
-            let marker = crate::rules::sql::INVALID_PAYLOAD_LOG.as_bytes();
-            if level >= 3 && range.len() == marker.len() && read_guest(&mut c, p, l)? == marker {
-                c.data_mut().call.invalid_payload = true;
-            }
             log_line(&mut c, level, range)?;
             Ok(Status::Ok.code())
         },

@@ -5,14 +5,16 @@ use serde::{Deserialize, Serialize};
 
 use super::actions::{Action, Grant};
 
-/// How the rule reads payloads.
+/// How the rule reads payloads; set where the rule is created (not in its SQL), and what the
+/// SQL compiler compiles for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DataType {
-    /// Payloads are JSON; invalid JSON never matches.
+    /// Payloads are JSON objects (the default); anything else never matches.
     #[default]
     Json,
-    /// Payloads are raw bytes.
+    /// Payloads are raw bytes: a SQL rule's `SELECT *` forwards them, `to_base64(*)` encodes
+    /// them.
     Binary,
 }
 

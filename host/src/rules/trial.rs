@@ -102,10 +102,7 @@ pub fn run(runtime: &RuleRuntime, trial: &Trial) -> Result<TrialOutcome, TrialEr
     let (wasm, from_filter, raw_output) = match &trial.source {
         TrialSource::Sql(sql) => {
             let opts = super::sql::CompileOptions {
-                data_type: match trial.data_type {
-                    DataType::Json => super::sql::DataType::Json,
-                    DataType::Binary => super::sql::DataType::Binary,
-                },
+                data_type: trial.data_type,
             };
             let compiled = super::sql::compile(sql, &opts)?;
             (compiled.wasm, compiled.from_filter, compiled.raw_output)

@@ -770,7 +770,8 @@ impl<'a> Gen<'a> {
         self.e(I::Call(f));
         self.e(I::I32Eqz);
         self.e(I::If(BlockType::Empty));
-        self.e(I::I32Const(0));
+        // An invalid payload (`rt_begin` logged it): a status of its own, which the host counts.
+        self.e(I::I32Const(STATUS_INVALID_PAYLOAD));
         self.e(I::Return);
         self.e(I::End);
         if let Some(w) = &self.prog.where_ {

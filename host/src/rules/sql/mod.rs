@@ -9,8 +9,9 @@
 //! The module exports `memory`, `sluice_abi_version`, `sluice_alloc` and `sluice_on_message`
 //! and imports only from `sluice_v1`. A firing rule calls `emit_output` once and returns OK; a
 //! false WHERE returns OK without output; a json rule whose payload is not a JSON object logs
-//! [`INVALID_PAYLOAD_LOG`] at debug level and returns OK without output; a runtime error calls
-//! `fail` and returns FAILED.
+//! [`INVALID_PAYLOAD_LOG`] at debug level and returns [`STATUS_INVALID_PAYLOAD`] without output
+//! (the host counts it and otherwise treats it as OK); a runtime error calls `fail` and returns
+//! FAILED.
 
 pub mod codegen;
 mod error;
@@ -28,20 +29,13 @@ pub(crate) mod shared {
     include!("../../../sql-runtime/src/shared.rs");
 }
 
-pub use shared::INVALID_PAYLOAD_LOG;
+pub use shared::{INVALID_PAYLOAD_LOG, STATUS_INVALID_PAYLOAD};
 
 /// The SQL runtime module (`host/sql-runtime` built for wasm32 by the build script, path in `SLUICE_SQL_RUNTIME_WASM`).
 pub(crate) static RUNTIME_WASM: &[u8] = include_bytes!(env!("SLUICE_SQL_RUNTIME_WASM"));
 
-/// A rule's data type, set where the rule is created (not in the SQL).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
-pub enum DataType {
-    /// The payload is a JSON object (the default).
-    #[default]
-    Json,
-    /// The payload is raw bytes: `SELECT *` forwards them, `to_base64(*)` encodes them.
-    Binary,
-}
+/// A rule's data type, set where the rule is created (not in the SQL): the stored one.
+pub use super::spec::DataType;
 
 /// Options of one compilation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

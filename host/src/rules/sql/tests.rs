@@ -765,3 +765,32 @@ fn example_rules_compile_and_run() {
         assert_eq!(on_disk, EXAMPLES.len(), "every example rule has a test");
     }
 }
+
+#[test]
+fn an_invalid_json_payload_is_signalled_by_status_not_by_the_log_text() {
+    // Proves the host learns of an invalid payload from the rule's own status (no output,
+    // flagged for the counter), not from a log line, and that the status is none of the ABI's.
+    assert!(sluice_guest::abi::Status::from_code(super::STATUS_INVALID_PAYLOAD).is_none());
+    let mut inst = instance(
+        r#"SELECT a FROM "/pk/+/user/update" WHERE a > 1"#,
+        DataType::Json,
+    )
+    .expect("compiles");
+    for (payload, run, invalid) in [
+        (&b"not json"[..], Run::Nothing, true),
+        (b"[1]", Run::Nothing, true),
+        (br#"{"a": 1}"#, Run::Nothing, false),
+        (br#"{"a": 2}"#, Run::Output(br#"{"a":2}"#.to_vec()), false),
+        (b"{", Run::Nothing, true),
+    ] {
+        assert_eq!(call(&mut inst, DEFAULT_TOPIC, payload, payload), run);
+        assert_eq!(inst.last_payload_invalid(), invalid, "{payload:?}");
+    }
+    // A binary rule checks nothing.
+    let mut inst = instance(r#"SELECT * FROM "/pk/+/raw""#, DataType::Binary).expect("compiles");
+    assert_eq!(
+        call(&mut inst, "/pk/d/raw", b"not json", b"not json"),
+        Run::Output(b"not json".to_vec())
+    );
+    assert!(!inst.last_payload_invalid());
+}
