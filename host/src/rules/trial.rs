@@ -136,7 +136,7 @@ pub fn run(runtime: &RuleRuntime, trial: &Trial) -> Result<TrialOutcome, TrialEr
             },
         )
         .map_err(|e| TrialError::Module(e.to_string()))?;
-    let (pk, dn) = crate::pipeline::device_from_topic(&trial.topic);
+    let (pk, dn) = crate::topic::device_from_topic(&trial.topic);
     let view = match trial.data_type {
         DataType::Json => {
             super::view::platform_view(&trial.topic, &trial.payload, pk, dn, trial.timestamp_ms)
