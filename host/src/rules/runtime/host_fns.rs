@@ -1,11 +1,12 @@
 //! The `sluice_v1` imports of `guest-sdk/ABI.md`: what each host function does, the state it
 //! sees, and how it pays for its work in fuel and checks every guest pointer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use rand::RngCore;
+use rand::{RngCore, SeedableRng};
 use sluice_guest::abi::{self, imports, Status};
-use wasmtime::{Caller, Linker, Memory, Trap};
+use wasmtime::{Caller, Engine, ExternType, FuncType, Linker, Memory, Store, Trap};
 
 use super::config::{HOST_CALL_FUEL, HOST_FUEL_PER_BYTE, RANDOM_FUEL_PER_BYTE};
 use super::input::{Binding, Environment, RuleInput, TagSource};
@@ -454,6 +455,36 @@ pub(super) fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result
         },
     )?;
     Ok(())
+}
+
+/// The type of each function in `linker`, by name. A linker tells the types of what it holds
+/// only through a store: this one is never instantiated into, and counts in a usage record of
+/// its own.
+pub(super) fn import_types(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+) -> HashMap<String, FuncType> {
+    let state = HostState {
+        limits: InstanceLimits::new(0, Arc::default()),
+        log_limits: LogLimits::default(),
+        binding: Binding::default(),
+        env: Environment::default(),
+        rng: rand::rngs::StdRng::seed_from_u64(0),
+        memory: None,
+        call: CallState::default(),
+    };
+    let mut store = Store::new(engine, state);
+    let defined: Vec<_> = linker
+        .iter(&mut store)
+        .map(|(_, name, item)| (name.to_string(), item))
+        .collect();
+    defined
+        .into_iter()
+        .filter_map(|(name, item)| match item.ty(&store) {
+            ExternType::Func(f) => Some((name, f)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Writes one `log` line within the rule log caps ([`super::rule_log`]): a level the server

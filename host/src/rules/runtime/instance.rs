@@ -37,14 +37,14 @@ impl RuleRuntime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         self.arm(&mut store)?;
-        let instance = module.pre.instantiate(&mut store).map_err(|e| {
+        let instance = module.pre.instantiate(&mut store).map_err(|source| {
             if store.data().limits.exceeded {
-                LoadError::Start(format!(
-                    "its initial memory exceeds the sandbox cap of {} bytes",
-                    self.config.max_memory_bytes
-                ))
+                LoadError::MemoryCap {
+                    max_bytes: self.config.max_memory_bytes,
+                    source,
+                }
             } else {
-                LoadError::Start(format!("{e:#}"))
+                LoadError::Instantiate(source)
             }
         })?;
         let memory = instance
@@ -57,7 +57,10 @@ impl RuleRuntime {
         self.arm(&mut store)?;
         let v = version
             .call(&mut store, ())
-            .map_err(|e| LoadError::Start(format!("sluice_abi_version trapped: {e:#}")))?;
+            .map_err(|source| LoadError::Trapped {
+                export: abi::EXPORT_ABI_VERSION,
+                source,
+            })?;
         if v != abi::ABI_VERSION {
             return Err(LoadError::AbiVersion(v));
         }
@@ -65,11 +68,12 @@ impl RuleRuntime {
             self.arm(&mut store)?;
             let status = init
                 .call(&mut store, ())
-                .map_err(|e| LoadError::Start(format!("sluice_init trapped: {e:#}")))?;
+                .map_err(|source| LoadError::Trapped {
+                    export: abi::EXPORT_INIT,
+                    source,
+                })?;
             if status != 0 {
-                return Err(LoadError::Start(format!(
-                    "sluice_init returned {status} (expected 0)"
-                )));
+                return Err(LoadError::InitStatus(status));
             }
         }
         let alloc = instance

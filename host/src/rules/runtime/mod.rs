@@ -18,9 +18,10 @@
 //! - [`memory`]: the memory cap and what live instances hold.
 //! - [`input`] and [`outcome`]: what a call is given and what it produces.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use wasmtime::{Config, Engine, Linker, Store};
+use wasmtime::{Config, Engine, FuncType, Linker, Store};
 
 mod cache;
 mod config;
@@ -43,12 +44,15 @@ pub use memory::SandboxUsage;
 pub use outcome::{Decision, FailureKind, Outcome, RuleFailure, Target};
 
 use cache::CompiledCache;
-use host_fns::{define_imports, HostState};
+use host_fns::{define_imports, import_types, HostState};
 
 /// The per-process Wasm engine: compiles modules and bounds every call.
 pub struct RuleRuntime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
+    /// The type of each import in `linker`, by name: what [`RuleRuntime::load`] checks a
+    /// module's imports against.
+    import_types: HashMap<String, FuncType>,
     config: SandboxConfig,
     compiled: std::sync::Mutex<CompiledCache>,
     usage: Arc<SandboxUsage>,
@@ -84,6 +88,7 @@ impl RuleRuntime {
         let engine = Engine::new(&wasm_config)?;
         let mut linker = Linker::new(&engine);
         define_imports(&mut linker)?;
+        let import_types = import_types(&engine, &linker);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         {
             let engine = engine.clone();
@@ -102,6 +107,7 @@ impl RuleRuntime {
         Ok(RuleRuntime {
             engine,
             linker: Arc::new(linker),
+            import_types,
             config,
             compiled: std::sync::Mutex::new(CompiledCache::default()),
             usage: Arc::default(),
@@ -124,7 +130,7 @@ impl RuleRuntime {
         store.set_epoch_deadline(self.deadline_ticks());
         store
             .set_fuel(self.fuel_budget())
-            .map_err(|e| LoadError::Start(format!("cannot set the CPU budget: {e:#}")))
+            .map_err(LoadError::Budget)
     }
 
     fn fuel_budget(&self) -> u64 {
