@@ -485,9 +485,25 @@ impl Worker {
             }
             Ok(Outcome::Dropped) => {}
             Err(failure) => {
-                if let Some(action) = error_action {
-                    if let Some(output) = self.error_output(ctx, &rule, &failure, &action) {
-                        unit.push(output);
+                let Some(action) = error_action else {
+                    return;
+                };
+                let report = Bytes::from(error_report(ctx, &rule, &failure));
+                // The report takes the path of a decision to the same action: a forward is
+                // committed with the message's other outputs, a republish goes to the MQTT
+                // subscribers of its topic.
+                match action {
+                    Action::Forward { topic } => {
+                        if let Some(attributes) = self.attributes(ctx, &rule) {
+                            unit.push(Output {
+                                topic,
+                                body: report,
+                                attributes,
+                            });
+                        }
+                    }
+                    Action::Republish { topic, qos } => {
+                        self.republisher.republish(&topic, report, qos)
                     }
                 }
             }
@@ -517,39 +533,24 @@ impl Worker {
             }
         }
     }
+}
 
-    /// The error action's payload (docs/rule-sql.md, "Actions and the error action").
-    fn error_output(
-        &self,
-        ctx: &MessageContext<'_>,
-        rule: &str,
-        failure: &RuleFailure,
-        action: &Action,
-    ) -> Option<Output> {
-        let Action::Forward { topic } = action else {
-            // Only a forward error action receives the failure report; a republish error
-            // action is accepted at create but gets nothing here.
-            return None;
-        };
-        let body = serde_json::json!({
-            "ruleName": rule,
-            "topic": ctx.topic,
-            "productKey": ctx.product_key,
-            "deviceName": ctx.device_name,
-            "messageId": ctx.message_id,
-            "base64OriginalPayload": base64::engine::general_purpose::STANDARD.encode(ctx.payload),
-            "failures": [{
-                "actionType": "RULE",
-                "actionResource": rule,
-                "errorMessage": failure.to_string(),
-            }],
-        });
-        Some(Output {
-            topic: topic.clone(),
-            body: Bytes::from(body.to_string()),
-            attributes: self.attributes(ctx, rule)?,
-        })
-    }
+/// The error action's payload (docs/rule-sql.md, "Actions and the error action").
+fn error_report(ctx: &MessageContext<'_>, rule: &str, failure: &RuleFailure) -> String {
+    serde_json::json!({
+        "ruleName": rule,
+        "topic": ctx.topic,
+        "productKey": ctx.product_key,
+        "deviceName": ctx.device_name,
+        "messageId": ctx.message_id,
+        "base64OriginalPayload": base64::engine::general_purpose::STANDARD.encode(ctx.payload),
+        "failures": [{
+            "actionType": "RULE",
+            "actionResource": rule,
+            "errorMessage": failure.to_string(),
+        }],
+    })
+    .to_string()
 }
 
 /// Submits again from the acker task: the blocking submit must not run on a reactor thread.
