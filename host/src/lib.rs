@@ -6,6 +6,7 @@
 //! - [`rules`]: the Wasm sandbox, the rule set and the thing-model view.
 //! - [`store`]: durable topics, subscriptions and queues in SQLite (group commit).
 //! - [`deliver`]: HTTP push to the HTTP subscriptions of topics (retries, signing, isolation).
+//! - [`mns_xml`]: the MNS XML documents, shared by the MNS API and XML pushes.
 //! - [`devices`]: the device registry (products, devices, secrets, tags), device sign-in,
 //!   per-device topic access and downlink to a device.
 //! - [`pipeline`]: joins ingest -> rules -> store and sends acks back after the commit.
@@ -28,6 +29,7 @@ pub mod devices;
 pub mod histogram;
 pub mod ids;
 pub mod ingest;
+pub mod mns_xml;
 pub mod names;
 pub mod pipeline;
 pub mod rules;
