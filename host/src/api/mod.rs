@@ -32,8 +32,7 @@ use crate::rules::registry::RuleRegistry;
 use crate::store::Store;
 
 /// What every handler can reach: the services behind one `Arc`, so the clone that axum's
-/// `State` makes per request is one reference count, not one per service (they were ~2 % of the
-/// API's CPU under load).
+/// `State` makes per request is one reference count, not one per service.
 #[derive(Clone)]
 pub struct AppState(Arc<Services>);
 

@@ -27,27 +27,27 @@ pub const DEFAULT_MAX_MEMORY_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(100);
 /// 10 ms ticks: the epoch ticker costs nothing measurable at this rate.
 pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(10);
-/// Fuel per millisecond of `call_timeout`: one unit is about one Wasm instruction. Measured
-/// here (`benches/rules_wasm.rs`), a 2-core machine burns 0.6-1.2 M fuel per ms (busy-idle), so a
-/// runaway stops after roughly the configured time of its own CPU; the overheat rule needs
-/// about 12 k fuel per message, 4,000 times less than the default budget.
+/// Fuel per millisecond of `call_timeout`: one unit is about one Wasm instruction, and a core
+/// runs about half a million to a million of them a millisecond, so a runaway stops after
+/// roughly the configured time of its own CPU. An honest rule uses a small fraction of the
+/// budget (`benches/rules_wasm.rs` prints the overheat rule's fuel per message and how long a
+/// runaway runs).
 pub const FUEL_PER_MS: u64 = 500_000;
 /// The wall-clock backstop is this many times `call_timeout`: far enough above the fuel budget
 /// that only a guest fuel cannot see (none is known) or a stalled machine reaches it.
 pub const WALL_CLOCK_BACKSTOP_FACTOR: u32 = 20;
-/// Fuel every import call costs before it does anything: the host's own cost of the cheapest
-/// call (into the host and back, a clock read) at [`FUEL_PER_MS`]. Measured with
-/// `fixtures/host_call_loop.wat` (`now_ms` in a loop, the sandbox tests): 250 ns of CPU per call
-/// in a debug build, i.e. ~125 fuel; an optimised build is faster, so this errs on the side of
-/// stopping a loop of calls early. A loop of host calls thus stops about when a loop of
-/// instructions of the same CPU cost would.
+/// Fuel every import call costs before it does anything: the host's own CPU for the cheapest
+/// call (into the host and back, a clock read) at [`FUEL_PER_MS`], as an unoptimised build
+/// spends it, so an optimised build stops a loop of calls early rather than late. A loop of
+/// host calls thus stops about when a loop of instructions of the same CPU cost would (the
+/// sandbox tests run `fixtures/host_call_loop.wat` against the budget).
 pub const HOST_CALL_FUEL: u64 = 100;
 /// Fuel an import costs per byte it copies in or out, formats or writes to the log, on top of
 /// [`HOST_CALL_FUEL`]. Copies cost far less CPU than that (~0.1 ns a byte), but no honest rule
 /// moves enough bytes for it to matter: a 1 MiB payload costs 2 % of the default budget.
 pub const HOST_FUEL_PER_BYTE: u64 = 1;
-/// Fuel `random_fill` costs per byte it generates: ChaCha12 (`StdRng`) took 10 ns of CPU a byte
-/// here (`fixtures/host_call_loop.wat`, 24 MiB in 256 ms), i.e. 5 fuel at [`FUEL_PER_MS`].
+/// Fuel `random_fill` costs per byte it generates: ChaCha12 (`StdRng`) spends about 10 ns of CPU
+/// a byte, i.e. 5 fuel at [`FUEL_PER_MS`].
 pub const RANDOM_FUEL_PER_BYTE: u64 = 5;
 /// What the memory cap counts per table element (a function reference is a pointer).
 pub const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
