@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_test_support::nats::{proc_cpu_seconds, LocalCluster};
 use sluice::store::jetstream::{JetStream, JetStreamOptions};
 use sluice::store::{PublishRequest, QueueAttributes, Store, StoreOptions, SubscriptionSpec};
+use sluice_test_support::nats::{proc_cpu_seconds, LocalCluster};
 
 #[path = "common/mod.rs"]
 mod common;

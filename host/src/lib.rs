@@ -7,6 +7,7 @@
 //! - [`store`]: durable topics, subscriptions, queues and records, on one of two backends:
 //!   `store/sqlite/` (one process, group commit) or `store/jetstream/` (a NATS cluster).
 //! - [`deliver`]: HTTP push to the HTTP subscriptions of topics (retries, signing, isolation).
+//! - [`mns_xml`]: the MNS XML documents, shared by the MNS API and XML pushes.
 //! - [`devices`]: the device registry (products, devices, secrets, tags), device sign-in,
 //!   per-device topic access and downlink to a device.
 //! - [`pipeline`]: joins ingest -> rules -> store and sends acks back after the commit;
@@ -30,6 +31,7 @@ pub mod devices;
 pub mod histogram;
 pub mod ids;
 pub mod ingest;
+pub mod mns_xml;
 pub mod names;
 pub mod pipeline;
 pub mod rule_catalog;

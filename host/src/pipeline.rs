@@ -29,6 +29,7 @@ use crate::rules::{
     Action, Evaluation, MessageContext, Outcome, RuleCounters, RuleEngine, RuleFailure, Target,
 };
 use crate::store::Attributes;
+use crate::topic::device_from_topic;
 
 /// One output of one device message: a publish to a sluice topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,24 +323,6 @@ fn shard(item: &Ingested, n: usize) -> usize {
     (h.finish() % n as u64) as usize
 }
 
-/// `productKey()` and `deviceName()` from the topic levels, for connections without an
-/// authenticated identity: `/{pk}/{dn}/...`, `/sys/{pk}/{dn}/...`, `/as/mqtt/status/{pk}/{dn}`.
-pub fn device_from_topic(topic: &str) -> (&str, &str) {
-    let mut levels = topic.split('/');
-    if levels.next() != Some("") {
-        return ("", "");
-    }
-    let first = levels.next().unwrap_or("");
-    let second = levels.next().unwrap_or("");
-    match (first, second) {
-        ("sys", _) => (second, levels.next().unwrap_or("")),
-        ("as", "mqtt") if levels.next() == Some("status") => {
-            (levels.next().unwrap_or(""), levels.next().unwrap_or(""))
-        }
-        _ => (first, second),
-    }
-}
-
 struct Worker {
     /// Drives the wait for messages or a rule change (the worker is a plain thread).
     runtime: tokio::runtime::Handle,
@@ -502,9 +485,25 @@ impl Worker {
             }
             Ok(Outcome::Dropped) => {}
             Err(failure) => {
-                if let Some(action) = error_action {
-                    if let Some(output) = self.error_output(ctx, &rule, &failure, &action) {
-                        unit.push(output);
+                let Some(action) = error_action else {
+                    return;
+                };
+                let report = Bytes::from(error_report(ctx, &rule, &failure));
+                // The report takes the path of a decision to the same action: a forward is
+                // committed with the message's other outputs, a republish goes to the MQTT
+                // subscribers of its topic.
+                match action {
+                    Action::Forward { topic } => {
+                        if let Some(attributes) = self.attributes(ctx, &rule) {
+                            unit.push(Output {
+                                topic,
+                                body: report,
+                                attributes,
+                            });
+                        }
+                    }
+                    Action::Republish { topic, qos } => {
+                        self.republisher.republish(&topic, report, qos)
                     }
                 }
             }
@@ -534,39 +533,24 @@ impl Worker {
             }
         }
     }
+}
 
-    /// The error action's payload (docs/rule-sql.md, "Actions and the error action").
-    fn error_output(
-        &self,
-        ctx: &MessageContext<'_>,
-        rule: &str,
-        failure: &RuleFailure,
-        action: &Action,
-    ) -> Option<Output> {
-        let Action::Forward { topic } = action else {
-            // Only a forward error action receives the failure report; a republish error
-            // action is accepted at create but gets nothing here.
-            return None;
-        };
-        let body = serde_json::json!({
-            "ruleName": rule,
-            "topic": ctx.topic,
-            "productKey": ctx.product_key,
-            "deviceName": ctx.device_name,
-            "messageId": ctx.message_id,
-            "base64OriginalPayload": base64::engine::general_purpose::STANDARD.encode(ctx.payload),
-            "failures": [{
-                "actionType": "RULE",
-                "actionResource": rule,
-                "errorMessage": failure.to_string(),
-            }],
-        });
-        Some(Output {
-            topic: topic.clone(),
-            body: Bytes::from(body.to_string()),
-            attributes: self.attributes(ctx, rule)?,
-        })
-    }
+/// The error action's payload (docs/rule-sql.md, "Actions and the error action").
+fn error_report(ctx: &MessageContext<'_>, rule: &str, failure: &RuleFailure) -> String {
+    serde_json::json!({
+        "ruleName": rule,
+        "topic": ctx.topic,
+        "productKey": ctx.product_key,
+        "deviceName": ctx.device_name,
+        "messageId": ctx.message_id,
+        "base64OriginalPayload": base64::engine::general_purpose::STANDARD.encode(ctx.payload),
+        "failures": [{
+            "actionType": "RULE",
+            "actionResource": rule,
+            "errorMessage": failure.to_string(),
+        }],
+    })
+    .to_string()
 }
 
 /// Submits again from the acker task: the blocking submit must not run on a reactor thread.
@@ -730,16 +714,30 @@ fn count(
 mod tests {
     use super::*;
 
+    /// The stages the pipeline joins do not depend on it: nothing under rules/, ingest/ or
+    /// store/ names `crate::pipeline`.
     #[test]
-    fn device_identity_comes_from_topic_levels() {
-        assert_eq!(device_from_topic("/pk/dev/user/update"), ("pk", "dev"));
-        assert_eq!(
-            device_from_topic("/sys/pk/dev/thing/event/property/post"),
-            ("pk", "dev")
-        );
-        assert_eq!(device_from_topic("/as/mqtt/status/pk/dev"), ("pk", "dev"));
-        assert_eq!(device_from_topic("no/leading/slash"), ("", ""));
-        assert_eq!(device_from_topic("/pk"), ("pk", ""));
+    fn the_stages_do_not_import_the_pipeline() {
+        fn visit(dir: &std::path::Path, found: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    visit(&path, found);
+                } else if path.extension().is_some_and(|e| e == "rs")
+                    && std::fs::read_to_string(&path)
+                        .unwrap()
+                        .contains("crate::pipeline")
+                {
+                    found.push(path.display().to_string());
+                }
+            }
+        }
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found = Vec::new();
+        for stage in ["rules", "ingest", "store"] {
+            visit(&src.join(stage), &mut found);
+        }
+        assert!(found.is_empty(), "{found:?} import the pipeline");
     }
 
     #[tokio::test]

@@ -158,14 +158,15 @@ pub async fn import_legacy_rules(store: &Store, data_dir: &Path) -> Result<usize
             key: name.clone(),
             value: spec,
         };
-        let inserted = store
-            .insert_record(RULES, record)
-            .await
-            .map_err(|source| ImportError::Store {
-                path: path.clone(),
-                name,
-                source,
-            })?;
+        let inserted =
+            store
+                .insert_record(RULES, record)
+                .await
+                .map_err(|source| ImportError::Store {
+                    path: path.clone(),
+                    name,
+                    source,
+                })?;
         copied += usize::from(inserted);
     }
     let imported = data_dir.join(format!("{LEGACY_FILE}.imported"));

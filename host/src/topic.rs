@@ -1,4 +1,4 @@
-//! MQTT topic names, topic filters and the matcher between them.
+//! MQTT topic names, topic filters and the matcher between them, and the device a topic names.
 //!
 //! Every stage that routes by topic uses these functions (the listener's SUBSCRIBE and PUBLISH
 //! checks, the session router, the rules' FROM filters and republish grants), so there is one
@@ -148,9 +148,39 @@ pub fn has_wildcards(filter: &str) -> bool {
     filter.contains(['+', '#'])
 }
 
+/// `productKey()` and `deviceName()` from the topic levels, for connections without an
+/// authenticated identity: `/{pk}/{dn}/...`, `/sys/{pk}/{dn}/...`, `/as/mqtt/status/{pk}/{dn}`.
+pub fn device_from_topic(topic: &str) -> (&str, &str) {
+    let mut levels = topic.split('/');
+    if levels.next() != Some("") {
+        return ("", "");
+    }
+    let first = levels.next().unwrap_or("");
+    let second = levels.next().unwrap_or("");
+    match (first, second) {
+        ("sys", _) => (second, levels.next().unwrap_or("")),
+        ("as", "mqtt") if levels.next() == Some("status") => {
+            (levels.next().unwrap_or(""), levels.next().unwrap_or(""))
+        }
+        _ => (first, second),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_identity_comes_from_topic_levels() {
+        assert_eq!(device_from_topic("/pk/dev/user/update"), ("pk", "dev"));
+        assert_eq!(
+            device_from_topic("/sys/pk/dev/thing/event/property/post"),
+            ("pk", "dev")
+        );
+        assert_eq!(device_from_topic("/as/mqtt/status/pk/dev"), ("pk", "dev"));
+        assert_eq!(device_from_topic("no/leading/slash"), ("", ""));
+        assert_eq!(device_from_topic("/pk"), ("pk", ""));
+    }
 
     #[test]
     fn matcher_follows_the_mqtt_rules() {

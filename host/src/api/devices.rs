@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::{body, AppState};
-use crate::devices::{DeviceError, DownlinkError};
 use crate::devices::Device;
+use crate::devices::{DeviceError, DownlinkError};
 
 /// The body of `PUT /v1/devices/{pk}/{dn}`.
 #[derive(Debug, Deserialize)]

@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::json::JsonBody;
-use super::AppState;
 use super::policy::{self, AccessKey, Allow, ADMIN_KEY_NAME};
+use super::AppState;
 
 /// A key to create.
 #[derive(Debug, Deserialize)]

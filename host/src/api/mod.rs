@@ -12,9 +12,9 @@ mod devices;
 pub mod error;
 mod json;
 mod keys;
-pub mod policy;
 pub mod metrics;
 pub mod mns;
+pub mod policy;
 mod queues;
 mod rules;
 pub mod server;
@@ -33,8 +33,7 @@ use crate::rules::registry::RuleRegistry;
 use crate::store::Store;
 
 /// What every handler can reach: the services behind one `Arc`, so the clone that axum's
-/// `State` makes per request is one reference count, not one per service (they were ~2 % of the
-/// API's CPU under load).
+/// `State` makes per request is one reference count, not one per service.
 #[derive(Clone)]
 pub struct AppState(Arc<Services>);
 

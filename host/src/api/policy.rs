@@ -51,7 +51,12 @@ pub enum Permission {
 
 impl Permission {
     /// Every action, in the order of the docs.
-    pub const ALL: [Permission; 4] = [Permission::Read, Permission::Send, Permission::Consume, Permission::Manage];
+    pub const ALL: [Permission; 4] = [
+        Permission::Read,
+        Permission::Send,
+        Permission::Consume,
+        Permission::Manage,
+    ];
 
     /// The action's name in policies.
     pub fn as_str(self) -> &'static str {
@@ -372,7 +377,10 @@ mod tests {
         let store = Store::open(dir.path(), Default::default()).unwrap();
         assert_eq!(store.list_topics().await.unwrap()[0].name, "old");
         let admin = ensure_admin_key(&store).await.unwrap();
-        assert_eq!((admin.id.as_str(), admin.secret.as_str()), ("SKold", "oldsecret"));
+        assert_eq!(
+            (admin.id.as_str(), admin.secret.as_str()),
+            ("SKold", "oldsecret")
+        );
         assert!(admin.is_admin());
         assert_eq!(ensure_admin_key(&store).await.unwrap(), admin);
         let k = key(&["queues/q:read"]);

@@ -210,8 +210,8 @@ pub struct Received {
 
 impl axum::response::IntoResponse for Received {
     fn into_response(self) -> axum::response::Response {
-        // Sized once from the messages: grown from axum's 128 bytes, a 16-message answer was
-        // copied about seven times on its way to ~10 KiB.
+        // Sized once from the messages, so a large answer is not copied at every doubling of a
+        // buffer that starts at axum's 128 bytes.
         let estimate: usize = self
             .messages
             .iter()

@@ -180,7 +180,9 @@ pub async fn test(
         .map_err(|e| join_error(e).into_response())?
         .map_err(|e| match e {
             TrialError::Sql(e) => sql_error(&e),
-            TrialError::Module(m) => ApiError::invalid("module_base64", m).into_response(),
+            TrialError::Module(e) => {
+                ApiError::invalid("module_base64", e.to_string()).into_response()
+            }
         })?;
     Ok(Json(match outcome {
         TrialOutcome::Emitted(decisions) => json!({

@@ -3,8 +3,8 @@
 //!
 //! - A header read timeout (hyper's own, which needs a timer): a client that sends nothing, half
 //!   a request, or keeps a connection open without sending the next one, is closed after
-//!   [`HttpServerConfig::header_read_timeout`]. `axum::serve` sets no timer, so such a
-//!   connection was held for good. HTTP/1.1 only: `axum::serve`'s version detection (for
+//!   [`HttpServerConfig::header_read_timeout`]. `axum::serve` sets no timer and would hold
+//!   such a connection for good. HTTP/1.1 only: `axum::serve`'s version detection (for
 //!   HTTP/2 with prior knowledge, which no sluice client uses) waits for the first bytes with no
 //!   deadline at all.
 //! - Caps on open connections, in total and per source address ([`ConnLimiter`]), taken at TCP

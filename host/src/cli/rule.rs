@@ -62,7 +62,7 @@ pub struct RuleArgs {
     /// An action: `forward:TOPIC` or `republish:MQTT_TOPIC` (repeatable).
     #[arg(long = "action")]
     pub actions: Vec<String>,
-    /// Where failed messages are reported: `forward:TOPIC`.
+    /// Where failed messages are reported: `forward:TOPIC` or `republish:MQTT_TOPIC`.
     #[arg(long)]
     pub error_action: Option<String>,
     /// What the rule may write to: `forward:a,b` or `republish:FILTER` (repeatable; default:

@@ -1,14 +1,14 @@
 //! The body of a push by content format (docs/message-service.md, "HTTP push"): SIMPLIFIED (the
-//! body as is), JSON and XML (MNS notification documents).
+//! body as is), JSON and XML (the MNS notification document of [`crate::mns_xml`]).
 //!
 //! JSON and XML carry the body as text in `Message`. A body that is not UTF-8 (or, for XML,
 //! holds characters XML 1.0 cannot carry) is sent base64-encoded instead, with
 //! `MessageEncoding: base64` beside it, so nothing is mangled silently.
 
-use base64::Engine;
 use bytes::Bytes;
 use reqwest::header::{HeaderName, HeaderValue};
 
+use crate::mns_xml::{message_text, xml_text, Notification, XMLNS};
 use crate::store::{ContentFormat, PushDelivery};
 
 /// The owner shown in notifications (MNS shows the account id; sluice has one owner).
@@ -81,33 +81,21 @@ pub fn render(
         }
         ContentFormat::Xml => {
             let (message, base64) = message_text(&d.body, true);
-            let mut x = String::with_capacity(d.body.len() + 512);
-            x.push_str(r#"<?xml version="1.0" encoding="UTF-8"?>"#);
-            x.push_str(r#"<Notification xmlns="http://mns.aliyuncs.com/doc/v1/">"#);
-            let mut field = |name: &str, value: &str| {
-                x.push('<');
-                x.push_str(name);
-                x.push('>');
-                escape_into(&mut x, value);
-                x.push_str("</");
-                x.push_str(name);
-                x.push('>');
-            };
-            field("TopicOwner", TOPIC_OWNER);
-            field("TopicName", topic);
-            field("Subscriber", TOPIC_OWNER);
-            field("SubscriptionName", subscription);
-            field("MessageId", &d.message_id);
-            field("Message", &message);
-            if base64 {
-                field("MessageEncoding", "base64");
+            let tag = d.tag.as_deref().map(xml_text);
+            let x = Notification {
+                xmlns: XMLNS,
+                topic_owner: TOPIC_OWNER,
+                topic_name: &xml_text(topic),
+                subscriber: TOPIC_OWNER,
+                subscription_name: &xml_text(subscription),
+                message_id: &xml_text(&d.message_id),
+                message: &message,
+                message_encoding: base64.then_some("base64"),
+                message_md5: &xml_text(&d.body_md5),
+                message_tag: tag.as_deref(),
+                publish_time: d.publish_time_ms,
             }
-            field("MessageMD5", &d.body_md5);
-            if let Some(tag) = &d.tag {
-                field("MessageTag", tag);
-            }
-            field("PublishTime", &d.publish_time_ms.to_string());
-            x.push_str("</Notification>");
+            .to_xml();
             Rendered {
                 content_type: "text/xml; charset=utf-8",
                 body: Bytes::from(x),
@@ -117,51 +105,12 @@ pub fn render(
     }
 }
 
-/// The body as text, or its base64 (`true`) when it is not UTF-8 or (for XML) has characters
-/// XML 1.0 cannot carry. Also the MNS face's received messages (`api::mns::queues`).
-pub(crate) fn message_text(body: &[u8], xml: bool) -> (String, bool) {
-    match std::str::from_utf8(body) {
-        Ok(s) if !xml || s.chars().all(xml_char) => (s.to_owned(), false),
-        _ => (base64::engine::general_purpose::STANDARD.encode(body), true),
-    }
-}
-
-/// XML 1.0 `Char`.
-pub(crate) fn xml_char(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
-}
-
-/// `s` with every character XML 1.0 cannot carry replaced by U+FFFD, for names and short texts
-/// that have no lossless form in an XML document (a serialiser escapes the markup itself).
-pub(crate) fn xml_text(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.chars().all(xml_char) {
-        return s.into();
-    }
-    s.chars()
-        .map(|c| if xml_char(c) { c } else { '\u{FFFD}' })
-        .collect::<String>()
-        .into()
-}
-
-/// Escapes text content (and attribute-safe: quotes too). Characters XML cannot carry are
-/// replaced (only in names the store already validated; bodies take the base64 path).
-fn escape_into(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\r' => out.push_str("&#13;"),
-            c if xml_char(c) => out.push(c),
-            _ => out.push('\u{FFFD}'),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    use crate::mns_xml::xml_char;
+
     use super::*;
 
     fn delivery(body: &[u8], tag: Option<&str>) -> PushDelivery {
@@ -252,5 +201,108 @@ mod tests {
             x.contains("<Message>YmVsbAc=</Message><MessageEncoding>base64</MessageEncoding>"),
             "{x}"
         );
+    }
+
+    /// The XML notification as it was written by hand before it was serialised through
+    /// `mns_xml::Notification`: the bytes the serialised document must still have.
+    fn handwritten_xml(topic: &str, subscription: &str, d: &PushDelivery) -> String {
+        fn escape_into(out: &mut String, s: &str) {
+            for c in s.chars() {
+                match c {
+                    '&' => out.push_str("&amp;"),
+                    '<' => out.push_str("&lt;"),
+                    '>' => out.push_str("&gt;"),
+                    '"' => out.push_str("&quot;"),
+                    '\'' => out.push_str("&apos;"),
+                    '\r' => out.push_str("&#13;"),
+                    c if xml_char(c) => out.push(c),
+                    _ => out.push('\u{FFFD}'),
+                }
+            }
+        }
+        let (message, base64) = message_text(&d.body, true);
+        let mut x = String::new();
+        x.push_str(r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+        x.push_str(r#"<Notification xmlns="http://mns.aliyuncs.com/doc/v1/">"#);
+        let mut field = |name: &str, value: &str| {
+            x.push('<');
+            x.push_str(name);
+            x.push('>');
+            escape_into(&mut x, value);
+            x.push_str("</");
+            x.push_str(name);
+            x.push('>');
+        };
+        field("TopicOwner", TOPIC_OWNER);
+        field("TopicName", topic);
+        field("Subscriber", TOPIC_OWNER);
+        field("SubscriptionName", subscription);
+        field("MessageId", &d.message_id);
+        field("Message", &message);
+        if base64 {
+            field("MessageEncoding", "base64");
+        }
+        field("MessageMD5", &d.body_md5);
+        if let Some(tag) = &d.tag {
+            field("MessageTag", tag);
+        }
+        field("PublishTime", &d.publish_time_ms.to_string());
+        x.push_str("</Notification>");
+        x
+    }
+
+    fn assert_same_xml(topic: &str, subscription: &str, d: &PushDelivery) {
+        let r = render(ContentFormat::Xml, topic, subscription, d);
+        let want = handwritten_xml(topic, subscription, d);
+        assert_eq!(
+            std::str::from_utf8(&r.body).unwrap(),
+            want,
+            "{topic:?} {subscription:?} {d:?}"
+        );
+    }
+
+    #[test]
+    fn the_xml_notification_keeps_the_bytes_of_the_handwritten_one() {
+        for (body, tag) in [
+            (&b""[..], None),
+            (b"plain", Some("")),
+            (b"<a href=\"x\">&amp;'</a>]]>", Some("t&t<'\"")),
+            (b"line\r\nbreaks\rand\ttabs\n", Some("hot")),
+            (b"bell\x07", Some("a\u{1}b")),
+            (b"\xff\xfe", None),
+            (
+                "next line \u{85} and \u{2028}, \u{FFFD} \u{10FFFF}".as_bytes(),
+                None,
+            ),
+            ("\u{FFFE}".as_bytes(), None),
+        ] {
+            assert_same_xml("alerts", "hook", &delivery(body, tag));
+        }
+        assert_same_xml("a<&>'\"", "s\r\u{1}", &delivery(b"x", None));
+    }
+
+    proptest! {
+        #[test]
+        fn any_xml_notification_keeps_the_bytes_of_the_handwritten_one(
+            topic in "[-a-zA-Z0-9_.<>&'\"\r\n\t\u{1}]{0,16}",
+            subscription in "[-a-zA-Z0-9_.<>&'\"\r\u{1}\u{FFFE}]{0,16}",
+            body in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..40),
+                "[a-z <>&'\"\r\n\t\u{1}\u{85}\u{2028}\u{FFFE}\u{D7FF}\u{E000}]{0,40}"
+                    .prop_map(String::into_bytes),
+            ],
+            tag in prop::option::of("[a-z<>&'\"\u{1}\u{7f}]{0,16}"),
+            md5 in "[0-9A-F]{0,32}",
+            time in any::<u64>(),
+        ) {
+            let mut d = delivery(&body, tag.as_deref());
+            d.body_md5 = md5;
+            d.publish_time_ms = time;
+            let r = render(ContentFormat::Xml, &topic, &subscription, &d);
+            prop_assert_eq!(
+                std::str::from_utf8(&r.body).unwrap(),
+                handwritten_xml(&topic, &subscription, &d)
+            );
+        }
     }
 }

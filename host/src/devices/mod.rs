@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::rules::runtime::TagSource;
-pub use record::Device;
 use crate::store::{Store, StoreError};
+pub use record::Device;
 
 pub use downlink::{DownlinkError, DownlinkOutcome, DownlinkPath};
 pub use policy::DevicePolicy;

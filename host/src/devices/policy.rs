@@ -18,9 +18,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::auth::SignIn;
+use super::record::{is_reserved_product_key, RESERVED_PRODUCT_KEYS};
 use super::DeviceRegistry;
 use crate::ingest::{ConnectInfo, ConnectPolicy, ConnectRefusal, DeviceIdentity, SessionInfo};
-use super::record::{is_reserved_product_key, RESERVED_PRODUCT_KEYS};
 
 /// The first levels of the device status topics (after the empty level of the leading `/`).
 const STATUS_PREFIX: [&str; 4] = ["", "as", "mqtt", "status"];

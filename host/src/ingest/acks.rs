@@ -74,8 +74,8 @@ pub(super) type Done = (u16, u8, Resolved);
 
 /// A session's acks in the order its PUBLISHes came. PUBACKs leave in that order (MQTT-4.6.0),
 /// so only the oldest is ever waited on: a later one that resolves first waits its turn
-/// anyway. A queue polled at its front costs nothing per ack beyond the ack's own channel,
-/// where `FuturesOrdered` allocated a task per ack and woke it, plus a heap to reorder.
+/// anyway. A queue polled at its front costs nothing per ack beyond the ack's own channel;
+/// `FuturesOrdered` would allocate a task per ack and wake it, plus keep a heap to reorder.
 #[derive(Default)]
 pub(super) struct AckQueue(VecDeque<AckWait>);
 

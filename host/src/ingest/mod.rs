@@ -265,8 +265,8 @@ pub enum ConnectRefusal {
 }
 
 /// Decides who may connect, publish and subscribe. Checked on every CONNECT, PUBLISH and
-/// SUBSCRIBE; the device registry implements it later. Called on the connection's task, so it
-/// must be quick and must not block (no I/O).
+/// SUBSCRIBE; `sluice serve` uses the device registry's policy (`devices::policy`). Called on
+/// the connection's task, so it must be quick and must not block (no I/O).
 pub trait ConnectPolicy: Send + Sync + 'static {
     /// Authenticates a CONNECT; `Ok(Some(identity))` binds the session to a device.
     fn on_connect(&self, info: &ConnectInfo) -> Result<Option<DeviceIdentity>, ConnectRefusal>;
@@ -279,8 +279,8 @@ pub trait ConnectPolicy: Send + Sync + 'static {
     fn on_disconnect(&self, _session: &SessionInfo) {}
 }
 
-/// The policy until device authentication exists: everyone may connect, publish and subscribe,
-/// anonymously. Suitable for a loopback-only listener.
+/// Everyone may connect, publish and subscribe, anonymously: the policy of a listener given
+/// none (`ListenerConfig::default`). Suitable for a loopback-only listener.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AllowAll;
 

@@ -554,7 +554,7 @@ impl RuleWorker {
                 .runtime
                 .instantiate(&rule.module, rule.binding.clone(), rule.env.clone())
                 .map_err(|e| RuleFailure {
-                    kind: FailureKind::Trap,
+                    kind: e.failure_kind(),
                     message: format!("could not instantiate the module: {e}"),
                 })?;
             self.instances

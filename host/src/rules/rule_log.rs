@@ -30,8 +30,8 @@ pub struct LogLimits {
 pub const DEFAULT_LOG_LINES_PER_MESSAGE: u32 = 32;
 /// 8 KiB: a few lines and a payload dump of ordinary size.
 pub const DEFAULT_LOG_BYTES_PER_MESSAGE: usize = 8 * 1024;
-/// 64 KiB/s per rule: a line per message at a few hundred messages a second; at most ~230 MB an
-/// hour per rule, where an unbounded rule wrote 325 MB in one message.
+/// 64 KiB/s per rule: a line per message at a few hundred messages a second, and at most
+/// ~230 MB an hour per rule.
 pub const DEFAULT_LOG_BYTES_PER_SECOND: u64 = 64 * 1024;
 
 impl Default for LogLimits {

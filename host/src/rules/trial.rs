@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::rule_log::RuleLog;
-use super::runtime::{Binding, Environment};
+use super::runtime::{Binding, Environment, LoadError};
 use super::spec::DataType;
 use super::{Action, Grant, Outcome, RuleInput, RuleRuntime, Target};
 
@@ -94,7 +94,7 @@ pub enum TrialError {
     Sql(#[from] super::sql::SqlError),
     /// The module does not load or link (not a rule module, foreign imports, ...).
     #[error("module {0}")]
-    Module(String),
+    Module(#[source] LoadError),
 }
 
 /// Compiles (for SQL), loads and runs the rule on the sample message.
@@ -114,9 +114,7 @@ pub fn run(runtime: &RuleRuntime, trial: &Trial) -> Result<TrialOutcome, TrialEr
             filter: from_filter,
         });
     }
-    let module = runtime
-        .load(&wasm)
-        .map_err(|e| TrialError::Module(e.to_string()))?;
+    let module = runtime.load(&wasm).map_err(TrialError::Module)?;
     let mut instance = runtime
         .instantiate(
             &module,
@@ -132,8 +130,8 @@ pub fn run(runtime: &RuleRuntime, trial: &Trial) -> Result<TrialOutcome, TrialEr
                 utc_offset_seconds: trial.utc_offset_seconds,
             },
         )
-        .map_err(|e| TrialError::Module(e.to_string()))?;
-    let (pk, dn) = crate::pipeline::device_from_topic(&trial.topic);
+        .map_err(TrialError::Module)?;
+    let (pk, dn) = crate::topic::device_from_topic(&trial.topic);
     let view = match trial.data_type {
         DataType::Json => {
             super::view::platform_view(&trial.topic, &trial.payload, pk, dn, trial.timestamp_ms)

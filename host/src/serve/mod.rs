@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::policy::{self, AccessKey};
 use crate::config::{MqttMode, ServeConfig};
 use crate::conn_limit::{ConnLimiter, ConnLimits};
 use crate::devices::{DevicePolicy, DeviceRegistry, DeviceService};
@@ -37,7 +38,6 @@ use crate::pipeline::{
 use crate::rules::registry::RuleRegistry;
 use crate::rules::runtime::TagSource;
 use crate::rules::{RuleEngine, RuleRuntime, SandboxConfig};
-use crate::api::policy::{self, AccessKey};
 use crate::store::{Attributes, PublishItem, Store, StoreError};
 
 pub use objects::RuleSetupError;
@@ -397,10 +397,10 @@ async fn rule_registry(
         let catalog = Box::new(crate::rule_catalog::StoredRules::new(store.clone()));
         tokio::task::spawn_blocking(move || RuleRegistry::open(engine, catalog))
             .await
-        .map_err(|source| ServeError::Task {
-            what: "opening the rule catalog",
-            source,
-        })??
+            .map_err(|source| ServeError::Task {
+                what: "opening the rule catalog",
+                source,
+            })??
     };
     Ok((engine, Arc::new(registry)))
 }

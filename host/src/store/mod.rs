@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::StoreError;
@@ -125,7 +125,7 @@ enum Queued {
     /// One publish per unit.
     Nats(Vec<PendingUnit>),
     /// The writer's requests, with how many units each holds.
-    Writer(Vec<(oneshot::Receiver<Result<Vec<Result<()>>>>, usize)>),
+    Writer(Vec<(sqlite::QueuedUnits, usize)>),
 }
 
 /// The backend chosen at start.

@@ -331,7 +331,7 @@ pub(crate) fn validate_tag_and_attributes(
         if has_cr_lf_or_nul(tag) {
             return Err(StoreError::invalid("tag", "CR, LF and NUL are not allowed"));
         }
-        if !tag.chars().all(crate::deliver::format::xml_char) {
+        if !tag.chars().all(crate::mns_xml::xml_char) {
             return Err(StoreError::invalid(
                 "tag",
                 "control characters are not allowed (the MNS face and XML pushes carry the tag \
@@ -376,7 +376,7 @@ fn validate_attributes<'a>(
                 "CR, LF and NUL are not allowed in attributes",
             ));
         }
-        if !k.chars().all(crate::deliver::format::xml_char) {
+        if !k.chars().all(crate::mns_xml::xml_char) {
             return Err(StoreError::invalid(
                 "attributes",
                 "control characters are not allowed in attribute keys (the MNS face carries \

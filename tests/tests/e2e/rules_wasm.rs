@@ -3,7 +3,8 @@
 //! keeps delivering every message; bad modules and grants are refused with a 400 that changes
 //! nothing; rules are created stopped; and `PUT` swaps a running rule's version under QoS 1 load
 //! with nothing lost, nothing repeated and per-device order kept; the `sluice rule` CLI manages a
-//! module whose grant is checked at create and at run time. Host calls pay fuel and a rule's log
+//! module whose grant is checked at create and at run time; an error action of kind republish
+//! sends the failure report to the device's MQTT topic. Host calls pay fuel and a rule's log
 //! is capped; a deleted rule's or a trapped instance's memory goes back to the system at once.
 
 use std::collections::{BTreeMap, HashSet};
@@ -343,6 +344,70 @@ async fn a_forward_outside_the_grant_reports_malformed_decision() {
 async fn an_undefined_status_reports_bad_status() {
     // Proves a return value that is not OK/DROP/FAILED fails the message as `bad_status`.
     bad_rule_beside_overheat("bad_status", "bad_status", 4, 100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_republish_error_action_publishes_the_failure_report_to_the_devices_mqtt_topic() {
+    // Proves an error action of kind republish is carried out: the device subscribed to the
+    // action's MQTT topic receives the failure report of the message it sent, with the rule,
+    // the device, the kind of failure and the original payload.
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = start(&dir);
+    let api = sluice.api();
+    let body = rule_body(
+        &fixture("trap"),
+        "/pk/+/user/update",
+        &["forward:alerts"],
+        Some("republish-qos1:/pk/dev1/user/get"),
+    );
+    create_and_start(&api, "trapper", &body).await;
+    let (_, shown) = api.get("/v1/rules/trapper").await;
+    assert_eq!(
+        shown["error_action"], "republish-qos1:/pk/dev1/user/get",
+        "{shown}"
+    );
+
+    let port = sluice.mqtt_port;
+    let payload = br#"{"temperature":20.5,"location":"attic"}"#;
+    let report = next_on(port, "/pk/dev1/user/get", Duration::from_secs(10), async {
+        let r = publish_qos1(
+            port,
+            "dev1",
+            "/pk/dev1/user/update",
+            vec![(0, payload.to_vec())],
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(r.acked.len(), 1, "{:?}", r.error);
+    })
+    .await
+    .expect("the failure report reaches the device subscribed to the error action's topic");
+    let report: Value = serde_json::from_slice(&report).expect("the report is JSON");
+    println!("error report over MQTT: {report}");
+    assert_eq!(report["ruleName"], "trapper", "{report}");
+    assert_eq!(report["topic"], "/pk/dev1/user/update", "{report}");
+    assert_eq!(
+        (&report["productKey"], &report["deviceName"]),
+        (&json!("pk"), &json!("dev1")),
+        "{report}"
+    );
+    let failure = &report["failures"][0];
+    assert_eq!(failure["actionType"], "RULE", "{report}");
+    assert_eq!(failure["actionResource"], "trapper", "{report}");
+    assert!(
+        failure["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("trap:")),
+        "{report}"
+    );
+    assert_eq!(
+        decode_base64(report["base64OriginalPayload"].as_str().unwrap_or_default()),
+        payload.to_vec(),
+        "{report}"
+    );
+    let (_, rule) = api.get("/v1/rules/trapper").await;
+    assert_eq!(rule["counters"]["failed"], json!({"trap": 1}), "{rule}");
+    sluice.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

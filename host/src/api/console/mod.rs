@@ -67,7 +67,10 @@ pub fn is_page_path(path: &str) -> bool {
 /// What a console path needs beyond a signed-in key: `None` for a non-console path (the API's
 /// own classification applies), `Some(None)` for pages any signed-in key may see (their data
 /// comes from `/v1/`, checked there), `Some(Some(..))` for console data endpoints.
-pub fn policy<'a>(path: &'a str, _query: Option<&str>) -> Option<Option<(Resource<'a>, Permission)>> {
+pub fn policy<'a>(
+    path: &'a str,
+    _query: Option<&str>,
+) -> Option<Option<(Resource<'a>, Permission)>> {
     let rest = path.strip_prefix("/console")?;
     if !(rest.is_empty() || rest.starts_with('/')) {
         return None;

@@ -3,9 +3,8 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 
-use super::xml::{to_xml, XMLNS};
+use super::xml::{to_xml, xml_text, ErrorResp, XMLNS};
 use crate::store::StoreError;
 
 /// An error in the MNS face.
@@ -49,27 +48,12 @@ pub fn request_id() -> String {
     hex::encode(rand::random::<[u8; 12]>()).to_uppercase()
 }
 
-#[derive(Serialize)]
-#[serde(rename = "Error")]
-struct ErrorXml<'a> {
-    #[serde(rename = "@xmlns")]
-    xmlns: &'a str,
-    #[serde(rename = "Code")]
-    code: &'a str,
-    #[serde(rename = "Message")]
-    message: &'a str,
-    #[serde(rename = "RequestId")]
-    request_id: &'a str,
-    #[serde(rename = "HostId")]
-    host_id: &'a str,
-}
-
 impl IntoResponse for MnsError {
     fn into_response(self) -> Response {
         let id = request_id();
         // Messages quote what the client sent (a query value may decode to U+0001).
-        let message = crate::deliver::format::xml_text(&self.message);
-        let body = to_xml(&ErrorXml {
+        let message = xml_text(&self.message);
+        let body = to_xml(&ErrorResp {
             xmlns: XMLNS,
             code: self.code,
             message: &message,

@@ -8,13 +8,12 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::MnsError;
 use super::xml::{
-    self, number, to_xml, ChangeVisibilityResp, DeleteErrorResp, DeleteErrorsResp, MessageReq,
-    MessageResp, MessagesReq, MessagesResp, QueueReq, QueueResp, QueueUrl, QueuesResp,
-    ReceiptHandlesReq, SentResp, UserProperties, XmlBody, XMLNS, XML_HEADERS,
+    self, message_text, number, to_xml, xml_text, ChangeVisibilityResp, DeleteErrorResp,
+    DeleteErrorsResp, MessageReq, MessageResp, MessagesReq, MessagesResp, QueueReq, QueueResp,
+    QueueUrl, QueuesResp, ReceiptHandlesReq, SentResp, UserProperties, XmlBody, XMLNS, XML_HEADERS,
 };
 use super::{base_url, check_logging, page, seconds, MnsQuery};
 use crate::api::AppState;
-use crate::deliver::format::{message_text, xml_text};
 use crate::store::{Message, QueueAttributesPatch, QueueInfo, SendRequest, StoreError};
 
 fn xml_ok(status: StatusCode, body: String) -> Response {

@@ -13,8 +13,8 @@ use super::xml::{
 };
 use super::{base_url, check_logging, page, seconds, MnsQuery, QUEUE_ENDPOINT_PREFIX};
 use crate::api::auth::{deny_queue, Caller};
-use crate::api::AppState;
 use crate::api::policy::Permission;
+use crate::api::AppState;
 use crate::store::{
     ContentFormat, Endpoint, HttpPush, NotifyStrategy, PublishRequest, StoreError,
     SubscriptionInfo, SubscriptionSpec, TopicInfo,

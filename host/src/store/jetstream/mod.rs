@@ -137,8 +137,7 @@ impl JetStream {
                 ))
             })?;
         let js = async_nats::jetstream::new(client);
-        let (key, catalog) =
-            until_ready(STARTUP_PATIENCE, || open_catalog(&js, &opts)).await?;
+        let (key, catalog) = until_ready(STARTUP_PATIENCE, || open_catalog(&js, &opts)).await?;
         let (submit, submitted) = mpsc::channel(SUBMIT_DEPTH);
         let store = JetStream {
             inner: Arc::new(Inner {
@@ -636,10 +635,7 @@ fn sub_info(r: SubRecord) -> SubscriptionInfo {
 const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Opens the meta bucket, claims the node id, loads the receipt key and opens the catalog.
-async fn open_catalog(
-    js: &Context,
-    opts: &JetStreamOptions,
-) -> Result<([u8; 32], Catalog)> {
+async fn open_catalog(js: &Context, opts: &JetStreamOptions) -> Result<([u8; 32], Catalog)> {
     let meta = open_bucket(js, &format!("{}_meta", opts.prefix), opts.replicas).await?;
     claim_node(&meta, opts.node_id, &opts.node_label).await?;
     let key = receipt_key(&meta).await?;

@@ -90,9 +90,10 @@ impl JetStream {
         let (js, replicas) = (&self.inner.js, self.inner.replicas);
         cell.get_or_try_init(|| async {
             // A bucket created a moment ago may not answer reads yet: wait for it like at start.
-            let bucket =
-                until_ready(STARTUP_PATIENCE, || RecordBucket::open(js, name.clone(), replicas))
-                    .await?;
+            let bucket = until_ready(STARTUP_PATIENCE, || {
+                RecordBucket::open(js, name.clone(), replicas)
+            })
+            .await?;
             Ok(Arc::new(bucket))
         })
         .await
@@ -155,7 +156,10 @@ impl JetStream {
     }
 
     /// The revision of the kind's local copy: it moves when any process changes a record.
-    pub(in crate::store) async fn record_changes(&self, kind: &str) -> Result<watch::Receiver<u64>> {
+    pub(in crate::store) async fn record_changes(
+        &self,
+        kind: &str,
+    ) -> Result<watch::Receiver<u64>> {
         Ok(self.bucket(kind).await?.changes())
     }
 }

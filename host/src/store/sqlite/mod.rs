@@ -72,7 +72,6 @@
 //! One process owns a data directory (`sluice.lock` is held with an exclusive file lock): the
 //! in-memory index requires a single writer.
 
-
 pub(crate) mod index;
 pub(crate) mod push_state;
 pub(crate) mod read;
@@ -105,6 +104,9 @@ use super::{metrics, PublishItem, Result};
 use writer::{Digest, Isolation, Request, When};
 
 pub(crate) use writer::MAX_UNITS_PER_REQUEST;
+
+/// The answer to one request of rule-output units: a result per unit, in order.
+pub(crate) type QueuedUnits = oneshot::Receiver<Result<Vec<Result<()>>>>;
 
 /// Wakers of long polls, one per queue name; shared by the store and the writer.
 pub(crate) type Notifiers = Arc<Mutex<HashMap<String, Arc<QueueWaker>>>>;
@@ -214,11 +216,7 @@ impl SqliteStore {
     // ----- requests -----
 
     /// Sends a request on the interactive lane and waits for its typed answer.
-    async fn submit<T>(
-        &self,
-        request: Request,
-        answer: oneshot::Receiver<Result<T>>,
-    ) -> Result<T> {
+    async fn submit<T>(&self, request: Request, answer: oneshot::Receiver<Result<T>>) -> Result<T> {
         let lanes = self.lanes.as_ref().ok_or(StoreError::Closed)?;
         lanes
             .interactive
@@ -362,7 +360,7 @@ impl SqliteStore {
     pub(crate) fn queue_units<'u, I: PublishItem + 'u>(
         &self,
         units: impl Iterator<Item = &'u [I]>,
-    ) -> Vec<(oneshot::Receiver<Result<Vec<Result<()>>>>, usize)> {
+    ) -> Vec<(QueuedUnits, usize)> {
         let mut units = units.peekable();
         let mut queued = Vec::new();
         while units.peek().is_some() {
@@ -684,9 +682,7 @@ impl SqliteStore {
 /// A publish unit with each message's [`Digest`], computed on the caller's thread. The
 /// attribute maps are dropped here too: the writer stores their JSON text, and a map freed on
 /// the thread that built it is cheaper than one freed on the writer's.
-fn digested(
-    items: Vec<(String, PublishRequest)>,
-) -> Result<Vec<(String, PublishRequest, Digest)>> {
+fn digested(items: Vec<(String, PublishRequest)>) -> Result<Vec<(String, PublishRequest, Digest)>> {
     items
         .into_iter()
         .map(|(topic, mut req)| {

@@ -13,21 +13,21 @@ use rusqlite::Connection;
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, watch};
 
-use crate::store::clock::Clock;
-use crate::store::error::StoreError;
 use super::index::{
     pack, unpack, Catalog, Journal, QueueIndex, QueueSql, QueueState, SubState, Tombstones,
     TopicState, Undo, Wake,
 };
-use crate::store::metrics::Counts;
 use super::receipt::Receipt;
 use super::schema::{queue_table, queue_table_ddl, Opened};
+use super::Notifiers;
+use crate::store::clock::Clock;
+use crate::store::error::StoreError;
+use crate::store::metrics::Counts;
 use crate::store::types::{
     Attributes, DeadLetterOrigin, Endpoint, Message, PublishRequest, Published, QueueAttributes,
     QueueInfo, SendRequest, Sent, StoreOptions, StorePaths, SubscriptionSpec, VisibilityChanged,
     DEFAULT_PRIORITY,
 };
-use super::Notifiers;
 
 mod catalog;
 mod checkpointer;
@@ -36,10 +36,10 @@ mod push;
 mod request;
 mod retention;
 mod syncer;
-pub(crate) use request::{Answer, Isolation, Request, When};
-use request::{Failed, Held, Pending};
 use crate::ids::{IdGenerator, MessageId};
 use crate::store::types::{md5_hex, md5_of};
+pub(crate) use request::{Answer, Isolation, Request, When};
+use request::{Failed, Held, Pending};
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 

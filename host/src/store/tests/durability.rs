@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-
 use super::{body_text, text, Env};
 use crate::store::{PublishRequest, StoreError, SubscriptionSpec};
 

@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use sluice_test_support::nats::LocalCluster;
 use sluice::store::jetstream::{JetStream, JetStreamOptions};
+use sluice_test_support::nats::LocalCluster;
 
 static SERVER: OnceLock<LocalCluster> = OnceLock::new();
 static NEXT_PREFIX: AtomicU32 = AtomicU32::new(0);

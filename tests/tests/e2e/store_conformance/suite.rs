@@ -11,9 +11,8 @@ use bytes::Bytes;
 use super::{body_text, text};
 use sluice::ids::now_ms;
 use sluice::store::{
-    Record,
     Endpoint, HttpPush, PublishRequest, PushDelivery, PushOutcome, PushResult, QueueAttributes,
-    SendRequest, Store, StoreError, StoreOptions, SubscriptionSpec,
+    Record, SendRequest, Store, StoreError, StoreOptions, SubscriptionSpec,
 };
 
 const NO_WAIT: Option<Duration> = Some(Duration::ZERO);
@@ -183,15 +182,27 @@ async fn records_are_kept_by_key_and_survive_a_reopen(mut s: Subject) {
         value: value.into(),
     };
     let st = s.store.clone();
-    assert!(st.insert_record("things", rec("pk/b", r#"{"n":1}"#)).await.unwrap());
-    assert!(!st.insert_record("things", rec("pk/b", r#"{"n":2}"#)).await.unwrap());
+    assert!(st
+        .insert_record("things", rec("pk/b", r#"{"n":1}"#))
+        .await
+        .unwrap());
+    assert!(!st
+        .insert_record("things", rec("pk/b", r#"{"n":2}"#))
+        .await
+        .unwrap());
     assert_eq!(
         st.get_record("things", "pk/b").await.unwrap().as_deref(),
         Some(r#"{"n":1}"#)
     );
-    st.put_record("things", rec("pk/b", r#"{"n":3}"#)).await.unwrap();
-    st.put_record("things", rec("pk/a.1", r#"{"n":4}"#)).await.unwrap();
-    st.put_record("other", rec("pk/a.1", r#"{"n":5}"#)).await.unwrap();
+    st.put_record("things", rec("pk/b", r#"{"n":3}"#))
+        .await
+        .unwrap();
+    st.put_record("things", rec("pk/a.1", r#"{"n":4}"#))
+        .await
+        .unwrap();
+    st.put_record("other", rec("pk/a.1", r#"{"n":5}"#))
+        .await
+        .unwrap();
     let keys: Vec<String> = st
         .list_records("things")
         .await
@@ -215,9 +226,15 @@ async fn records_are_kept_by_key_and_survive_a_reopen(mut s: Subject) {
     let field = |e: StoreError| e.field().map(str::to_owned);
     let e = st.put_record("Bad", rec("k", "{}")).await.unwrap_err();
     assert_eq!(field(e).as_deref(), Some("kind"));
-    let e = st.put_record("things", rec("a//b", "{}")).await.unwrap_err();
+    let e = st
+        .put_record("things", rec("a//b", "{}"))
+        .await
+        .unwrap_err();
     assert_eq!(field(e).as_deref(), Some("key"));
-    let e = st.put_record("things", rec("k", "{not json")).await.unwrap_err();
+    let e = st
+        .put_record("things", rec("k", "{not json"))
+        .await
+        .unwrap_err();
     assert_eq!(field(e).as_deref(), Some("value"));
 
     s.reopen().await;

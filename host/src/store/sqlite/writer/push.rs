@@ -5,14 +5,12 @@ use std::collections::HashMap;
 
 use rusqlite::{params, OptionalExtension};
 
-use super::super::push_state::{
-    overdue_spacing, PushCounters, PushMeta, PushSubState, PushUndo,
-};
+use super::super::push_state::{overdue_spacing, PushCounters, PushMeta, PushSubState, PushUndo};
+use super::*;
 use crate::store::push::{
     HttpPush, NotifyStrategy, PushCycle, PushDelivery, PushOutcome, PushResult, PushStatus,
     PushSubscription,
 };
-use super::*;
 use crate::store::sqlite::index::ROW_COLS;
 
 const SELECT_PENDING: &str = "SELECT message_id, body_md5, tag, attributes, publish_ms, \

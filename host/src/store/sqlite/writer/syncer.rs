@@ -218,7 +218,10 @@ mod tests {
 
     use super::*;
 
-    fn answer() -> (Answer, tokio::sync::oneshot::Receiver<crate::store::Result<()>>) {
+    fn answer() -> (
+        Answer,
+        tokio::sync::oneshot::Receiver<crate::store::Result<()>>,
+    ) {
         let (answer, rx) = tokio::sync::oneshot::channel();
         let held = super::super::request::Pending {
             answer,
