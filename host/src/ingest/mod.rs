@@ -19,8 +19,9 @@
 //!   `session` — one connection's loop; `acks` — the ordered acks it waits for;
 //! * `router` — downlink delivery to subscribed sessions, client-id takeover;
 //! * `external` — the broker client; `backoff` — its reconnect schedule;
-//! * `counters`, `error`; tests beside the code (`listener_tests.rs`, `external_tests.rs` use
-//!   real sockets, the latter a real Mosquitto).
+//! * `counters`, `error`; unit tests in `tests/` (`tests/listener.rs` against real MQTT
+//!   clients on real sockets; the external-broker tests, which need Mosquitto, are end-to-end
+//!   tests).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,9 +42,6 @@ pub mod router;
 mod session;
 pub mod status;
 mod thing_reply;
-
-#[cfg(test)]
-mod listener_tests;
 
 pub use backoff::Backoff;
 pub use counters::{IngestCounters, IngestCountersSnapshot};
@@ -304,32 +302,4 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn ack_resolves_and_dropping_counts_as_rejection() {
-        let (ack, rx) = Ack::channel();
-        assert!(ack.is_awaited());
-        ack.commit();
-        assert_eq!(rx.await.ok(), Some(AckOutcome::Committed));
-
-        let (ack, rx) = Ack::channel();
-        ack.reject("disk full");
-        assert_eq!(
-            rx.await.ok(),
-            Some(AckOutcome::Rejected("disk full".into()))
-        );
-
-        let (ack, rx) = Ack::channel();
-        drop(ack);
-        assert!(
-            rx.await.is_err(),
-            "a dropped ack must not read as committed"
-        );
-
-        let ack = Ack::detached();
-        assert!(!ack.is_awaited());
-        ack.commit();
-    }
-}
+mod tests;

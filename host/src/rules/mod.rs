@@ -27,7 +27,7 @@ pub mod trial;
 pub mod view;
 
 #[cfg(test)]
-mod sandbox_tests;
+mod tests;
 
 pub use actions::{Action, Grant};
 pub use engine::{Evaluation, MessageContext, RuleCounters, RuleEngine, RuleError, RuleWorker};

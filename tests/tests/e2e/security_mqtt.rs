@@ -338,9 +338,10 @@ async fn a_device_stored_under_a_reserved_product_key_cannot_sign_in() {
     {
         let db = rusqlite::Connection::open(data.join("sluice.db")).unwrap();
         db.execute_batch(
-            "INSERT INTO products (product_key, create_time_ms) VALUES ('sys', 1);
-             INSERT INTO devices (product_key, device_name, secret, tags, create_time_ms)
-             VALUES ('sys', 'a1pk', 'old-secret', '{}', 1);",
+            r#"INSERT INTO records (kind, key, value, update_time_ms) VALUES
+                 ('products', 'sys', '{"product_key":"sys","create_time_ms":1}', 1),
+                 ('devices', 'sys/a1pk', '{"product_key":"sys","device_name":"a1pk",
+                   "secret":"old-secret","tags":{},"create_time_ms":1}', 1);"#,
         )
         .unwrap();
     }

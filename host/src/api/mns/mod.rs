@@ -22,10 +22,10 @@
 pub(crate) mod error;
 pub(crate) mod query;
 mod queues;
+#[cfg(test)]
+mod tests;
 mod topics;
 pub(crate) mod xml;
-#[cfg(test)]
-mod xml_fuzz_tests;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderValue};

@@ -80,9 +80,6 @@ pub(crate) mod records;
 pub(crate) mod schema;
 mod writer;
 
-#[cfg(test)]
-mod push_tests;
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};

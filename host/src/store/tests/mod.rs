@@ -5,6 +5,7 @@ mod catalog;
 mod concurrency;
 mod durability;
 mod publish;
+mod push;
 mod queue;
 
 use std::sync::Arc;

@@ -20,8 +20,8 @@ use rumqttc::mqttbytes::QoS as Q4;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 
-use super::*;
 use crate::alloc_meter::peak_bytes;
+use crate::ingest::codec::*;
 
 /// Most bytes a decode may allocate per byte of the packet-size bound. Strings are copied
 /// once, and the smallest SUBSCRIBE filter (4 bytes on the wire) becomes a `(String, u8)`

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use super::actions::{Action, Grant};
-use super::runtime::*;
+use crate::rules::actions::{Action, Grant};
+use crate::rules::runtime::*;
 
 fn runtime() -> RuleRuntime {
     RuleRuntime::new(SandboxConfig {
@@ -337,7 +337,7 @@ fn a_log_loop_writes_at_most_the_caps_and_counts_the_rest() {
     let line = b"log line with a\nforged second line";
     let module = rt.load(&fixture("host_call_loop")).unwrap();
     let binding = Binding {
-        log: std::sync::Arc::new(super::rule_log::RuleLog::new("chatty")),
+        log: std::sync::Arc::new(crate::rules::rule_log::RuleLog::new("chatty")),
         ..Binding::default()
     };
     let mut instance = rt

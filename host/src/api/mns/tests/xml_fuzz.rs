@@ -17,9 +17,9 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use quick_xml::escape::escape;
 
-use super::error::MnsError;
-use super::xml::*;
 use crate::alloc_meter::peak_bytes;
+use crate::api::mns::error::MnsError;
+use crate::api::mns::xml::*;
 
 /// Most bytes a parse may allocate per byte of the body (each value is copied once or twice;
 /// quick-xml keeps a small buffer per nesting level).

@@ -1,0 +1,3 @@
+//! Unit tests of the MNS face, by topic.
+
+mod xml_fuzz;

@@ -1,0 +1,3 @@
+//! Unit tests of the rule sandbox as a whole, by topic.
+
+mod sandbox;
