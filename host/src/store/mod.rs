@@ -241,10 +241,11 @@ impl Store {
         &self.inner.counters
     }
 
-    /// Finishes the requests already queued and closes the backend (on SQLite: checkpoints the
-    /// WAL and stops the writer thread). Later calls on any clone fail with
-    /// [`StoreError::Closed`]. Dropping the last handle without calling it is safe too
-    /// (nothing acknowledged is lost either way).
+    /// On SQLite: finishes the requests already queued, checkpoints the WAL and stops the
+    /// writer thread; later calls on any clone fail with [`StoreError::Closed`]. On JetStream
+    /// every operation is answered when it is made and the cluster stays up, so there is
+    /// nothing to finish; the data directory's lock goes with the last handle. Dropping the
+    /// last handle without calling it is safe too (nothing acknowledged is lost either way).
     pub async fn close(&self) -> Result<()> {
         match &self.inner.backend {
             Backend::Sqlite(s) => s.close().await,
