@@ -15,8 +15,9 @@
 //! due time the store returned.
 //!
 //! # One attempt
-//! Render the body ([`format`]), sign it ([`sign`]: Standard Webhooks, fresh timestamp, same
-//! `webhook-id` on every attempt), POST it, and bound everything by the push timeout: connect,
+//! Render the body ([`format`]), sign it as the subscription's [`SigningMode`] says ([`sign`]:
+//! Standard Webhooks, fresh timestamp, same `webhook-id` on every attempt; [`mns_sign`]: the
+//! MNS `Authorization` signature with sluice's key from [`signing_keys`]; or both), POST it, and bound everything by the push timeout: connect,
 //! headers, and reading at most [`RESPONSE_BODY_CAP`] bytes of the answer (then discarded).
 //! [`classify`] turns the result into a verdict, [`schedule`] the verdict into the next due time
 //! or the end of the schedule.
@@ -28,8 +29,10 @@
 pub mod classify;
 pub mod egress;
 pub mod format;
+pub mod mns_sign;
 pub mod schedule;
 pub mod sign;
+pub mod signing_keys;
 mod worker;
 
 use std::sync::Arc;
@@ -38,6 +41,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
+#[cfg(doc)]
+use crate::store::SigningMode;
 
 pub use worker::{attempt_result, next_result};
 
@@ -62,6 +67,8 @@ pub struct DeliverConfig {
     pub shutdown_grace: Duration,
     /// Fixed DNS answers (tests: a name that resolves to a refused address). Still checked.
     pub resolve_overrides: Vec<(String, Vec<std::net::IpAddr>)>,
+    /// The keys that sign MNS-signed pushes; without them such pushes fail (and are retried).
+    pub signing_keys: Option<Arc<signing_keys::SigningKeys>>,
 }
 
 impl Default for DeliverConfig {
@@ -71,6 +78,7 @@ impl Default for DeliverConfig {
             retry_scale: 1.0,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             resolve_overrides: Vec::new(),
+            signing_keys: None,
         }
     }
 }

@@ -13,7 +13,8 @@ use super::classify::{classify_failure, classify_status, AttemptFailure, Verdict
 use super::egress::{check_url, EgressDenied, EgressPolicy, GuardedResolver};
 use super::schedule::{retry_delay, scaled};
 use super::sign::Signer;
-use super::{format, DeliverConfig, DeliverError, RESPONSE_BODY_CAP};
+use super::signing_keys::ActiveKey;
+use super::{format, mns_sign, DeliverConfig, DeliverError, RESPONSE_BODY_CAP};
 use crate::store::{
     Clock, NotifyStrategy, PushDelivery, PushOutcome, PushResult, PushSubscription, Store,
     StoreError,
@@ -385,7 +386,13 @@ async fn attempt(
     cfg: Arc<DeliverConfig>,
     clock: Arc<dyn Clock>,
 ) -> PushOutcome {
-    let verdict = attempt_result(&client, &sub, &signer, &d, &cfg.egress).await;
+    let verdict = match mns_key(&sub, &cfg).await {
+        Ok(key) => attempt_result(&client, &sub, &signer, key.as_deref(), &d, &cfg.egress).await,
+        Err(reason) => Verdict::Retry {
+            reason,
+            retry_after: None,
+        },
+    };
     let result = next_result(
         verdict,
         sub.push.strategy,
@@ -406,6 +413,33 @@ async fn attempt(
         }
     }
     PushOutcome { seq: d.seq, result }
+}
+
+/// The MNS signing key when the subscription signs the MNS way; why not when it cannot be had
+/// (the attempt then fails and is retried on the schedule).
+async fn mns_key(
+    sub: &PushSubscription,
+    cfg: &DeliverConfig,
+) -> Result<Option<Arc<ActiveKey>>, String> {
+    if !sub.push.signing.mns() {
+        return Ok(None);
+    }
+    let keys = cfg
+        .signing_keys
+        .as_ref()
+        .ok_or_else(|| "MNS signing: this process has no signing keys".to_string())?;
+    match keys.current().await {
+        Ok(k) => Ok(Some(k)),
+        Err(e) => {
+            let reason: String = format!("MNS signing key: {e}")
+                .chars()
+                .take(MAX_REASON_CHARS)
+                .collect();
+            tracing::warn!(topic = %sub.topic, subscription = %sub.name, error = %reason,
+                "cannot sign the push");
+            Err(reason)
+        }
+    }
 }
 
 /// What to record after an attempt: pure, so the whole schedule can be walked in tests.
@@ -445,10 +479,13 @@ pub fn next_result(
 }
 
 /// One POST of `d` to the subscription's endpoint, bounded by its push timeout, classified.
+/// Signed with `signer` (Standard Webhooks) and `mns` (the MNS signature) as the subscription's
+/// signing mode says; `mns` must be given when the mode includes MNS.
 pub async fn attempt_result(
     client: &reqwest::Client,
     sub: &PushSubscription,
     signer: &Signer,
+    mns: Option<&ActiveKey>,
     d: &PushDelivery,
     egress: &EgressPolicy,
 ) -> Verdict {
@@ -464,21 +501,40 @@ pub async fn attempt_result(
     }
     let deadline = Instant::now() + Duration::from_secs(sub.push.push_timeout_seconds.into());
     let rendered = format::render(sub.push.format, &sub.topic, &sub.name, d);
-    let timestamp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let signature = signer.signature(&d.message_id, timestamp, &rendered.body);
-    let mut req = client
-        .post(url)
-        .header(
-            CONTENT_TYPE,
-            HeaderValue::from_static(rendered.content_type),
-        )
-        .header("webhook-id", d.message_id.as_str())
-        .header("webhook-timestamp", timestamp)
-        .header("webhook-signature", signature);
-    for (k, v) in rendered.headers {
+    let now = SystemTime::now();
+    let mns_headers = match (sub.push.signing.mns(), mns) {
+        (false, _) => Vec::new(),
+        (true, Some(key)) => mns_sign::headers(
+            key,
+            &url,
+            rendered.content_type,
+            &rendered.body,
+            &rendered.headers,
+            now,
+        ),
+        (true, None) => {
+            return Verdict::Retry {
+                reason: "MNS signing: no signing key".into(),
+                retry_after: None,
+            }
+        }
+    };
+    let mut req = client.post(url).header(
+        CONTENT_TYPE,
+        HeaderValue::from_static(rendered.content_type),
+    );
+    if sub.push.signing.standard_webhooks() {
+        let timestamp = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let signature = signer.signature(&d.message_id, timestamp, &rendered.body);
+        req = req
+            .header("webhook-id", d.message_id.as_str())
+            .header("webhook-timestamp", timestamp)
+            .header("webhook-signature", signature);
+    }
+    for (k, v) in rendered.headers.into_iter().chain(mns_headers) {
         req = req.header(k, v);
     }
     let send = req.body(rendered.body).send();

@@ -50,7 +50,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::StoreError;
 pub use push::{
     ContentFormat, HttpPush, NotifyStrategy, PushCreated, PushCycle, PushDelivery, PushOutcome,
-    PushResult, PushSignals, PushStatus, PushSubscription,
+    PushResult, PushSignals, PushStatus, PushSubscription, SigningMode,
 };
 pub use records::Record;
 pub use types::QueueAttributesPatch;

@@ -60,6 +60,53 @@ pub enum NotifyStrategy {
     ExponentialDecayRetry,
 }
 
+/// How each push of a subscription is signed (docs/message-service.md, "Signing").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SigningMode {
+    /// Standard Webhooks headers (`webhook-id`, `webhook-timestamp`, `webhook-signature`),
+    /// HMAC-SHA256 with the subscription's secret. The default, and what a subscription stored
+    /// without a mode has.
+    #[default]
+    StandardWebhooks,
+    /// Alibaba Cloud MNS's push signature: `Authorization` holds base64 RSA-SHA1 over the MNS
+    /// string-to-sign, `x-mns-signing-cert-url` the base64 URL of sluice's signing certificate.
+    Mns,
+    /// Both header sets on every push.
+    Both,
+}
+
+impl SigningMode {
+    /// Its name in the API, the CLI and the stored spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningMode::StandardWebhooks => "standard-webhooks",
+            SigningMode::Mns => "mns",
+            SigningMode::Both => "both",
+        }
+    }
+
+    /// Parses `standard-webhooks`, `mns` or `both` (any case; `_` for `-`).
+    pub fn parse(s: &str) -> Option<SigningMode> {
+        match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "standard-webhooks" => Some(SigningMode::StandardWebhooks),
+            "mns" => Some(SigningMode::Mns),
+            "both" => Some(SigningMode::Both),
+            _ => None,
+        }
+    }
+
+    /// Whether pushes carry the Standard Webhooks headers.
+    pub fn standard_webhooks(self) -> bool {
+        matches!(self, SigningMode::StandardWebhooks | SigningMode::Both)
+    }
+
+    /// Whether pushes carry the MNS signature.
+    pub fn mns(self) -> bool {
+        matches!(self, SigningMode::Mns | SigningMode::Both)
+    }
+}
+
 /// The endpoint of an HTTP subscription and how it is pushed to.
 ///
 /// Stored in the subscription's spec (shown by `show`/`list`); the signing secret is not part of
@@ -85,6 +132,10 @@ pub struct HttpPush {
     /// Most requests in flight to this endpoint (1–256, default 32).
     #[serde(default = "default_concurrency")]
     pub max_concurrency: u32,
+    /// How pushes are signed; absent in specs stored before modes existed, which keep
+    /// Standard Webhooks.
+    #[serde(default)]
+    pub signing: SigningMode,
 }
 
 fn default_push_timeout() -> u32 {
@@ -96,7 +147,7 @@ fn default_concurrency() -> u32 {
 }
 
 impl HttpPush {
-    /// An endpoint with the defaults (BACKOFF_RETRY, XML, 5 s).
+    /// An endpoint with the defaults (BACKOFF_RETRY, XML, 5 s, Standard Webhooks signing).
     pub fn new(url: impl Into<String>) -> HttpPush {
         HttpPush {
             url: url.into(),
@@ -105,6 +156,7 @@ impl HttpPush {
             push_timeout_seconds: DEFAULT_PUSH_TIMEOUT_SECONDS,
             dead_letter_queue: None,
             max_concurrency: DEFAULT_PUSH_CONCURRENCY,
+            signing: SigningMode::default(),
         }
     }
 

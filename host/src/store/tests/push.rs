@@ -510,3 +510,50 @@ async fn a_strategy_change_reaches_reads_the_worker_and_a_restart() {
         .unwrap_err();
     assert!(matches!(err, StoreError::InvalidArgument { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn a_signing_mode_is_kept_and_a_spec_stored_without_one_is_standard_webhooks() {
+    // Proves: the signing mode round-trips through the stored spec (reads, the worker's view, a
+    // reopen), and a spec written before modes existed reads as Standard Webhooks.
+    use crate::store::SigningMode;
+    let mut env = Env::new();
+    env.store.create_topic("t").await.unwrap();
+    env.store
+        .create_subscription(
+            "t",
+            "m",
+            http_spec("http://127.0.0.1:9/", |p| p.signing = SigningMode::Mns),
+        )
+        .await
+        .unwrap();
+    env.reopen().await;
+    let Endpoint::Http(p) = env.store.get_subscription("t", "m").await.unwrap().spec.endpoint
+    else {
+        panic!("not HTTP")
+    };
+    assert_eq!(p.signing, SigningMode::Mns);
+    assert_eq!(
+        env.store.push_subscriptions().await.unwrap()[0].push.signing,
+        SigningMode::Mns
+    );
+    let old: SubscriptionSpec = serde_json::from_str(
+        r#"{"endpoint":{"http":{"url":"http://h/","strategy":"BACKOFF_RETRY","format":"XML",
+            "push_timeout_seconds":5,"dead_letter_queue":null,"max_concurrency":32}},
+            "filter_tag":null,"base64_body":false}"#,
+    )
+    .unwrap();
+    let Endpoint::Http(p) = old.endpoint else {
+        panic!("not HTTP")
+    };
+    assert_eq!(p.signing, SigningMode::StandardWebhooks);
+    assert_eq!(
+        serde_json::to_value(SigningMode::StandardWebhooks).unwrap(),
+        "standard-webhooks"
+    );
+    for m in [SigningMode::StandardWebhooks, SigningMode::Mns, SigningMode::Both] {
+        assert_eq!(SigningMode::parse(m.as_str()), Some(m));
+        assert_eq!(serde_json::to_value(m).unwrap(), m.as_str());
+    }
+    assert_eq!(SigningMode::parse("STANDARD_WEBHOOKS"), Some(SigningMode::StandardWebhooks));
+    assert_eq!(SigningMode::parse("rsa"), None);
+}
