@@ -100,6 +100,11 @@ pub struct Settings {
     /// production.
     #[arg(long, hide = true)]
     pub push_retry_scale: Option<f64>,
+    /// The HTTP API's base URL as push endpoints reach it (http(s)://HOST[:PORT][/PATH]); the
+    /// MNS signing certificate URL in MNS-signed pushes is built on it [default: the API's
+    /// listen address, with 127.0.0.1 for an unspecified one].
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
 
     /// Store durability: full (survives power loss) or normal (survives a process crash)
     /// [default: full].
@@ -810,6 +815,9 @@ pub struct ServeConfig {
     pub push_deny_private_networks: bool,
     /// Multiplies push retry waits (test knob, 1.0 in production).
     pub push_retry_scale: f64,
+    /// The API's base URL as push endpoints reach it, without a trailing `/`; `None`: derived
+    /// from the listen address at start.
+    pub public_url: Option<String>,
     /// Acknowledge publishes at once with rules and storage off (`sluice bench --baseline`).
     pub ingest_only: bool,
     /// Accept anonymous MQTT clients from any address (default: loopback only).
@@ -883,6 +891,7 @@ impl ServeConfig {
                 range: "0 < push_retry_scale <= 1".into(),
             });
         }
+        let public_url = public_url(s)?;
         use crate::api::console::{session, tail};
         let console_sessions = session::SessionLimits {
             per_key: pick!(s, console_max_sessions_per_key)
@@ -913,6 +922,7 @@ impl ServeConfig {
             http_tls,
             push_deny_private_networks: pick!(s, push_deny_private_networks).or(false),
             push_retry_scale,
+            public_url,
             http_listen,
             mqtt,
             synchronous: pick!(s, synchronous).or(Synchronous::default()),
@@ -936,6 +946,31 @@ impl ServeConfig {
             objects: file,
         })
     }
+}
+
+/// `public_url`, checked: an http(s) URL with a host and no query, user or fragment; the
+/// trailing `/` dropped.
+fn public_url(s: &Layers) -> Result<Option<String>, ConfigError> {
+    let picked = pick!(s, public_url);
+    let Some(text) = picked.value.clone() else {
+        return Ok(None);
+    };
+    let ok = reqwest::Url::parse(&text).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host().is_some()
+            && u.query().is_none()
+            && u.fragment().is_none()
+            && u.username().is_empty()
+            && u.password().is_none()
+    });
+    if !ok {
+        return Err(ConfigError::Malformed {
+            setting: picked.at(),
+            value: text,
+            expected: "an http:// or https:// URL with a host (and an optional path), no query",
+        });
+    }
+    Ok(Some(text.trim_end_matches('/').to_string()))
 }
 
 /// Reads and parses the config file.

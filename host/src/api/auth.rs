@@ -1,6 +1,7 @@
-//! Access-key checks for every request except `/healthz`: who is calling (`Authorization:
-//! Bearer ID:SECRET`, or the MNS signature `Authorization: MNS ID:SIGNATURE`) and whether the
-//! key's policy allows what the request does.
+//! Access-key checks for every request except `/healthz` and the push signing certificates
+//! (`GET /v1/signing-certificates/{id}.pem`, fetched by the endpoints that verify pushes): who
+//! is calling (`Authorization: Bearer ID:SECRET`, or the MNS signature `Authorization: MNS
+//! ID:SIGNATURE`) and whether the key's policy allows what the request does.
 //!
 //! The MNS signature is verified as Alibaba Cloud MNS does and as its SDKs build it
 //! (`aliyun-mns-sdk`, `MNSClient.get_signature`): base64 of HMAC-SHA1, keyed by the secret, over
@@ -181,7 +182,8 @@ pub fn is_mns_path(path: &str) -> bool {
 /// The middleware: authenticates, checks the policy, then runs the request.
 pub async fn check(State(keys): State<Arc<KeyRing>>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    if path == "/healthz" || super::console::is_open_path(&path) {
+    let open_certificate = req.method() == Method::GET && super::signing_certs::is_open_path(&path);
+    if path == "/healthz" || super::console::is_open_path(&path) || open_certificate {
         return next.run(req).await;
     }
     let mns = is_mns_path(&path);
@@ -608,6 +610,10 @@ mod tests {
         );
         assert_eq!(c(Method::GET, "/v1/rules", false).0, Resource::Admin);
         assert_eq!(c(Method::GET, "/v1/keys", false).0, Resource::Admin);
+        assert_eq!(
+            c(Method::POST, "/v1/signing-certificates/rotate", false).0,
+            Resource::Admin
+        );
         assert_eq!(c(Method::GET, "/metrics", false).0, Resource::Admin);
     }
 

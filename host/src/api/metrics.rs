@@ -88,6 +88,8 @@ struct Snapshot {
     pushes: Vec<(String, String, PushStatus)>,
     /// Push targets refused by the egress policy: (at creation, before connecting).
     egress_refused: (u64, u64),
+    /// Requests to the open signing certificate URL: (served, not found).
+    signing_certificates: (u64, u64),
     store: Arc<crate::store::metrics::StoreCounters>,
     sessions: super::console::session::SessionCounts,
     tails: super::console::tail::TailCounts,
@@ -191,6 +193,10 @@ impl Snapshot {
             egress_refused: (
                 state.push_egress.counters.refused_at_create.load(Relaxed),
                 state.push_egress.counters.refused_at_connect.load(Relaxed),
+            ),
+            signing_certificates: (
+                state.signing_keys.counters.served.load(Relaxed),
+                state.signing_keys.counters.not_found.load(Relaxed),
             ),
             store: counters,
             sessions: state.keys.sessions().counts(),
@@ -723,6 +729,25 @@ impl Collector for Snapshot {
             [
                 (vec![("at", "create".to_string())], self.egress_refused.0),
                 (vec![("at", "connect".to_string())], self.egress_refused.1),
+            ]
+            .map(|(labels, v)| (labels, counter(v))),
+        )?;
+
+        family(
+            &mut e,
+            "sluice_signing_certificate_requests",
+            "Requests to the open MNS signing certificate URL: certificates served, and requests \
+             for one that is not served (unknown id, grace over, malformed name).",
+            None,
+            [
+                (
+                    vec![("result", "served".to_string())],
+                    self.signing_certificates.0,
+                ),
+                (
+                    vec![("result", "not_found".to_string())],
+                    self.signing_certificates.1,
+                ),
             ]
             .map(|(labels, v)| (labels, counter(v))),
         )?;

@@ -1,7 +1,8 @@
 //! The HTTP API: JSON under `/v1/` (queues, topics, subscriptions, rules, keys), the
 //! MNS-compatible XML API (`/queues`, `/topics`, see [`mns`]), `/healthz`, and the web
-//! [`console`] under `/console/`. Every request but `/healthz` and the console's sign-in page and
-//! assets passes the access-key check of [`auth`] first.
+//! [`console`] under `/console/`. Every request but `/healthz`, the console's sign-in page and
+//! assets, and the push signing certificates ([`signing_certs`]) passes the access-key check of
+//! [`auth`] first.
 //! Handlers are thin: they parse, call the store or the rule registry, and shape the answer.
 
 pub mod auth;
@@ -18,6 +19,7 @@ pub mod policy;
 mod queues;
 mod rules;
 pub mod server;
+pub mod signing_certs;
 mod subscriptions;
 pub mod tls;
 mod topics;
@@ -70,6 +72,8 @@ pub struct Services {
     pub https: bool,
     /// Where HTTP subscriptions may push: checked when one is created (both API faces).
     pub push_egress: crate::deliver::egress::EgressPolicy,
+    /// The keys of MNS-signed pushes, whose certificates the API serves.
+    pub signing_keys: Arc<crate::deliver::signing_keys::SigningKeys>,
 }
 
 /// 2 MiB: the largest message (1 MiB) as base64 JSON fits; anything larger is cut off early.
@@ -126,6 +130,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/backup", get(backup::snapshot))
         .route("/v1/keys", get(keys::list).post(keys::create))
         .route("/v1/keys/{id}", get(keys::show).delete(keys::delete))
+        .route("/v1/signing-certificates", get(signing_certs::list))
+        .route(
+            "/v1/signing-certificates/rotate",
+            post(signing_certs::rotate),
+        )
+        .route(
+            "/v1/signing-certificates/{file}",
+            get(signing_certs::certificate),
+        )
         .route("/v1/topics", get(topics::list))
         .route(
             "/v1/topics/{topic}",

@@ -2,7 +2,8 @@
 //! also delivery counters, enable/disable, secret rotation and dead letters.
 //!
 //! The signing secret of an HTTP subscription is in the answer to the create call only (`201`,
-//! field `secret`); `show` and `list` never include it.
+//! field `secret`); `show` and `list` never include it. An HTTP subscription's `signing` mode
+//! (`standard-webhooks`, the default; `mns`; `both`) is shown in its `endpoint.http`.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -16,7 +17,7 @@ use super::json::JsonBody;
 use super::AppState;
 use crate::api::policy::Permission;
 use crate::store::{
-    ContentFormat, Endpoint, HttpPush, NotifyStrategy, StoreError, SubscriptionInfo,
+    ContentFormat, Endpoint, HttpPush, NotifyStrategy, SigningMode, StoreError, SubscriptionInfo,
     SubscriptionSpec,
 };
 
@@ -34,6 +35,17 @@ pub struct SubscriptionBody {
     push_timeout_seconds: Option<u32>,
     dead_letter_queue: Option<String>,
     max_concurrency: Option<u32>,
+    signing: Option<String>,
+}
+
+/// `standard-webhooks`, `mns` or `both` (any case).
+pub fn parse_signing(s: &str) -> Result<SigningMode, ApiError> {
+    SigningMode::parse(s).ok_or_else(|| {
+        ApiError::invalid(
+            "signing",
+            format!("`{s}`: use standard-webhooks, mns or both"),
+        )
+    })
 }
 
 /// `BACKOFF_RETRY` / `backoff`, `EXPONENTIAL_DECAY_RETRY` / `exponential` (any case).
@@ -69,6 +81,7 @@ impl SubscriptionBody {
             ("push_timeout_seconds", self.push_timeout_seconds.is_some()),
             ("dead_letter_queue", self.dead_letter_queue.is_some()),
             ("max_concurrency", self.max_concurrency.is_some()),
+            ("signing", self.signing.is_some()),
         ];
         let endpoint = match (self.queue, self.http) {
             (Some(_), Some(_)) => {
@@ -111,6 +124,9 @@ impl SubscriptionBody {
                 }
                 if let Some(c) = self.max_concurrency {
                     push.max_concurrency = c;
+                }
+                if let Some(m) = &self.signing {
+                    push.signing = parse_signing(m)?;
                 }
                 push.dead_letter_queue = self.dead_letter_queue;
                 Endpoint::Http(push)

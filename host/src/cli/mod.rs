@@ -12,6 +12,7 @@ pub mod output;
 pub mod queue;
 pub mod rule;
 pub mod serve;
+pub mod signing_cert;
 pub mod sql;
 pub mod sub;
 pub mod topic;
@@ -74,6 +75,9 @@ pub enum Command {
     /// Access keys of the HTTP API: create (prints the secret once), list, delete.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Certificates of the key that signs MNS-signed pushes: list, rotate (admin).
+    #[command(subcommand)]
+    SigningCert(signing_cert::SigningCertCommand),
 }
 
 /// Runs a parsed command line.
@@ -97,5 +101,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args, cli.server, cli.key, cli.ca_cert, cli.json).await,
         Command::Backup(args) => backup::run(args, &client, cli.json).await,
         Command::Key(cmd) => key::run(cmd, &client, cli.json).await,
+        Command::SigningCert(cmd) => signing_cert::run(cmd, &client, cli.json).await,
     }
 }

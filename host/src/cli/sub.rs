@@ -1,5 +1,5 @@
 //! `sluice sub ...`: subscriptions of topics — queue ones and HTTP push ones (with delivery
-//! counters, enable/disable, secret rotation and dead letters).
+//! counters, signing mode, enable/disable, secret rotation and dead letters).
 
 use clap::Subcommand;
 use serde_json::{json, Value};
@@ -40,6 +40,11 @@ pub enum SubCommand {
         /// Most pushes in flight to the endpoint (1-256) [default: 32].
         #[arg(long, requires = "http")]
         max_concurrency: Option<u32>,
+        /// How pushes are signed: standard-webhooks (HMAC with the subscription's secret), mns
+        /// (the MNS Authorization signature with sluice's RSA key) or both
+        /// [default: standard-webhooks].
+        #[arg(long, requires = "http", value_name = "MODE")]
+        signing: Option<String>,
         /// Only messages with this tag.
         #[arg(long)]
         filter_tag: Option<String>,
@@ -124,13 +129,22 @@ fn endpoint(s: &Value) -> String {
         format!("queue {q}")
     } else if let Some(url) = e["http"]["url"].as_str() {
         format!(
-            "{url} ({}, {})",
+            "{url} ({}, {}, {} signing)",
             output::cell(&e["http"]["format"]),
-            output::cell(&e["http"]["strategy"])
+            output::cell(&e["http"]["strategy"]),
+            signing(s)
         )
     } else {
         output::cell(e)
     }
+}
+
+/// An HTTP subscription's signing mode (`standard-webhooks` when the spec has none).
+fn signing(s: &Value) -> String {
+    s["endpoint"]["http"]["signing"]
+        .as_str()
+        .unwrap_or("standard-webhooks")
+        .to_string()
 }
 
 fn push_state(s: &Value) -> String {
@@ -160,6 +174,7 @@ fn print_sub(v: &Value) {
         ));
         pairs.push(("max_concurrency", output::cell(&h["max_concurrency"])));
         pairs.push(("dead_letter_queue", output::cell(&h["dead_letter_queue"])));
+        pairs.push(("signing", signing(v)));
     }
     let p = &v["push"];
     if !p.is_null() {
@@ -201,6 +216,7 @@ pub async fn run(cmd: SubCommand, client: &Client, as_json: bool) -> anyhow::Res
             push_timeout_seconds,
             dead_letter_queue,
             max_concurrency,
+            signing,
             filter_tag,
         } => {
             let mut body = json!({"filter_tag": filter_tag});
@@ -218,6 +234,7 @@ pub async fn run(cmd: SubCommand, client: &Client, as_json: bool) -> anyhow::Res
                     ),
                     ("dead_letter_queue", dead_letter_queue.map(Value::from)),
                     ("max_concurrency", max_concurrency.map(Value::from)),
+                    ("signing", signing.map(Value::from)),
                 ] {
                     if let Some(v) = v {
                         body[k] = v;
@@ -247,10 +264,12 @@ pub async fn run(cmd: SubCommand, client: &Client, as_json: bool) -> anyhow::Res
                     .unwrap_or_default()
                     .iter()
                     .map(|s| {
+                        let http = !s["endpoint"]["http"].is_null();
                         vec![
                             output::cell(&s["name"]),
                             output::clip(&endpoint(s), 60),
                             output::cell(&s["filter_tag"]),
+                            if http { signing(s) } else { "-".into() },
                             push_state(s),
                             output::cell(&s["push"]["backlog"]),
                             output::cell(&s["push"]["delivered_total"]),
@@ -258,7 +277,15 @@ pub async fn run(cmd: SubCommand, client: &Client, as_json: bool) -> anyhow::Res
                     })
                     .collect();
                 output::table(
-                    &["subscription", "endpoint", "filter tag", "push", "backlog", "delivered"],
+                    &[
+                        "subscription",
+                        "endpoint",
+                        "filter tag",
+                        "signing",
+                        "push",
+                        "backlog",
+                        "delivered",
+                    ],
                     rows,
                     &format!("no subscriptions on {topic} yet — add one with `sluice sub create {topic} NAME --queue QUEUE` or `--http URL`"),
                 );

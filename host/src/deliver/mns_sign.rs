@@ -100,7 +100,10 @@ pub fn headers(
     let md5 = content_md5(body);
     let added: [(&'static str, String); 3] = [
         ("x-mns-request-id", request_id()),
-        ("x-mns-signing-cert-url", B64.encode(key.cert_url.as_bytes())),
+        (
+            "x-mns-signing-cert-url",
+            B64.encode(key.cert_url.as_bytes()),
+        ),
         ("x-mns-version", MNS_VERSION.to_string()),
     ];
     let mut signed: Vec<(&str, &str)> = added.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -159,14 +162,18 @@ mod tests {
              x-mns-version:2015-06-06\n/notifications"
         );
         // No x-mns- header: the headers part is empty.
-        assert_eq!(string_to_sign("post", "", "", "D", &[], "/"), "POST\n\n\nD\n/");
+        assert_eq!(
+            string_to_sign("post", "", "", "D", &[], "/"),
+            "POST\n\n\nD\n/"
+        );
     }
 
     #[test]
     fn content_md5_date_and_resource_have_the_mns_shapes() {
         // The example's Content-MD5 is base64 of a lower-case hex digest.
         assert_eq!(
-            B64.decode("ZDgxNjY5ZjFlMDQ5MGM0YWMwMWE5ODlmZDVlYmQxYjI=").unwrap(),
+            B64.decode("ZDgxNjY5ZjFlMDQ5MGM0YWMwMWE5ODlmZDVlYmQxYjI=")
+                .unwrap(),
             b"d81669f1e0490c4ac01a989fd5ebd1b2"
         );
         assert_eq!(

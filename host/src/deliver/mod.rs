@@ -40,9 +40,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Store;
 #[cfg(doc)]
 use crate::store::SigningMode;
+use crate::store::Store;
 
 pub use worker::{attempt_result, next_result};
 

@@ -231,7 +231,9 @@ impl SigningKeys {
             let key = generate(now).await?;
             // On a shared store another process may generate at the same moment: both are
             // stored, and every process signs with the same newest one.
-            self.store.insert_record(SIGNING_KEYS, record(&key)?).await?;
+            self.store
+                .insert_record(SIGNING_KEYS, record(&key)?)
+                .await?;
             keys = self.load().await?;
         }
         let stored = pick_current(&keys).ok_or(SigningKeyError::Store(StoreError::invalid(
@@ -328,7 +330,10 @@ impl SigningKeys {
 
     /// Makes a new key the current one; the keys it replaces keep their certificates served
     /// for `grace` seconds. Keys whose grace has ended are deleted.
-    pub async fn rotate(&self, grace_seconds: u32) -> Result<Vec<CertificateInfo>, SigningKeyError> {
+    pub async fn rotate(
+        &self,
+        grace_seconds: u32,
+    ) -> Result<Vec<CertificateInfo>, SigningKeyError> {
         if grace_seconds > MAX_GRACE_SECONDS {
             return Err(SigningKeyError::Grace(grace_seconds));
         }
@@ -341,7 +346,9 @@ impl SigningKeys {
                 return Err(SigningKeyError::TooMany);
             }
             let new = generate(now).await?;
-            self.store.insert_record(SIGNING_KEYS, record(&new)?).await?;
+            self.store
+                .insert_record(SIGNING_KEYS, record(&new)?)
+                .await?;
             let until = now + u64::from(grace_seconds) * 1000;
             for mut old in live.into_iter().filter(|k| k.retired_time_ms.is_none()) {
                 old.retired_time_ms = Some(now);
@@ -445,7 +452,10 @@ mod tests {
         let a = keys.current().await.unwrap();
         assert_eq!(
             a.cert_url,
-            format!("http://sluice.test:8080/v1/signing-certificates/{}.pem", a.id)
+            format!(
+                "http://sluice.test:8080/v1/signing-certificates/{}.pem",
+                a.id
+            )
         );
         assert_eq!(keys.current().await.unwrap().id, a.id, "cached");
         assert_eq!(store.list_records(SIGNING_KEYS).await.unwrap().len(), 1);
@@ -473,7 +483,86 @@ mod tests {
         store.close().await.unwrap();
         let store = open(dir.path(), clock);
         let again = SigningKeys::new(store, "http://sluice.test:8080");
-        assert_eq!(again.current().await.unwrap().id, a.id, "kept across a restart");
+        assert_eq!(
+            again.current().await.unwrap().id,
+            a.id,
+            "kept across a restart"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_mns_headers_of_a_push_verify_from_what_the_receiver_sees() {
+        // Proves: the headers a push carries are enough to rebuild its string-to-sign (the
+        // content format's x-mns- headers included), the Authorization signature verifies,
+        // and a changed body (its Content-MD5) or header does not.
+        use base64::Engine;
+        use reqwest::header::{HeaderName, HeaderValue};
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), Arc::new(ManualClock::new(T0)));
+        let keys = SigningKeys::new(store, "https://s.example");
+        let key = keys.current().await.unwrap();
+        let url = reqwest::Url::parse("http://endpoint:1/notify?x=1").unwrap();
+        let format = [(
+            HeaderName::from_static("x-mns-message-id"),
+            HeaderValue::from_static("ABC"),
+        )];
+        let hs = crate::deliver::mns_sign::headers(
+            &key,
+            &url,
+            "text/plain; charset=utf-8",
+            b"hello",
+            &format,
+            std::time::SystemTime::now(),
+        );
+        let get = |n: &str| {
+            hs.iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            b64.decode(get("x-mns-signing-cert-url")).unwrap(),
+            key.cert_url.as_bytes()
+        );
+        assert_eq!(get("x-mns-version"), "2015-06-06");
+        let received: Vec<(String, String)> = hs
+            .iter()
+            .chain(&format)
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        let rebuild = |md5: &str, extra: Option<(&str, &str)>| {
+            let mut h: Vec<(&str, &str)> = received
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            h.extend(extra);
+            crate::deliver::mns_sign::string_to_sign(
+                "POST",
+                md5,
+                "text/plain; charset=utf-8",
+                &get("date"),
+                &h,
+                "/notify?x=1",
+            )
+        };
+        let sig = b64.decode(get("authorization")).unwrap();
+        let sig = rsa::pkcs1v15::Signature::try_from(&sig[..]).unwrap();
+        let vk = key.verifying_key();
+        vk.verify(rebuild(&get("content-md5"), None).as_bytes(), &sig)
+            .unwrap();
+        assert_eq!(
+            get("content-md5"),
+            crate::deliver::mns_sign::content_md5(b"hello")
+        );
+        let other = crate::deliver::mns_sign::content_md5(b"hellO");
+        assert!(vk.verify(rebuild(&other, None).as_bytes(), &sig).is_err());
+        assert!(vk
+            .verify(
+                rebuild(&get("content-md5"), Some(("x-mns-message-tag", "t"))).as_bytes(),
+                &sig
+            )
+            .is_err());
     }
 
     /// The SubjectPublicKeyInfo inside a certificate's DER: the SEQUENCE that starts with the
@@ -534,10 +623,20 @@ mod tests {
         for _ in 0..MAX_SIGNING_KEYS - 1 {
             keys.rotate(3600).await.unwrap();
         }
-        assert!(matches!(keys.rotate(3600).await, Err(SigningKeyError::TooMany)));
+        assert!(matches!(
+            keys.rotate(3600).await,
+            Err(SigningKeyError::TooMany)
+        ));
         use std::sync::atomic::Ordering::Relaxed;
         let before = keys.counters.not_found.load(Relaxed);
-        for bad in ["", "UPPER", "a/b", "../x", &"a".repeat(65), "0123456789abcdef"] {
+        for bad in [
+            "",
+            "UPPER",
+            "a/b",
+            "../x",
+            &"a".repeat(65),
+            "0123456789abcdef",
+        ] {
             assert!(keys.certificate_pem(bad).await.unwrap().is_none(), "{bad}");
         }
         assert_eq!(keys.counters.not_found.load(Relaxed), before + 6);

@@ -222,7 +222,11 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     let ingest = ingest::ingest_stage(&config, ports.mqtt.take(), &engine, &shutdown)?;
     let pipeline = start_pipeline(&config, &engine, &store, ingest.republisher.clone());
     let intake = ingest::start_intake(&config, ingest.intake, &pipeline, shutdown.child_token());
-    let (deliver, deliver_stop, push_egress) = start_deliver(&config, &store);
+    let signing_keys = Arc::new(crate::deliver::signing_keys::SigningKeys::new(
+        store.clone(),
+        &public_url(&config, ports.scheme(), ports.http_addr),
+    ));
+    let (deliver, deliver_stop, push_egress) = start_deliver(&config, &store, &signing_keys);
     let http_limiter = ConnLimiter::new(ConnLimits {
         max_total: config.http_limits.max_connections,
         max_per_ip: config.http_limits.max_connections_per_ip,
@@ -243,6 +247,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         tails: Arc::new(crate::api::console::tail::Tails::new(config.console_tails)),
         https: ports.https.is_some(),
         push_egress,
+        signing_keys,
     };
     let scheme = ports.scheme();
     let http_addr = ports.http_addr;
@@ -430,6 +435,7 @@ fn start_pipeline(
 fn start_deliver(
     config: &ServeConfig,
     store: &Store,
+    signing_keys: &Arc<crate::deliver::signing_keys::SigningKeys>,
 ) -> (
     JoinHandle<()>,
     CancellationToken,
@@ -442,6 +448,7 @@ fn start_deliver(
         crate::deliver::DeliverConfig {
             egress: egress.clone(),
             retry_scale: config.push_retry_scale,
+            signing_keys: Some(signing_keys.clone()),
             ..crate::deliver::DeliverConfig::default()
         },
         stop.clone(),
@@ -518,13 +525,7 @@ fn announce_ready(
     );
     // The admin key under this server's URL, for the CLI on this machine (before the ready
     // line on stdout, so whoever waits for it finds the key).
-    let own_url = {
-        let mut a = http_addr;
-        if a.ip().is_unspecified() {
-            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        format!("{scheme}://{a}")
-    };
+    let own_url = local_url(scheme, http_addr);
     let config_dir = crate::credentials::config_dir()?;
     crate::credentials::store(
         &config_dir,
@@ -542,6 +543,24 @@ fn announce_ready(
     // One machine-readable line on stdout for scripts and tests that start on port 0.
     println!("sluice ready {scheme}={http_addr} {mqtt_desc}");
     Ok(())
+}
+
+/// The API's URL on this machine: the listen address, with 127.0.0.1 for an unspecified one.
+fn local_url(scheme: &str, http_addr: SocketAddr) -> String {
+    let mut a = http_addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("{scheme}://{a}")
+}
+
+/// The API's base URL as push endpoints reach it: `public_url`, else [`local_url`] (which only
+/// endpoints on this machine reach; the docs say to set `public_url` for others).
+fn public_url(config: &ServeConfig, scheme: &str, http_addr: SocketAddr) -> String {
+    config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| local_url(scheme, http_addr))
 }
 
 /// The running stages, stopped in order by [`Running::drain`].

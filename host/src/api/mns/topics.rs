@@ -16,7 +16,7 @@ use crate::api::auth::{deny_queue, Caller};
 use crate::api::policy::Permission;
 use crate::api::AppState;
 use crate::store::{
-    ContentFormat, Endpoint, HttpPush, NotifyStrategy, PublishRequest, StoreError,
+    ContentFormat, Endpoint, HttpPush, NotifyStrategy, PublishRequest, SigningMode, StoreError,
     SubscriptionInfo, SubscriptionSpec, TopicInfo,
 };
 
@@ -229,6 +229,9 @@ fn spec_of(req: SubscriptionReq) -> Result<SubscriptionSpec, MnsError> {
         Endpoint::Queue(queue)
     } else if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
         let mut push = HttpPush::new(endpoint);
+        // An MNS application verifies MNS signatures: pushes of subscriptions made on this face
+        // carry them (docs/message-service.md, "Signing").
+        push.signing = SigningMode::Mns;
         if let Some(s) = strategy {
             push.strategy = s;
         }
@@ -288,14 +291,35 @@ pub async fn subscribe_or_set(
             return Err(MnsError::new(d.status, d.code, d.message));
         }
     }
-    let created = state.store.create_subscription(&topic, &name, spec).await?;
     let url = format!("{}/topics/{topic}/subscriptions/{name}", base_url(&headers));
+    if let Ok(existing) = state.store.get_subscription(&topic, &name).await {
+        if same_but_signing(&existing.spec, &spec) {
+            // Stored with another signing mode (one made before modes existed signs with
+            // Standard Webhooks): the same subscription, kept as it is.
+            return Ok((StatusCode::NO_CONTENT, [(header::LOCATION, url)]).into_response());
+        }
+    }
+    let created = state.store.create_subscription(&topic, &name, spec).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::NO_CONTENT
     };
     Ok((status, [(header::LOCATION, url)]).into_response())
+}
+
+/// Whether two specs differ at most in their HTTP signing mode.
+fn same_but_signing(stored: &SubscriptionSpec, wanted: &SubscriptionSpec) -> bool {
+    match (&stored.endpoint, &wanted.endpoint) {
+        (Endpoint::Http(a), Endpoint::Http(b)) => {
+            let mut a = a.clone();
+            a.signing = b.signing;
+            a == *b
+                && stored.filter_tag == wanted.filter_tag
+                && stored.base64_body == wanted.base64_body
+        }
+        _ => false,
+    }
 }
 
 /// SetSubscriptionAttributes: MNS lets only NotifyStrategy change. It applies to HTTP

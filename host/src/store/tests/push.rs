@@ -527,13 +527,21 @@ async fn a_signing_mode_is_kept_and_a_spec_stored_without_one_is_standard_webhoo
         .await
         .unwrap();
     env.reopen().await;
-    let Endpoint::Http(p) = env.store.get_subscription("t", "m").await.unwrap().spec.endpoint
+    let Endpoint::Http(p) = env
+        .store
+        .get_subscription("t", "m")
+        .await
+        .unwrap()
+        .spec
+        .endpoint
     else {
         panic!("not HTTP")
     };
     assert_eq!(p.signing, SigningMode::Mns);
     assert_eq!(
-        env.store.push_subscriptions().await.unwrap()[0].push.signing,
+        env.store.push_subscriptions().await.unwrap()[0]
+            .push
+            .signing,
         SigningMode::Mns
     );
     let old: SubscriptionSpec = serde_json::from_str(
@@ -550,10 +558,17 @@ async fn a_signing_mode_is_kept_and_a_spec_stored_without_one_is_standard_webhoo
         serde_json::to_value(SigningMode::StandardWebhooks).unwrap(),
         "standard-webhooks"
     );
-    for m in [SigningMode::StandardWebhooks, SigningMode::Mns, SigningMode::Both] {
+    for m in [
+        SigningMode::StandardWebhooks,
+        SigningMode::Mns,
+        SigningMode::Both,
+    ] {
         assert_eq!(SigningMode::parse(m.as_str()), Some(m));
         assert_eq!(serde_json::to_value(m).unwrap(), m.as_str());
     }
-    assert_eq!(SigningMode::parse("STANDARD_WEBHOOKS"), Some(SigningMode::StandardWebhooks));
+    assert_eq!(
+        SigningMode::parse("STANDARD_WEBHOOKS"),
+        Some(SigningMode::StandardWebhooks)
+    );
     assert_eq!(SigningMode::parse("rsa"), None);
 }
