@@ -11,6 +11,7 @@ mod jetstream;
 mod metrics;
 mod mns;
 mod push;
+mod push_signing;
 mod rules_wasm;
 mod security_api;
 mod security_mqtt;
