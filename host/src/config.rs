@@ -1522,6 +1522,42 @@ mod tests {
     }
 
     #[test]
+    fn public_url_is_an_http_url_without_query_and_loses_its_trailing_slash() {
+        let load = |url: &str| {
+            ServeConfig::load(
+                None,
+                Settings {
+                    public_url: Some(url.into()),
+                    ..Default::default()
+                },
+            )
+        };
+        assert_eq!(
+            load("https://sluice.example.com/api/").unwrap().public_url,
+            Some("https://sluice.example.com/api".into())
+        );
+        assert_eq!(
+            ServeConfig::load(None, Settings::default())
+                .unwrap()
+                .public_url,
+            None
+        );
+        for bad in [
+            "ftp://h/",
+            "https://h/?a=1",
+            "https://u:p@h/",
+            "not a url",
+            "https://h/#f",
+        ] {
+            let err = load(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("--public-url") && err.contains(bad),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn a_flag_beats_the_file_which_beats_the_default_and_errors_name_where_a_value_came_from() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sluice.toml");
