@@ -378,6 +378,46 @@ impl Collector for Snapshot {
                     "Saved persistent sessions dropped after their expiry.",
                     i.saved_sessions_expired_total,
                 ),
+                (
+                    "sluice_mqtt_rrpc_calls",
+                    "Synchronous calls (RRPC) that started waiting for a device's answer.",
+                    i.rrpc_calls_total,
+                ),
+                (
+                    "sluice_mqtt_rrpc_answered",
+                    "Synchronous calls the device answered in time.",
+                    i.rrpc_answered_total,
+                ),
+                (
+                    "sluice_mqtt_rrpc_timeouts",
+                    "Synchronous calls that ended without an answer.",
+                    i.rrpc_timeouts_total,
+                ),
+                (
+                    "sluice_mqtt_rrpc_refused",
+                    "Synchronous calls refused because the most allowed were waiting already.",
+                    i.rrpc_refused_total,
+                ),
+                (
+                    "sluice_mqtt_offline_stored",
+                    "QoS 1 downlink messages kept for an offline persistent session.",
+                    i.offline_stored_total,
+                ),
+                (
+                    "sluice_mqtt_offline_refused",
+                    "Downlink messages refused because the session's offline store was full.",
+                    i.offline_refused_total,
+                ),
+                (
+                    "sluice_mqtt_offline_expired",
+                    "Kept downlink messages dropped unsent after their retention.",
+                    i.offline_expired_total,
+                ),
+                (
+                    "sluice_mqtt_offline_delivered",
+                    "Kept downlink messages the device acknowledged after it came back.",
+                    i.offline_delivered_total,
+                ),
             ] {
                 family(&mut e, name, help, None, one(counter(v)))?;
             }

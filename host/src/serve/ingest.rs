@@ -11,11 +11,14 @@ use crate::config::{MqttMode, ServeConfig};
 use crate::conn_limit::ConnLimits;
 use crate::devices::DownlinkPath;
 use crate::ingest::router::RouterLimits;
+use crate::ingest::SessionStore as _;
 use crate::ingest::{
     ExternalBroker, ExternalConfig, IngestCounters, ListenerConfig, MqttListener, SessionRouter,
 };
 use crate::pipeline::{Pipeline, Republisher, DEFAULT_QUEUE_DEPTH};
 use crate::rules::RuleEngine;
+use crate::session_store::StoredSessions;
+use crate::store::Store;
 
 use super::ServeError;
 
@@ -33,6 +36,8 @@ pub(super) fn listener_config(config: &ServeConfig) -> ListenerConfig {
             max_subscriptions_per_session: l.max_subscriptions_per_session,
             max_saved_sessions: l.max_saved_sessions,
             saved_session_expiry: secs(l.saved_session_expiry_secs),
+            offline_retention: secs(l.offline_retention_secs),
+            max_waiting_calls: l.max_waiting_calls,
         },
         connections: ConnLimits {
             max_total: l.max_connections,
@@ -210,4 +215,45 @@ fn ack_everything() -> crate::ingest::IngestSink {
         }
     });
     tx.into()
+}
+
+/// The task that keeps persistent MQTT sessions durable, and how to stop it.
+pub(super) struct SessionKeeper {
+    task: JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl SessionKeeper {
+    /// Makes the listener's persistent sessions durable in `store`: the sessions saved there
+    /// are taken back (before the listener accepts anyone), and changes are written as they
+    /// happen until [`SessionKeeper::finish`].
+    pub(super) async fn start(
+        config: &ServeConfig,
+        store: &Store,
+        router: &SessionRouter,
+    ) -> Result<SessionKeeper, ServeError> {
+        let sessions = StoredSessions::new(
+            store.clone(),
+            config.mqtt_limits.max_kept_per_session,
+            router.counters().clone(),
+        );
+        let saved = sessions
+            .sessions()
+            .await
+            .map_err(|e| ServeError::Sessions(e.to_string()))?;
+        if !saved.is_empty() {
+            tracing::info!(sessions = saved.len(), "persistent MQTT sessions restored");
+        }
+        router.attach_store(Arc::new(sessions));
+        router.restore(saved);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(router.clone().persist(stop.clone()));
+        Ok(SessionKeeper { task, stop })
+    }
+
+    /// Writes what the closing sessions changed, then stops (call once intake has ended).
+    pub(super) async fn finish(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
 }

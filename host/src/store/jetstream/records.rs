@@ -155,6 +155,70 @@ impl JetStream {
         Ok(out)
     }
 
+    /// The records of the kind under `parent`, from the local copy, by record key.
+    pub(in crate::store) async fn list_records_under(
+        &self,
+        kind: &str,
+        parent: &str,
+    ) -> Result<Vec<Record>> {
+        let bucket = self.bucket(kind).await?;
+        let mut out = Vec::new();
+        for (kv, value) in bucket.with_prefix(&format!("{}.", record_key(parent))) {
+            let key = from_kv_key(&kv).ok_or_else(|| {
+                StoreError::Internal(format!(
+                    "bucket {}_{kind} holds key `{kv}`, which sluice did not write",
+                    self.inner.prefix
+                ))
+            })?;
+            out.push(Record {
+                key,
+                value: value.get().to_owned(),
+            });
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// How many records of the kind lie under `parent`, from the local copy.
+    pub(in crate::store) async fn count_records_under(
+        &self,
+        kind: &str,
+        parent: &str,
+    ) -> Result<usize> {
+        let bucket = self.bucket(kind).await?;
+        Ok(bucket
+            .with_prefix(&format!("{}.", record_key(parent)))
+            .len())
+    }
+
+    /// Removes records by key (one key-value delete each: JetStream has no multi-key commit).
+    pub(in crate::store) async fn delete_records(
+        &self,
+        kind: &str,
+        keys: Vec<String>,
+    ) -> Result<usize> {
+        let mut n = 0;
+        for key in keys {
+            n += usize::from(self.delete_record(kind, &key).await?);
+        }
+        Ok(n)
+    }
+
+    /// Removes every record of the kind under `parent`.
+    pub(in crate::store) async fn delete_records_under(
+        &self,
+        kind: &str,
+        parent: &str,
+    ) -> Result<usize> {
+        let keys = self
+            .list_records_under(kind, parent)
+            .await?
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        self.delete_records(kind, keys).await
+    }
+
     /// The revision of the kind's local copy: it moves when any process changes a record.
     pub(in crate::store) async fn record_changes(
         &self,
