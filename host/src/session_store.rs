@@ -359,6 +359,89 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_router_on_the_store_restores_sessions_and_forgets_evicted_ones() {
+        // Proves the router and the store together: a persistent session written by one
+        // router is restored by the next on the same store (session present, downlink kept for
+        // it while away), and a session evicted past the saved-session cap is removed from the
+        // store with its kept messages.
+        use crate::ingest::router::{RouterLimits, SessionRouter};
+        use tokio::sync::mpsc;
+        use tokio_util::sync::CancellationToken;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let device = DeviceIdentity {
+            product_key: "pk".into(),
+            device_name: "dn".into(),
+        };
+        let limits = RouterLimits {
+            max_saved_sessions: 1,
+            ..RouterLimits::default()
+        };
+        let start = |store: Store| {
+            let counters = Arc::new(IngestCounters::default());
+            let router = SessionRouter::with_limits(counters.clone(), limits);
+            let sessions = StoredSessions::new(store, 10, counters);
+            (router, sessions)
+        };
+        let keep = Some(std::time::Duration::from_secs(3600));
+        let persist = |router: &SessionRouter| {
+            let stop = CancellationToken::new();
+            (tokio::spawn(router.clone().persist(stop.clone())), stop)
+        };
+
+        let (router, sessions) = start(store.clone());
+        router.attach_store(Arc::new(sessions));
+        let (task, stop) = persist(&router);
+        let (tx, _rx) = mpsc::channel(4);
+        let client: Arc<str> = "pk.dn|securemode=2|".into();
+        let reg = router.register(client.clone(), Some(device.clone()), tx, keep);
+        router.subscribe(reg.session_id, &[("/pk/dn/user/#", 1)]);
+        router.unregister(reg.session_id, &client);
+        let kept = router
+            .keep_for_offline(&device, "/pk/dn/user/get", Bytes::from_static(b"m1"))
+            .await
+            .unwrap();
+        assert_eq!(kept, 1);
+        stop.cancel();
+        task.await.unwrap();
+
+        let (router, sessions) = start(store.clone());
+        let saved = sessions.sessions().await.unwrap();
+        assert_eq!(saved.len(), 1);
+        assert!(saved[0].closed_at_ms.is_some());
+        router.attach_store(Arc::new(sessions.clone()));
+        router.restore(saved);
+        let (task, stop) = persist(&router);
+        let (tx, _rx) = mpsc::channel(4);
+        let back = router.register(client.clone(), Some(device.clone()), tx, keep);
+        assert!(back.session_present, "restored from the store");
+        let kept = sessions.kept(&client).await.unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(&kept[0].payload[..], b"m1");
+        router.unregister(back.session_id, &client);
+
+        // A second device's session takes the only saved place: the first goes, kept
+        // messages and all.
+        let (tx, _rx) = mpsc::channel(4);
+        let other: Arc<str> = "other".into();
+        let reg = router.register(other.clone(), None, tx, keep);
+        router.unregister(reg.session_id, &other);
+        stop.cancel();
+        task.await.unwrap();
+        let left: Vec<String> = sessions
+            .sessions()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.client_id)
+            .collect();
+        assert_eq!(left, vec!["other".to_string()]);
+        assert!(store.list_records(KEPT).await.unwrap().is_empty());
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn kept_messages_of_removed_sessions_are_dropped_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
