@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::ingest::keep::{KeepError, KeptMessage, SavedState, SessionStore, StoreFuture};
+use crate::ingest::keep::{kept_id, KeepError, KeptMessage, SavedState, SessionStore, StoreFuture};
 use crate::ingest::{DeviceIdentity, IngestCounters};
 use crate::store::{Record, Store, StoreError};
 
@@ -104,15 +104,21 @@ impl StoredSessions {
                 closed_at_ms: d.closed_at_ms,
             });
         }
-        self.drop_orphans(&out).await?;
         Ok(out)
     }
 
-    /// Kept messages whose session is gone (removed while a message was being kept for it) are
-    /// deleted at start, so nothing is kept for good.
-    async fn drop_orphans(&self, sessions: &[SavedState]) -> Result<(), KeepError> {
-        let live: std::collections::HashSet<String> =
-            sessions.iter().map(|s| session_key(&s.client_id)).collect();
+    /// Deletes kept messages whose session is gone (it was removed while a message was being
+    /// kept for it), so nothing is kept for good; called at start. A message kept in the last
+    /// minute is left alone: on a shared store another process may be keeping it for a session
+    /// it has just saved.
+    pub async fn drop_orphans(&self) -> Result<(), KeepError> {
+        let live: std::collections::HashSet<String> = self
+            .load_sessions()
+            .await?
+            .iter()
+            .map(|s| session_key(&s.client_id))
+            .collect();
+        let recent = kept_id(crate::ingest::now_ms().saturating_sub(60_000));
         let orphans: Vec<String> = self
             .store
             .list_records(KEPT)
@@ -120,7 +126,10 @@ impl StoredSessions {
             .map_err(storage)?
             .into_iter()
             .map(|r| r.key)
-            .filter(|k| !k.split('/').next().is_some_and(|s| live.contains(s)))
+            .filter(|k| {
+                let (session, id) = k.split_once('/').unwrap_or((k, ""));
+                !live.contains(session) && id < recent.as_str()
+            })
             .collect();
         if !orphans.is_empty() {
             tracing::info!(
@@ -442,13 +451,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn kept_messages_of_removed_sessions_are_dropped_at_start() {
+    async fn kept_messages_of_removed_sessions_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
         let s = StoredSessions::new(store.clone(), 10, Arc::new(IngestCounters::default()));
         s.keep("gone", &message("001", u64::MAX / 2)).await.unwrap();
-        assert!(s.sessions().await.unwrap().is_empty());
-        assert!(store.list_records(KEPT).await.unwrap().is_empty());
+        let fresh = kept_id(crate::ingest::now_ms());
+        s.keep("gone", &message(&fresh, u64::MAX / 2))
+            .await
+            .unwrap();
+        s.drop_orphans().await.unwrap();
+        let left = store.list_records(KEPT).await.unwrap();
+        assert_eq!(
+            left.len(),
+            1,
+            "a message kept this minute may belong to a session just saved"
+        );
+        assert!(left[0].key.ends_with(&fresh));
         store.close().await.unwrap();
     }
 }

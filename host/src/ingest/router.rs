@@ -606,36 +606,77 @@ impl SessionRouter {
     /// off by a crash and counts as closed now; one past its expiry is dropped (and removed from
     /// the store).
     pub fn restore(&self, states: Vec<SavedState>) {
-        let now = now_ms();
-        let max_keep = self.inner.limits.saved_session_expiry;
         for st in states {
-            let client_id: Arc<str> = Arc::from(st.client_id.as_str());
-            let closed_at_ms = st.closed_at_ms.unwrap_or(now).min(now);
-            let keep = Duration::from_secs(st.expiry_secs).min(max_keep);
-            let left = keep.saturating_sub(Duration::from_millis(now - closed_at_ms));
-            if left.is_zero() {
-                bump(&self.inner.counters.saved_sessions_expired_total);
-                self.mark_dirty(&client_id);
+            self.restore_one(st);
+        }
+    }
+
+    fn restore_one(&self, st: SavedState) {
+        let now = now_ms();
+        let client_id: Arc<str> = Arc::from(st.client_id.as_str());
+        let closed_at_ms = st.closed_at_ms.unwrap_or(now).min(now);
+        let keep = Duration::from_secs(st.expiry_secs).min(self.inner.limits.saved_session_expiry);
+        let left = keep.saturating_sub(Duration::from_millis(now - closed_at_ms));
+        if left.is_zero() {
+            bump(&self.inner.counters.saved_sessions_expired_total);
+            self.mark_dirty(&client_id);
+            return;
+        }
+        let filters = st
+            .filters
+            .into_iter()
+            .map(|(f, q)| (f.into_boxed_str(), q.min(1)))
+            .collect();
+        self.save(
+            client_id,
+            SavedSession {
+                identity: st.identity,
+                filters,
+                keep,
+                closed_at_ms,
+                seq: 0,
+                expires_at: Instant::now() + left,
+            },
+            false,
+        );
+    }
+
+    /// Takes in the sessions other processes sharing the store saved (JetStream): a session
+    /// closed elsewhere replaces the copy here, so downlink to its device is kept for it; one
+    /// open elsewhere, or gone from the store, is dropped here (the store is not touched).
+    /// Sessions connected here, or changed here and not yet written, are left alone.
+    pub fn follow_saved(&self, states: Vec<SavedState>) {
+        let dirty = self
+            .inner
+            .dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let connected: HashSet<Arc<str>> = self
+            .inner
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        let ours = |id: &Arc<str>| connected.contains(id) || dirty.contains(id);
+        let mut in_store: HashSet<Arc<str>> = HashSet::with_capacity(states.len());
+        for st in states {
+            let id: Arc<str> = Arc::from(st.client_id.as_str());
+            in_store.insert(id.clone());
+            if ours(&id) {
                 continue;
             }
-            let filters = st
-                .filters
-                .into_iter()
-                .map(|(f, q)| (f.into_boxed_str(), q.min(1)))
-                .collect();
-            self.save(
-                client_id,
-                SavedSession {
-                    identity: st.identity,
-                    filters,
-                    keep,
-                    closed_at_ms,
-                    seq: 0,
-                    expires_at: Instant::now() + left,
-                },
-                false,
-            );
+            if st.closed_at_ms.is_some() {
+                self.restore_one(st);
+            } else {
+                self.lock_saved().by_client.remove(&id);
+            }
         }
+        self.lock_saved()
+            .by_client
+            .retain(|id, _| in_store.contains(id) || ours(id));
     }
 
     /// Writes changed sessions to the attached store until `shutdown` (then once more), and

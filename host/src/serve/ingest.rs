@@ -17,7 +17,7 @@ use crate::ingest::{
 };
 use crate::pipeline::{Pipeline, Republisher, DEFAULT_QUEUE_DEPTH};
 use crate::rules::RuleEngine;
-use crate::session_store::StoredSessions;
+use crate::session_store::{StoredSessions, SESSIONS};
 use crate::store::Store;
 
 use super::ServeError;
@@ -237,17 +237,24 @@ impl SessionKeeper {
             config.mqtt_limits.max_kept_per_session,
             router.counters().clone(),
         );
-        let saved = sessions
-            .sessions()
-            .await
-            .map_err(|e| ServeError::Sessions(e.to_string()))?;
+        let failed = |e: crate::ingest::KeepError| ServeError::Sessions(e.to_string());
+        sessions.drop_orphans().await.map_err(failed)?;
+        let saved = sessions.sessions().await.map_err(failed)?;
         if !saved.is_empty() {
             tracing::info!(sessions = saved.len(), "persistent MQTT sessions restored");
         }
-        router.attach_store(Arc::new(sessions));
+        router.attach_store(Arc::new(sessions.clone()));
         router.restore(saved);
         let stop = CancellationToken::new();
         let task = tokio::spawn(router.clone().persist(stop.clone()));
+        if let Some(changes) = store.record_changes(SESSIONS).await? {
+            tokio::spawn(follow_sessions(
+                sessions,
+                router.clone(),
+                changes,
+                stop.clone(),
+            ));
+        }
         Ok(SessionKeeper { task, stop })
     }
 
@@ -255,5 +262,30 @@ impl SessionKeeper {
     pub(super) async fn finish(self) {
         self.stop.cancel();
         let _ = self.task.await;
+    }
+}
+
+/// On a store shared by several processes (JetStream), keeps the router's view of the
+/// persistent sessions other processes saved current, so downlink to a device that was last
+/// connected elsewhere is kept for it here too.
+async fn follow_sessions(
+    sessions: StoredSessions,
+    router: SessionRouter,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+        // Every change (this process's own included) moves the revision: read at most once a
+        // second, whatever the rate of changes.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        changes.borrow_and_update();
+        match sessions.sessions().await {
+            Ok(states) => router.follow_saved(states),
+            Err(e) => tracing::warn!("cannot follow the shared MQTT sessions: {e}"),
+        }
     }
 }

@@ -262,6 +262,58 @@ async fn a_message_in_flight_at_a_disconnect_is_resent_with_dup_and_the_cap_hold
     sluice.stop();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_jetstream_a_message_sent_through_one_process_waits_for_the_device_at_another() {
+    // Proves the offline downlink on the JetStream store shared by two processes: a device's
+    // persistent session saved through process a is seen by process b, so a downlink sent
+    // through b while the device is away is kept (202) in the cluster, and the device finds it
+    // when it reconnects to b, with its session present.
+    use sluice_test_support::nats::LocalCluster;
+    let cluster = LocalCluster::start(3, true);
+    let (store, monitors) = (cluster.servers().join(","), cluster.monitors().join(","));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let start = |name: &str, node: &str| {
+        Sluice::start(
+            &dir.path().join(name),
+            &[
+                "--store",
+                &store,
+                "--nats-monitor",
+                &monitors,
+                "--node-id",
+                node,
+                "--config",
+                &config,
+            ],
+        )
+    };
+    let a = start("a", "1");
+    let b = start("b", "2");
+
+    let (client, mut ev, _) = connect(device_options(a.mqtt_port, false)).await;
+    subscribe(&client, &mut ev, "/pk/dev1/user/get").await;
+    disconnect(client, ev).await;
+    wait_online(&a.api(), false).await;
+
+    let api_b = b.api();
+    let kept = crate::push::wait_for(Duration::from_secs(15), async || {
+        downlink(&api_b, "via-b", 1).await.0 == 202
+    })
+    .await;
+    assert!(
+        kept,
+        "b learns of the session a saved and keeps the message"
+    );
+
+    let (_client, mut ev, present) = connect(device_options(b.mqtt_port, false)).await;
+    assert!(present, "the session saved through a continues on b");
+    let got = receive(&mut ev, 1, Duration::from_secs(10)).await;
+    assert_eq!(got.first().map(|(_, p, _)| p.as_str()), Some("via-b"));
+    a.stop();
+    b.stop();
+}
+
 /// The SDK device: its stdin (a line stops it) and its events.
 struct SdkDevice {
     child: std::process::Child,
