@@ -263,6 +263,89 @@ async fn a_message_in_flight_at_a_disconnect_is_resent_with_dup_and_the_cap_hold
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_device_keeps_its_session_only_with_a_session_expiry() {
+    // Proves the MQTT 5 rule: clean start 0 with a session expiry interval above 0 keeps the
+    // session (downlink kept while away, delivered on return); clean start 0 with no expiry
+    // does not (the session ends with the connection, so the device counts as gone: 409).
+    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet as P5};
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Opts5};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let sluice = Sluice::start(&dir.path().join("data"), &["--config", &config]);
+    let api = sluice.api();
+    let port = sluice.mqtt_port;
+    let options = |expiry: Option<u32>| {
+        let (cid, user, pass) = sluice::devices::auth::sign(
+            "pk",
+            "dev1",
+            SECRET,
+            sluice::devices::auth::SignMethod::HmacSha256,
+            "1700000000000",
+        );
+        let mut o = Opts5::new(cid, "127.0.0.1", port);
+        o.set_credentials(user, pass);
+        o.set_clean_start(false);
+        let mut props = ConnectProperties::new();
+        props.session_expiry_interval = expiry;
+        o.set_connect_properties(props);
+        o
+    };
+    // Connects, optionally subscribes, collects publishes for `wait`, disconnects.
+    let session = |expiry: Option<u32>, subscribe: bool, wait: Duration| async move {
+        let (client, mut ev) = Client5::new(options(expiry), 16);
+        if subscribe {
+            client
+                .subscribe("/pk/dev1/user/get", Q5::AtLeastOnce)
+                .await
+                .unwrap();
+        }
+        let mut got = Vec::new();
+        let mut present = None;
+        let _ = tokio::time::timeout(wait, async {
+            loop {
+                match ev.poll().await {
+                    Ok(Event5::Incoming(P5::ConnAck(a))) => present = Some(a.session_present),
+                    Ok(Event5::Incoming(P5::SubAck(_))) => return,
+                    Ok(Event5::Incoming(P5::Publish(p))) => {
+                        got.push(String::from_utf8_lossy(&p.payload).into_owned())
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("MQTT 5 connection failed: {e}"),
+                }
+            }
+        })
+        .await;
+        client.disconnect().await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while ev.poll().await.is_ok() {}
+        })
+        .await;
+        (present, got)
+    };
+
+    session(Some(600), true, Duration::from_secs(10)).await;
+    wait_online(&api, false).await;
+    let (status, v) = downlink(&api, "for-v5", 1).await;
+    assert_eq!(status, 202, "{v}");
+    let (present, got) = session(Some(600), false, Duration::from_secs(3)).await;
+    assert_eq!(present, Some(true));
+    assert_eq!(got, ["for-v5"]);
+
+    // No expiry: the session ends with this connection.
+    session(None, true, Duration::from_secs(10)).await;
+    wait_online(&api, false).await;
+    let (status, v) = downlink(&api, "nobody", 1).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("DeviceOffline")),
+        "{v}"
+    );
+    sluice.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_jetstream_a_message_sent_through_one_process_waits_for_the_device_at_another() {
     // Proves the offline downlink on the JetStream store shared by two processes: a device's
     // persistent session saved through process a is seen by process b, so a downlink sent
