@@ -115,6 +115,8 @@ struct Outgoing {
     payload: Bytes,
     /// Set when it came from the store (acked: forget it there).
     kept_id: Option<String>,
+    /// The order it was sent in (packet ids wrap, so they do not tell).
+    sent: u64,
 }
 
 /// What a persistent session tracks of its kept messages.
@@ -170,6 +172,8 @@ struct Session {
     out_inflight: HashMap<u16, Outgoing>,
     out_window: usize,
     next_pkid: u16,
+    /// Counts QoS 1 downlink sent, to order [`Outgoing`].
+    sent: u64,
     max_inflight: usize,
     /// 1.5 x the client's keep-alive, or the maximum idle time when the client disabled it.
     keep_alive: Duration,
@@ -212,6 +216,7 @@ impl Session {
             out_inflight: HashMap::new(),
             out_window: c.out_window,
             next_pkid: 0,
+            sent: 0,
             max_inflight: c.max_inflight,
             keep_alive: c.keep_alive,
             idle_bound: c.idle_bound,
@@ -458,29 +463,33 @@ impl Session {
         let client_id = self.info.client_id.clone();
         let retention = self.ctx.router.limits().offline_retention;
         let expires_at_ms = now_ms() + retention.as_millis() as u64;
-        let mut inflight: Vec<(u16, Outgoing)> = self.out_inflight.drain().collect();
-        // Packet ids wrap; the kept id of store messages, and the order sent otherwise.
-        inflight.sort_by_key(|(pkid, _)| *pkid);
-        let mut leftovers: Vec<KeptMessage> = Vec::new();
-        for (_, out) in inflight {
-            leftovers.push(KeptMessage {
+        let mut inflight: Vec<Outgoing> = self.out_inflight.drain().map(|(_, o)| o).collect();
+        inflight.sort_by_key(|o| o.sent);
+        // (message, new to the store): a message that came from the store keeps its id, and
+        // so its place; the others get ids in the order they were sent or queued.
+        let mut leftovers: Vec<(KeptMessage, bool)> = Vec::new();
+        for out in inflight {
+            let new = out.kept_id.is_none();
+            let message = KeptMessage {
                 id: out.kept_id.unwrap_or_else(|| kept_id(now_ms())),
                 topic: out.topic.to_string(),
                 payload: out.payload,
                 dup: true,
                 expires_at_ms,
-            });
+            };
+            leftovers.push((message, new));
         }
         self.downlink_rx.close();
         while let Ok(d) = self.downlink_rx.try_recv() {
             if d.qos == 1 {
-                leftovers.push(KeptMessage {
+                let message = KeptMessage {
                     id: kept_id(now_ms()),
                     topic: d.topic.to_string(),
                     payload: d.payload,
                     dup: false,
                     expires_at_ms,
-                });
+                };
+                leftovers.push((message, true));
             }
         }
         let acked = std::mem::take(&mut kept.acked);
@@ -493,9 +502,10 @@ impl Session {
             return;
         }
         let counters = &self.ctx.counters;
-        for m in &leftovers {
+        for (m, new) in &leftovers {
             match store.keep(&client_id, m).await {
-                Ok(()) => bump(&counters.offline_stored_total),
+                Ok(()) if *new => bump(&counters.offline_stored_total),
+                Ok(()) => {}
                 Err(e) => {
                     if matches!(e, KeepError::Full { .. }) {
                         bump(&counters.offline_refused_total);
@@ -712,12 +722,14 @@ impl Session {
         );
         match encoded {
             Ok(()) if pkid != 0 => {
+                self.sent += 1;
                 self.out_inflight.insert(
                     pkid,
                     Outgoing {
                         topic,
                         payload,
                         kept_id,
+                        sent: self.sent,
                     },
                 );
             }
