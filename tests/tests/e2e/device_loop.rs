@@ -28,15 +28,20 @@ fn write_config(dir: &Path) -> String {
     path.display().to_string()
 }
 
-/// MQTT options of `pk/dev1` signed in with its secret, as the device SDKs sign.
-fn device_options(port: u16, clean_session: bool) -> MqttOptions {
-    let (cid, user, pass) = sluice::devices::auth::sign(
+/// The client id, user name and password of `pk/dev1`, signed as the device SDKs sign.
+fn sign_in() -> (String, String, String) {
+    sluice::devices::auth::sign(
         "pk",
         "dev1",
         SECRET,
         sluice::devices::auth::SignMethod::HmacSha256,
         "1700000000000",
-    );
+    )
+}
+
+/// MQTT options of `pk/dev1` signed in with its secret.
+fn device_options(port: u16, clean_session: bool) -> MqttOptions {
+    let (cid, user, pass) = sign_in();
     let mut o = MqttOptions::new(cid, "127.0.0.1", port);
     o.set_credentials(user, pass);
     o.set_keep_alive(Duration::from_secs(30));
@@ -277,13 +282,7 @@ async fn an_mqtt5_device_keeps_its_session_only_with_a_session_expiry() {
     let api = sluice.api();
     let port = sluice.mqtt_port;
     let options = |expiry: Option<u32>| {
-        let (cid, user, pass) = sluice::devices::auth::sign(
-            "pk",
-            "dev1",
-            SECRET,
-            sluice::devices::auth::SignMethod::HmacSha256,
-            "1700000000000",
-        );
+        let (cid, user, pass) = sign_in();
         let mut o = Opts5::new(cid, "127.0.0.1", port);
         o.set_credentials(user, pass);
         o.set_clean_start(false);

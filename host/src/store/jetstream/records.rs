@@ -138,21 +138,7 @@ impl JetStream {
     /// Every record of the kind, from the local copy, by record key.
     pub(in crate::store) async fn list_records(&self, kind: &str) -> Result<Vec<Record>> {
         let bucket = self.bucket(kind).await?;
-        let mut out = Vec::new();
-        for (kv, value) in bucket.all() {
-            let key = from_kv_key(&kv).ok_or_else(|| {
-                StoreError::Internal(format!(
-                    "bucket {}_{kind} holds key `{kv}`, which sluice did not write",
-                    self.inner.prefix
-                ))
-            })?;
-            out.push(Record {
-                key,
-                value: value.get().to_owned(),
-            });
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        self.records_of(kind, bucket.all())
     }
 
     /// The records of the kind under `parent`, from the local copy, by record key.
@@ -162,8 +148,16 @@ impl JetStream {
         parent: &str,
     ) -> Result<Vec<Record>> {
         let bucket = self.bucket(kind).await?;
-        let mut out = Vec::new();
-        for (kv, value) in bucket.with_prefix(&format!("{}.", record_key(parent))) {
+        self.records_of(
+            kind,
+            bucket.with_prefix(&format!("{}.", record_key(parent))),
+        )
+    }
+
+    /// Bucket entries of `kind` as records, by record key.
+    fn records_of(&self, kind: &str, entries: Vec<(String, Box<RawValue>)>) -> Result<Vec<Record>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for (kv, value) in entries {
             let key = from_kv_key(&kv).ok_or_else(|| {
                 StoreError::Internal(format!(
                     "bucket {}_{kind} holds key `{kv}`, which sluice did not write",
