@@ -31,7 +31,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 mod acks;
-mod backoff;
+pub(crate) mod backoff;
 mod codec;
 mod connect;
 mod counters;
