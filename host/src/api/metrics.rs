@@ -777,6 +777,13 @@ impl Collector for Snapshot {
         )?;
         family(
             &mut e,
+            "sluice_store_unavailable_retries",
+            "Store operations tried again because the message store could not take them for a moment (JetStream: a stream or consumer without a leader during an election, no answer in time); a request that then succeeded was only slower.",
+            None,
+            one(counter(self.store.unavailable_retries.load(Relaxed))),
+        )?;
+        family(
+            &mut e,
             "sluice_store_commit",
             "Time one group commit took (at synchronous=FULL the fsync is sluice_store_sync, on its own thread).",
             Some(&Unit::Seconds),

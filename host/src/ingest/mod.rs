@@ -33,7 +33,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 mod acks;
-mod backoff;
+pub(crate) mod backoff;
 mod codec;
 mod connect;
 mod counters;

@@ -58,7 +58,7 @@ pub use types::{
     validate_name, Attributes, DeadLetterOrigin, Endpoint, Message, PublishRequest, Published,
     QueueAttributes, QueueInfo, SendRequest, Sent, StoreOptions, SubscriptionInfo,
     SubscriptionSpec, Synchronous, TopicInfo, VisibilityChanged, DEFAULT_PRIORITY, MAX_BATCH,
-    MAX_MESSAGE_SIZE_CAP, MAX_PUBLISH_UNIT, MAX_WAIT_SECONDS,
+    MAX_MESSAGE_SIZE_CAP, MAX_NAME_LEN, MAX_PUBLISH_UNIT, MAX_WAIT_SECONDS,
 };
 
 use types::check_range;
