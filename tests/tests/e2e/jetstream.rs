@@ -204,7 +204,7 @@ async fn two_sluice_processes_share_one_cluster_and_each_message_is_received_onc
 async fn a_nats_node_killed_under_load_loses_nothing_acknowledged() {
     // Proves: SIGKILL of the queue's stream leader while publishers run loses no acknowledged
     // message, and refuses no send: sends during the election wait for the new leader (the
-    // store retries them within the request's 10 s deadline, with the same deduplicating ids)
+    // store retries them within the request's 15 s deadline, with the same deduplicating ids)
     // and answer late instead of failing. Reports the longest send and the store's retries.
     let mut cluster = LocalCluster::start(3, true);
     let dir = tempfile::tempdir().unwrap();

@@ -22,8 +22,9 @@ use crate::ingest::backoff::Backoff;
 use crate::store::metrics::StoreCounters;
 
 /// How long one store operation keeps trying through an unavailable stream: the request's
-/// deadline. An election after a node died takes up to about 9 s on an idle cluster.
-pub(super) const PATIENCE: Duration = Duration::from_secs(10);
+/// deadline. An election after a node died takes up to about 9 s on an idle cluster (NATS's
+/// election timeout is drawn between 4 and 9 s); the rest is margin for a loaded machine.
+pub(super) const PATIENCE: Duration = Duration::from_secs(15);
 
 /// The first pause between tries, doubled up to [`MAX_PAUSE`] (each with jitter).
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
