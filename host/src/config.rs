@@ -175,9 +175,20 @@ pub struct Settings {
     #[arg(long, help_heading = "Limits")]
     pub mqtt_max_saved_sessions: Option<usize>,
     /// How long a saved persistent MQTT session is kept after its connection closed, seconds
-    /// [default: 172800].
+    /// [default: 604800].
     #[arg(long, help_heading = "Limits")]
     pub mqtt_saved_session_expiry_secs: Option<u64>,
+    /// How long a QoS 1 downlink message kept for an offline persistent session waits to be
+    /// delivered, seconds [default: 604800].
+    #[arg(long, help_heading = "Limits")]
+    pub mqtt_offline_retention_secs: Option<u64>,
+    /// Most undelivered downlink messages kept for one offline persistent session; more are
+    /// refused [default: 1000].
+    #[arg(long, help_heading = "Limits")]
+    pub mqtt_max_kept_per_session: Option<usize>,
+    /// Most synchronous calls (RRPC) waiting for devices' answers at once [default: 1024].
+    #[arg(long, help_heading = "Limits")]
+    pub mqtt_max_waiting_calls: Option<usize>,
     /// Time a new MQTT connection has for its TLS handshake and CONNECT, seconds [default: 10].
     #[arg(long, help_heading = "Limits")]
     pub mqtt_connect_timeout_secs: Option<u64>,
@@ -496,6 +507,12 @@ pub struct MqttLimits {
     pub max_saved_sessions: usize,
     /// `mqtt_saved_session_expiry_secs`
     pub saved_session_expiry_secs: u64,
+    /// `mqtt_offline_retention_secs`
+    pub offline_retention_secs: u64,
+    /// `mqtt_max_kept_per_session`
+    pub max_kept_per_session: usize,
+    /// `mqtt_max_waiting_calls`
+    pub max_waiting_calls: usize,
     /// `mqtt_connect_timeout_secs`
     pub connect_timeout_secs: u64,
     /// `mqtt_max_idle_secs`
@@ -547,6 +564,21 @@ impl MqttLimits {
                 r::DEFAULT_SAVED_SESSION_EXPIRY.as_secs(),
                 1,
                 365 * DAY_SECS,
+            )?,
+            offline_retention_secs: pick!(s, mqtt_offline_retention_secs).in_range(
+                r::DEFAULT_OFFLINE_RETENTION.as_secs(),
+                1,
+                365 * DAY_SECS,
+            )?,
+            max_kept_per_session: pick!(s, mqtt_max_kept_per_session).in_range(
+                crate::session_store::DEFAULT_MAX_KEPT_PER_SESSION,
+                0,
+                1_000_000,
+            )?,
+            max_waiting_calls: pick!(s, mqtt_max_waiting_calls).in_range(
+                crate::ingest::rrpc::DEFAULT_MAX_WAITING_CALLS,
+                0,
+                1_000_000,
             )?,
             connect_timeout_secs: pick!(s, mqtt_connect_timeout_secs).in_range(
                 l::DEFAULT_CONNECT_TIMEOUT.as_secs(),

@@ -37,6 +37,7 @@ pub mod pipeline;
 pub mod rule_catalog;
 pub mod rules;
 pub mod serve;
+pub mod session_store;
 pub mod store;
 pub mod tls;
 pub mod topic;

@@ -43,7 +43,6 @@ use super::console::session::{self, Sessions};
 use super::console::ConsoleSession;
 use super::error::ApiError;
 use super::json::QueryArgs;
-use super::mns::error::MnsError;
 use super::mns::MnsQuery;
 use super::queues::ReceiveQuery;
 use crate::api::policy::{AccessKey, Permission, Resource};
@@ -192,7 +191,9 @@ pub async fn check(State(keys): State<Arc<KeyRing>>, req: Request, next: Next) -
         Ok(req) => next.run(req).await,
         // A console page without a session: the browser goes to the sign-in page.
         Err(_) if console_page => super::console::to_sign_in(),
-        Err(d) if mns => MnsError::new(d.status, d.code, d.message).into_response(),
+        Err(d) if mns => {
+            crate::api::mns::error::denied(d.status, d.code, d.message).into_response()
+        }
         Err(d) => {
             let mut r = ApiError {
                 status: d.status,
@@ -437,7 +438,7 @@ fn check_date(headers: &HeaderMap) -> Result<(), Denied> {
     if date.is_empty() {
         return Err(denied(
             StatusCode::BAD_REQUEST,
-            "InvalidDateHeader",
+            "MissingDateHeader",
             "an MNS-signed request needs a Date header (RFC 1123, GMT)",
         ));
     }

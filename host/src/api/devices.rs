@@ -1,5 +1,6 @@
-//! `/v1/devices`: register, list, show and delete devices, and send a downlink message to one.
-//! The secret appears once, in the answer to the create; list and show never carry it.
+//! `/v1/devices`: register, list, show and delete devices, send a downlink message to one, and
+//! call one synchronously (RRPC). The secret appears once, in the answer to the create; list
+//! and show never carry it.
 
 use std::collections::BTreeMap;
 
@@ -39,6 +40,21 @@ pub struct DownlinkBody {
     pub qos: u8,
 }
 
+/// The body of `POST /v1/devices/{pk}/{dn}/rrpc`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallBody {
+    /// The request as UTF-8 text.
+    pub body: Option<String>,
+    /// The request as base64 (binary).
+    pub body_base64: Option<String>,
+    /// A custom topic of the device (`user/get`): the call goes to `/ext/rrpc/{id}/{pk}/{dn}/...`
+    /// instead of the system topic `/sys/{pk}/{dn}/rrpc/request/{id}`.
+    pub topic: Option<String>,
+    /// How long to wait for the answer, 1-60 seconds (default 5).
+    pub timeout_secs: Option<u64>,
+}
+
 impl From<DeviceError> for ApiError {
     fn from(e: DeviceError) -> ApiError {
         match e {
@@ -68,6 +84,18 @@ impl From<DownlinkError> for ApiError {
                 (StatusCode::CONFLICT, "DeviceNotSubscribed", Some("topic"))
             }
             DownlinkError::Broker(_) => (StatusCode::BAD_GATEWAY, "BrokerUnavailable", None),
+            DownlinkError::KeptFull(_) => (StatusCode::CONFLICT, "OfflineQueueFull", None),
+            DownlinkError::Storage(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", None)
+            }
+            DownlinkError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "Timeout", None),
+            DownlinkError::CallRefused(_) => (StatusCode::TOO_MANY_REQUESTS, "TooManyCalls", None),
+            DownlinkError::InvalidTimeout => (
+                StatusCode::BAD_REQUEST,
+                "InvalidArgument",
+                Some("timeout_secs"),
+            ),
+            DownlinkError::CallsUnsupported => (StatusCode::NOT_IMPLEMENTED, "NotSupported", None),
         };
         ApiError {
             status,
@@ -139,18 +167,63 @@ pub async fn remove(
 }
 
 /// `POST /v1/devices/{pk}/{dn}/messages`: publishes to the device through the broker in use.
+/// `202 Accepted` with `kept` when the device is offline and its persistent session keeps the
+/// message for its return.
 pub async fn send(
     State(state): State<AppState>,
     Path((pk, dn)): Path<(String, String)>,
     JsonBody(b): JsonBody<DownlinkBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let payload = body::decode(b.body, b.body_base64)?;
     let out = state
         .devices
         .downlink
         .send(&state.devices.registry, &pk, &dn, &b.topic, payload, b.qos)
         .await?;
-    Ok(Json(
-        json!({ "topic": out.topic, "qos": b.qos, "delivered": out.delivered }),
+    let status = if out.kept > 0 {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({
+            "topic": out.topic,
+            "qos": b.qos,
+            "delivered": out.delivered,
+            "kept": out.kept,
+        })),
     ))
+}
+
+/// `POST /v1/devices/{pk}/{dn}/rrpc`: a synchronous call; answers with the device's reply, or
+/// `409 DeviceOffline`, `504 Timeout`.
+pub async fn call(
+    State(state): State<AppState>,
+    Path((pk, dn)): Path<(String, String)>,
+    JsonBody(b): JsonBody<CallBody>,
+) -> Result<Json<Value>, ApiError> {
+    let payload = body::decode(b.body, b.body_base64)?;
+    let timeout = match b.timeout_secs {
+        Some(secs) => std::time::Duration::from_secs(secs),
+        None => crate::devices::downlink::DEFAULT_CALL_TIMEOUT,
+    };
+    let answer = state
+        .devices
+        .downlink
+        .call(
+            &state.devices.registry,
+            &pk,
+            &dn,
+            b.topic.as_deref(),
+            payload,
+            timeout,
+        )
+        .await?;
+    let (field, text) = body::encode(&answer.payload);
+    Ok(Json(json!({
+        "id": answer.id,
+        "topic": answer.request_topic,
+        field: text,
+    })))
 }

@@ -384,6 +384,46 @@ impl Collector for Snapshot {
                     "Saved persistent sessions dropped after their expiry.",
                     i.saved_sessions_expired_total,
                 ),
+                (
+                    "sluice_mqtt_rrpc_calls",
+                    "Synchronous calls (RRPC) that started waiting for a device's answer.",
+                    i.rrpc_calls_total,
+                ),
+                (
+                    "sluice_mqtt_rrpc_answered",
+                    "Synchronous calls the device answered in time.",
+                    i.rrpc_answered_total,
+                ),
+                (
+                    "sluice_mqtt_rrpc_timeouts",
+                    "Synchronous calls that ended without an answer.",
+                    i.rrpc_timeouts_total,
+                ),
+                (
+                    "sluice_mqtt_rrpc_refused",
+                    "Synchronous calls refused because the most allowed were waiting already.",
+                    i.rrpc_refused_total,
+                ),
+                (
+                    "sluice_mqtt_offline_stored",
+                    "QoS 1 downlink messages kept for an offline persistent session.",
+                    i.offline_stored_total,
+                ),
+                (
+                    "sluice_mqtt_offline_refused",
+                    "Downlink messages refused because the session's offline store was full.",
+                    i.offline_refused_total,
+                ),
+                (
+                    "sluice_mqtt_offline_expired",
+                    "Kept downlink messages dropped unsent after their retention.",
+                    i.offline_expired_total,
+                ),
+                (
+                    "sluice_mqtt_offline_delivered",
+                    "Kept downlink messages the device acknowledged after it came back.",
+                    i.offline_delivered_total,
+                ),
             ] {
                 family(&mut e, name, help, None, one(counter(v)))?;
             }
@@ -759,6 +799,13 @@ impl Collector for Snapshot {
             "Transactions committed by the store's writer.",
             None,
             one(counter(self.store.commits.load(Relaxed))),
+        )?;
+        family(
+            &mut e,
+            "sluice_store_unavailable_retries",
+            "Store operations tried again because the message store could not take them for a moment (JetStream: a stream or consumer without a leader during an election, no answer in time); a request that then succeeded was only slower.",
+            None,
+            one(counter(self.store.unavailable_retries.load(Relaxed))),
         )?;
         family(
             &mut e,

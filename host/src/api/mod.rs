@@ -107,6 +107,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(devices::remove),
         )
         .route("/v1/devices/{pk}/{dn}/messages", post(devices::send))
+        .route("/v1/devices/{pk}/{dn}/rrpc", post(devices::call))
         .route("/v1/queues", get(queues::list))
         .route(
             "/v1/queues/{queue}",

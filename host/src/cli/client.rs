@@ -139,8 +139,9 @@ impl Client {
         key: Option<&str>,
         ca_cert: Option<&std::path::Path>,
     ) -> Result<Client, ClientError> {
+        // Beyond the longest request the server holds open: a 60 s synchronous call.
         let builder = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(60))
+            .timeout(std::time::Duration::from_secs(75))
             .default_headers(auth_headers(key));
         let builder = match ca_cert {
             Some(path) => trusting(builder, path, &read_ca_cert(path)?)?,

@@ -35,6 +35,22 @@ pub enum DeviceCommand {
         /// Device name.
         device_name: String,
     },
+    /// Call a device synchronously (RRPC) and print its answer.
+    Call {
+        /// Product key.
+        product_key: String,
+        /// Device name.
+        device_name: String,
+        /// The request (UTF-8 text).
+        payload: String,
+        /// A custom topic of the device (`user/get`): the call uses `/ext/rrpc/ID/PK/DN/TOPIC`
+        /// instead of `/sys/PK/DN/rrpc/request/ID`.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Seconds to wait for the answer, 1-60.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+        timeout: u64,
+    },
 }
 
 /// `sluice pub PRODUCT_KEY DEVICE_NAME SUBTOPIC PAYLOAD [--qos 0|1]`
@@ -153,6 +169,31 @@ pub async fn run(cmd: DeviceCommand, client: &Client, as_json: bool) -> anyhow::
                 println!("device {product_key}/{device_name} deleted");
             }
         }
+        DeviceCommand::Call {
+            product_key,
+            device_name,
+            payload,
+            topic,
+            timeout,
+        } => {
+            let mut body = json!({ "body": payload, "timeout_secs": timeout });
+            if let Some(topic) = topic {
+                body["topic"] = json!(topic);
+            }
+            let v: Value = client
+                .post(
+                    &format!("{}/rrpc", device_path(&product_key, &device_name)),
+                    &body,
+                )
+                .await?;
+            if as_json {
+                output::json(&v);
+            } else if let Some(text) = v["body"].as_str() {
+                println!("{text}");
+            } else {
+                println!("base64:{}", output::cell(&v["body_base64"]));
+            }
+        }
     }
     Ok(())
 }
@@ -170,6 +211,12 @@ pub async fn run_pub(args: PubArgs, client: &Client, as_json: bool) -> anyhow::R
         .await?;
     if as_json {
         output::json(&v);
+    } else if v["kept"].as_u64().is_some_and(|n| n > 0) {
+        println!(
+            "device is offline: kept for {} ({} persistent session(s)), delivered when it reconnects",
+            output::cell(&v["topic"]),
+            output::cell(&v["kept"])
+        );
     } else if v["delivered"].is_null() {
         println!(
             "published to {} through the external broker",

@@ -9,7 +9,8 @@
 //!   when no listener is configured), unless `--mqtt-allow-anonymous`; otherwise "not
 //!   authorised".
 //! - A signed-in device publishes and subscribes only within its own topics:
-//!   `/{pk}/{dn}/...`, `/sys/{pk}/{dn}/...` and the SDK's OTA topics `/ota/device/{kind}/{pk}/{dn}`.
+//!   `/{pk}/{dn}/...`, `/sys/{pk}/{dn}/...`, the SDK's OTA topics `/ota/device/{kind}/{pk}/{dn}`
+//!   and the custom-topic synchronous calls `/ext/rrpc/{id}/{pk}/{dn}/...`.
 //! - An anonymous session may use neither a registered product's topics (it would speak for a
 //!   device it has not proven to be) nor the status topics `/as/mqtt/status/...`; a wildcard that
 //!   could reach them is refused too. Nobody publishes to the status topics: sluice writes them.
@@ -51,10 +52,11 @@ impl DevicePolicy {
         }
         // The product-key level of each topic family: a wildcard there (or a `#` before it)
         // reaches every product; a literal must not be a registered product key.
-        let families: [&[Option<&str>]; 3] = [
+        let families: [&[Option<&str>]; 4] = [
             &[Some(""), None],
             &[Some(""), Some("sys"), None],
             &[Some(""), Some("ota"), Some("device"), None, None],
+            &[Some(""), Some("ext"), Some("rrpc"), None, None],
         ];
         for pattern in families {
             if !could_match(&levels, pattern) {
@@ -97,19 +99,21 @@ pub(crate) fn is_own(levels: &[&str], pk: &str, dn: &str) -> bool {
     if is_reserved_product_key(pk) {
         return false;
     }
-    let prefixes: [&[&str]; 3] = [
-        &["", pk, dn],
-        &["", "sys", pk, dn],
-        &["", "ota", "device", "*", pk, dn],
+    // Each family's first levels (`*`: any one level, not `#`), and whether its topics end at
+    // the device name (OTA) or need a level after it.
+    let families: [(&[&str], bool); 4] = [
+        (&["", pk, dn], false),
+        (&["", "sys", pk, dn], false),
+        (&["", "ota", "device", "*", pk, dn], true),
+        (&["", "ext", "rrpc", "*", pk, dn], false),
     ];
-    prefixes.iter().any(|prefix| {
+    families.iter().any(|(prefix, ends_at_device)| {
         let exact = prefix
             .iter()
             .zip(levels)
             .all(|(p, l)| (*p == "*" && *l != "#") || p == l);
-        // OTA topics end at the device name; the others need a level after it.
-        let long_enough = if prefix.len() == 6 {
-            levels.len() == 6
+        let long_enough = if *ends_at_device {
+            levels.len() == prefix.len()
         } else {
             levels.len() > prefix.len()
         };
@@ -202,6 +206,8 @@ mod tests {
             "/sys/pk/dev/thing/event/property/post_reply",
             "/sys/pk/dev/#",
             "/ota/device/inform/pk/dev",
+            "/ext/rrpc/123/pk/dev/user/get",
+            "/ext/rrpc/+/pk/dev/user/get",
         ] {
             assert!(is_own(&split(ok), "pk", "dev"), "{ok}");
         }
@@ -216,6 +222,9 @@ mod tests {
             "/as/mqtt/status/pk/dev",
             "pk/dev/user/update",
             "/ota/device/#",
+            "/ext/rrpc/123/pk/other/user/get",
+            "/ext/rrpc/#",
+            "/ext/rrpc/123/pk/dev",
         ] {
             assert!(!is_own(&split(bad), "pk", "dev"), "{bad}");
         }

@@ -1,5 +1,6 @@
-//! Reconnect backoff for the external broker client: a pure schedule, tested exactly, apart
-//! from the code that decides to reconnect.
+//! Backoff with jitter: a pure schedule, tested exactly, apart from the code that decides to
+//! try again. Used by the external broker client's reconnects and by the JetStream store's
+//! retries through a leader election (`store::jetstream::retry`).
 
 use std::time::Duration;
 

@@ -21,6 +21,8 @@ pub(super) struct Connected {
     pub codec: Codec,
     pub info: SessionInfo,
     pub registration: Registration,
+    /// Clean session off: the session outlives the connection.
+    pub persistent: bool,
     pub downlink_rx: mpsc::Receiver<Downlink>,
     /// Holds the CONNACK, sent with the session's first flush.
     pub wbuf: BytesMut,
@@ -171,7 +173,7 @@ pub(super) async fn accept_connect(
 
     let (downlink_tx, downlink_rx) = mpsc::channel(ctx.cfg.downlink_queue_len.max(1));
     // Clean session off keeps the subscriptions for the next connection (MQTT 5: only when the
-    // client asked for a session expiry). Messages for offline sessions are not queued.
+    // client asked for a session expiry), and QoS 1 downlink sent while it is away.
     let persistent = match (c.clean_session, codec.protocol, c.session_expiry_secs) {
         (true, _, _) => None,
         (false, ProtocolVersion::V311, _) => Some(Duration::MAX),
@@ -182,7 +184,7 @@ pub(super) async fn accept_connect(
     };
     let reg = ctx
         .router
-        .register(client_id.clone(), downlink_tx, persistent);
+        .register(client_id.clone(), identity.clone(), downlink_tx, persistent);
     if reg.took_over {
         tracing::info!(%peer, %client_id, "MQTT session taken over by a new connection");
     }
@@ -223,6 +225,7 @@ pub(super) async fn accept_connect(
             protocol: info.protocol,
         },
         registration: reg,
+        persistent: persistent.is_some(),
         downlink_rx,
         wbuf: out,
         out_window,

@@ -42,6 +42,22 @@ pub struct IngestCounters {
     pub saved_sessions_evicted_total: AtomicU64,
     /// Saved persistent sessions dropped after their expiry.
     pub saved_sessions_expired_total: AtomicU64,
+    /// Synchronous calls (RRPC) that started waiting for a device's answer.
+    pub rrpc_calls_total: AtomicU64,
+    /// Synchronous calls the device answered in time.
+    pub rrpc_answered_total: AtomicU64,
+    /// Synchronous calls that ended without an answer.
+    pub rrpc_timeouts_total: AtomicU64,
+    /// Synchronous calls refused because the most allowed were waiting already.
+    pub rrpc_refused_total: AtomicU64,
+    /// QoS 1 downlink messages kept for an offline persistent session.
+    pub offline_stored_total: AtomicU64,
+    /// Downlink messages refused because the session's offline store was full.
+    pub offline_refused_total: AtomicU64,
+    /// Kept downlink messages dropped unsent after their retention.
+    pub offline_expired_total: AtomicU64,
+    /// Kept downlink messages the device acknowledged after it came back.
+    pub offline_delivered_total: AtomicU64,
 }
 
 /// A plain copy of [`IngestCounters`] at one moment, for tests and the metrics endpoint.
@@ -83,6 +99,22 @@ pub struct IngestCountersSnapshot {
     pub saved_sessions_evicted_total: u64,
     /// See [`IngestCounters::saved_sessions_expired_total`].
     pub saved_sessions_expired_total: u64,
+    /// See [`IngestCounters::rrpc_calls_total`].
+    pub rrpc_calls_total: u64,
+    /// See [`IngestCounters::rrpc_answered_total`].
+    pub rrpc_answered_total: u64,
+    /// See [`IngestCounters::rrpc_timeouts_total`].
+    pub rrpc_timeouts_total: u64,
+    /// See [`IngestCounters::rrpc_refused_total`].
+    pub rrpc_refused_total: u64,
+    /// See [`IngestCounters::offline_stored_total`].
+    pub offline_stored_total: u64,
+    /// See [`IngestCounters::offline_refused_total`].
+    pub offline_refused_total: u64,
+    /// See [`IngestCounters::offline_expired_total`].
+    pub offline_expired_total: u64,
+    /// See [`IngestCounters::offline_delivered_total`].
+    pub offline_delivered_total: u64,
 }
 
 impl IngestCounters {
@@ -108,6 +140,14 @@ impl IngestCounters {
             too_many_filters_total: r(&self.too_many_filters_total),
             saved_sessions_evicted_total: r(&self.saved_sessions_evicted_total),
             saved_sessions_expired_total: r(&self.saved_sessions_expired_total),
+            rrpc_calls_total: r(&self.rrpc_calls_total),
+            rrpc_answered_total: r(&self.rrpc_answered_total),
+            rrpc_timeouts_total: r(&self.rrpc_timeouts_total),
+            rrpc_refused_total: r(&self.rrpc_refused_total),
+            offline_stored_total: r(&self.offline_stored_total),
+            offline_refused_total: r(&self.offline_refused_total),
+            offline_expired_total: r(&self.offline_expired_total),
+            offline_delivered_total: r(&self.offline_delivered_total),
         }
     }
 }

@@ -17,7 +17,9 @@
 //! * `codec` (`codec/v4.rs`, `codec/v5.rs`) — MQTT 3.1.1 / 5 packets behind one vocabulary;
 //! * `listener` — bind and accept; `connect` — CONNECT, policy, CONNACK;
 //!   `session` — one connection's loop; `acks` — the ordered acks it waits for;
-//! * `router` — downlink delivery to subscribed sessions, client-id takeover;
+//! * `router` — downlink delivery to subscribed sessions, client-id takeover, persistent
+//!   sessions; `keep` — the store seam that makes them and their kept messages durable;
+//!   `rrpc` — synchronous calls waiting for a device's answer;
 //! * `external` — the broker client; `backoff` — its reconnect schedule;
 //! * `counters`, `error`; unit tests in `tests/` (`tests/listener.rs` against real MQTT
 //!   clients on real sockets; the external-broker tests, which need Mosquitto, are end-to-end
@@ -31,14 +33,16 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 mod acks;
-mod backoff;
+pub(crate) mod backoff;
 mod codec;
 mod connect;
 mod counters;
 mod error;
 pub mod external;
+pub mod keep;
 pub mod listener;
 pub mod router;
+pub mod rrpc;
 mod session;
 pub mod status;
 mod thing_reply;
@@ -47,6 +51,7 @@ pub use backoff::Backoff;
 pub use counters::{IngestCounters, IngestCountersSnapshot};
 pub use error::IngestError;
 pub use external::{ExternalBroker, ExternalConfig, ExternalHandle};
+pub use keep::{KeepError, KeptMessage, SavedState, SessionStore, StoreFuture};
 pub use listener::{ListenerConfig, MqttListener};
 pub use router::SessionRouter;
 

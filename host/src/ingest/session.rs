@@ -7,16 +7,16 @@
 //! await, and the reader only ever waits on the pipeline through the bounded sink (or the
 //! per-connection in-flight bound): that is the back-pressure that reaches the device.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,7 @@ use super::acks::{AckQueue, AckWait, Done, Resolved};
 use super::codec::{AckReason, CloseReason, Codec, InPublish, Inbound, Outbound, SubCode};
 use super::connect::{accept_connect, read_connect, Connected};
 use super::counters::{bump, IngestCounters};
+use super::keep::{kept_id, KeepError, KeptMessage};
 use super::listener::ListenerConfig;
 use super::router::{Downlink, SessionRouter};
 use super::status::status_message;
@@ -76,6 +77,7 @@ pub(crate) async fn run_connection(
     session.close(&mut stream, exit).await;
     ctx.router
         .unregister(session.session_id, &session.info.client_id);
+    session.keep_leftovers().await;
     ctx.cfg.policy.on_disconnect(&session.info);
     ctx.counters.sessions_active.fetch_sub(1, Ordering::Relaxed);
     // A session taken over by the same device's new connection: the device stays online.
@@ -107,6 +109,48 @@ enum Exit {
     SinkClosed,
 }
 
+/// A QoS 1 downlink sent and not yet acked: kept so a persistent session can resend it.
+struct Outgoing {
+    topic: Arc<str>,
+    payload: Bytes,
+    /// Set when it came from the store (acked: forget it there).
+    kept_id: Option<String>,
+    /// The order it was sent in (packet ids wrap, so they do not tell).
+    sent: u64,
+}
+
+/// What a persistent session tracks of its kept messages.
+struct Kept {
+    store: Arc<dyn super::keep::SessionStore>,
+    /// Woken when a message was kept for this client id after the session began.
+    nudge: Arc<Notify>,
+    /// Kept messages loaded and not yet sent, oldest first.
+    queue: VecDeque<KeptMessage>,
+    /// Ids of kept messages this session has loaded (sent or queued).
+    known: HashSet<String>,
+    /// A read of the store in progress (on its own task).
+    loading: Option<oneshot::Receiver<Result<Vec<KeptMessage>, KeepError>>>,
+    /// Another read was asked for while one was in progress.
+    reload: bool,
+    /// Kept messages the device acked, to forget in the store.
+    acked: Vec<String>,
+}
+
+impl Kept {
+    fn load(&mut self, client_id: &Arc<str>) {
+        if self.loading.is_some() {
+            self.reload = true;
+            return;
+        }
+        let (store, client_id) = (self.store.clone(), client_id.clone());
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(store.kept(&client_id).await);
+        });
+        self.loading = Some(rx);
+    }
+}
+
 struct Session {
     ctx: Arc<SessionCtx>,
     codec: Codec,
@@ -114,6 +158,8 @@ struct Session {
     session_id: u64,
     takeover: CancellationToken,
     downlink_rx: mpsc::Receiver<Downlink>,
+    /// Persistent sessions only: the store of what is kept for it while it is away.
+    kept: Option<Kept>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     /// Acks of QoS 1/2 publishes handed to the sink, in arrival order.
@@ -122,10 +168,12 @@ struct Session {
     stalled: Option<(Ingested, Option<AckWait>)>,
     /// Packet ids of QoS 2 publishes received and not yet released by PUBREL.
     qos2_ids: HashSet<u16>,
-    /// Packet ids of QoS 1 downlink publishes the device has not acked.
-    out_inflight: HashSet<u16>,
+    /// QoS 1 downlink publishes the device has not acked, by packet id.
+    out_inflight: HashMap<u16, Outgoing>,
     out_window: usize,
     next_pkid: u16,
+    /// Counts QoS 1 downlink sent, to order [`Outgoing`].
+    sent: u64,
     max_inflight: usize,
     /// 1.5 x the client's keep-alive, or the maximum idle time when the client disabled it.
     keep_alive: Duration,
@@ -136,7 +184,24 @@ struct Session {
 
 impl Session {
     fn new(ctx: Arc<SessionCtx>, c: Connected, rbuf: BytesMut) -> Session {
+        let kept = match (c.persistent, ctx.router.store()) {
+            (true, Some(store)) => {
+                let mut kept = Kept {
+                    store: store.clone(),
+                    nudge: c.registration.nudge.clone(),
+                    queue: VecDeque::new(),
+                    known: HashSet::new(),
+                    loading: None,
+                    reload: false,
+                    acked: Vec::new(),
+                };
+                kept.load(&c.info.client_id);
+                Some(kept)
+            }
+            _ => None,
+        };
         Session {
+            kept,
             ctx,
             codec: c.codec,
             info: c.info,
@@ -148,9 +213,10 @@ impl Session {
             pending: AckQueue::default(),
             stalled: None,
             qos2_ids: HashSet::new(),
-            out_inflight: HashSet::new(),
+            out_inflight: HashMap::new(),
             out_window: c.out_window,
             next_pkid: 0,
+            sent: 0,
             max_inflight: c.max_inflight,
             keep_alive: c.keep_alive,
             idle_bound: c.idle_bound,
@@ -173,6 +239,9 @@ impl Session {
             } else if self.pending.is_empty() {
                 return Exit::Shutdown;
             }
+            if drain_deadline.is_none() {
+                self.send_kept();
+            }
             if let Err(exit) = self.flush(stream).await {
                 return exit;
             }
@@ -192,8 +261,13 @@ impl Session {
                 // Paused by us, not silent: the keep-alive only counts the device's silence.
                 self.last_read = Instant::now();
             }
-            let downlink_ready =
-                drain_deadline.is_none() && self.out_inflight.len() < self.out_window;
+            // What was kept while the device was away goes out before newer downlink.
+            let kept_waiting = self.kept.as_ref().is_some_and(|k| !k.queue.is_empty());
+            let downlink_ready = drain_deadline.is_none()
+                && self.out_inflight.len() < self.out_window
+                && !kept_waiting;
+            let kept_loading = self.kept.as_ref().is_some_and(|k| k.loading.is_some());
+            let nudge = self.kept.as_ref().map(|k| k.nudge.clone());
             if self.rbuf.capacity() - self.rbuf.len() < 1024 {
                 self.rbuf.reserve(READ_CHUNK_BYTES);
             }
@@ -235,6 +309,13 @@ impl Session {
                     Ok(_) => self.last_read = Instant::now(),
                     Err(e) => return Exit::Io(e),
                 },
+                loaded = load_of(&mut self.kept), if kept_loading => self.on_kept_loaded(loaded),
+                () = nudged(nudge.as_deref()) => {
+                    let client_id = self.info.client_id.clone();
+                    if let Some(kept) = &mut self.kept {
+                        kept.load(&client_id);
+                    }
+                }
                 Some(downlink) = self.downlink_rx.recv(), if downlink_ready => {
                     self.send_downlink(downlink);
                     while self.out_inflight.len() < self.out_window {
@@ -275,7 +356,10 @@ impl Session {
                     self.on_publish(p, received_at_ms)?;
                 }
                 Inbound::PubAck(pkid) => {
-                    self.out_inflight.remove(&pkid);
+                    let kept_id = self.out_inflight.remove(&pkid).and_then(|o| o.kept_id);
+                    if let (Some(id), Some(kept)) = (kept_id, &mut self.kept) {
+                        kept.acked.push(id);
+                    }
                 }
                 Inbound::PubRel(pkid) => {
                     let found = self.qos2_ids.remove(&pkid);
@@ -305,7 +389,133 @@ impl Session {
                 }
             }
         }
+        self.forget_acked();
         Ok(false)
+    }
+
+    /// Tells the store the device has the kept messages it acked (in the background: a
+    /// message acked but not yet forgotten when the device reconnects is resent, flagged DUP).
+    fn forget_acked(&mut self) {
+        let Some(kept) = &mut self.kept else { return };
+        if kept.acked.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut kept.acked);
+        let store = kept.store.clone();
+        let client_id = self.info.client_id.clone();
+        let counters = self.ctx.counters.clone();
+        tokio::spawn(async move {
+            match store.forget(&client_id, &ids).await {
+                Ok(()) => {
+                    counters
+                        .offline_delivered_total
+                        .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(%client_id, "acked kept messages not forgotten, they will be resent: {e}");
+                }
+            }
+        });
+    }
+
+    /// Queues kept messages read from the store that this session has not seen yet.
+    fn on_kept_loaded(&mut self, loaded: Result<Vec<KeptMessage>, KeepError>) {
+        let client_id = self.info.client_id.clone();
+        let Some(kept) = &mut self.kept else { return };
+        kept.loading = None;
+        match loaded {
+            Ok(messages) => {
+                for m in messages {
+                    if kept.known.insert(m.id.clone()) {
+                        kept.queue.push_back(m);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%client_id, "kept messages not read, trying again on the next nudge or reconnect: {e}");
+            }
+        }
+        if std::mem::take(&mut kept.reload) {
+            kept.load(&client_id);
+        }
+    }
+
+    /// Sends queued kept messages while the device's in-flight window has room.
+    fn send_kept(&mut self) {
+        loop {
+            if self.out_inflight.len() >= self.out_window {
+                return;
+            }
+            let Some(m) = self.kept.as_mut().and_then(|k| k.queue.pop_front()) else {
+                return;
+            };
+            let topic: Arc<str> = Arc::from(m.topic.as_str());
+            self.send_publish(topic, m.payload, 1, m.dup, Some(m.id));
+        }
+    }
+
+    /// After the connection closed (and the session left the router): a persistent session
+    /// keeps what the device did not ack, and what was still queued for it, for its next
+    /// connection. Messages already sent are flagged DUP.
+    async fn keep_leftovers(&mut self) {
+        let Some(kept) = &mut self.kept else { return };
+        let store = kept.store.clone();
+        let client_id = self.info.client_id.clone();
+        let retention = self.ctx.router.limits().offline_retention;
+        let expires_at_ms = now_ms() + retention.as_millis() as u64;
+        let mut inflight: Vec<Outgoing> = self.out_inflight.drain().map(|(_, o)| o).collect();
+        inflight.sort_by_key(|o| o.sent);
+        // (message, new to the store): a message that came from the store keeps its id, and
+        // so its place; the others get ids in the order they were sent or queued.
+        let mut leftovers: Vec<(KeptMessage, bool)> = Vec::new();
+        for out in inflight {
+            let new = out.kept_id.is_none();
+            let message = KeptMessage {
+                id: out.kept_id.unwrap_or_else(|| kept_id(now_ms())),
+                topic: out.topic.to_string(),
+                payload: out.payload,
+                dup: true,
+                expires_at_ms,
+            };
+            leftovers.push((message, new));
+        }
+        self.downlink_rx.close();
+        while let Ok(d) = self.downlink_rx.try_recv() {
+            if d.qos == 1 {
+                let message = KeptMessage {
+                    id: kept_id(now_ms()),
+                    topic: d.topic.to_string(),
+                    payload: d.payload,
+                    dup: false,
+                    expires_at_ms,
+                };
+                leftovers.push((message, true));
+            }
+        }
+        let acked = std::mem::take(&mut kept.acked);
+        if !acked.is_empty() {
+            if let Err(e) = store.forget(&client_id, &acked).await {
+                tracing::warn!(%client_id, "acked kept messages not forgotten, they will be resent: {e}");
+            }
+        }
+        if leftovers.is_empty() {
+            return;
+        }
+        let counters = &self.ctx.counters;
+        for (m, new) in &leftovers {
+            match store.keep(&client_id, m).await {
+                Ok(()) if *new => bump(&counters.offline_stored_total),
+                Ok(()) => {}
+                Err(e) => {
+                    if matches!(e, KeepError::Full { .. }) {
+                        bump(&counters.offline_refused_total);
+                    }
+                    tracing::warn!(%client_id, topic = %m.topic, "downlink not kept for the next connection: {e}");
+                }
+            }
+        }
+        // A connection that took this one over may have read the store already.
+        self.ctx.router.nudge(&client_id);
     }
 
     /// A SUBSCRIBE or UNSUBSCRIBE with more filters than any device sends is not answered
@@ -361,6 +571,14 @@ impl Session {
         if p.qos == 2 && !self.qos2_ids.insert(p.pkid) {
             self.pending
                 .push_back(AckWait::ready(p.pkid, 2, Resolved::Duplicate));
+            return Ok(());
+        }
+        if ctx.router.answer_call(&p.topic, &p.payload) {
+            // The answer of a synchronous call goes to its caller, not to the rules.
+            if p.qos > 0 {
+                self.pending
+                    .push_back(AckWait::ready(p.pkid, p.qos, Resolved::Committed));
+            }
             return Ok(());
         }
         if let Some(identity) = &self.info.identity {
@@ -479,20 +697,41 @@ impl Session {
     }
 
     fn send_downlink(&mut self, d: Downlink) {
-        let pkid = if d.qos > 0 { self.alloc_pkid() } else { 0 };
+        self.send_publish(d.topic, d.payload, d.qos, false, None);
+    }
+
+    fn send_publish(
+        &mut self,
+        topic: Arc<str>,
+        payload: Bytes,
+        qos: u8,
+        dup: bool,
+        kept_id: Option<String>,
+    ) {
+        let pkid = if qos > 0 { self.alloc_pkid() } else { 0 };
         let encoded = self.codec.encode(
             Outbound::Publish {
-                topic: &d.topic,
-                payload: d.payload,
-                qos: d.qos,
+                topic: &topic,
+                payload: payload.clone(),
+                qos,
                 pkid,
                 retain: false,
+                dup,
             },
             &mut self.wbuf,
         );
         match encoded {
             Ok(()) if pkid != 0 => {
-                self.out_inflight.insert(pkid);
+                self.sent += 1;
+                self.out_inflight.insert(
+                    pkid,
+                    Outgoing {
+                        topic,
+                        payload,
+                        kept_id,
+                        sent: self.sent,
+                    },
+                );
             }
             Ok(()) => {}
             Err(e) => {
@@ -506,7 +745,7 @@ impl Session {
     fn alloc_pkid(&mut self) -> u16 {
         loop {
             self.next_pkid = self.next_pkid.wrapping_add(1);
-            if self.next_pkid != 0 && !self.out_inflight.contains(&self.next_pkid) {
+            if self.next_pkid != 0 && !self.out_inflight.contains_key(&self.next_pkid) {
                 return self.next_pkid;
             }
         }
@@ -615,6 +854,24 @@ async fn reserve_on(
 ) -> Result<mpsc::Permit<'_, Ingested>, mpsc::error::SendError<()>> {
     match queue {
         Some(queue) => queue.reserve().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The result of the kept-message read in progress; never, when none is.
+async fn load_of(kept: &mut Option<Kept>) -> Result<Vec<KeptMessage>, KeepError> {
+    match kept.as_mut().and_then(|k| k.loading.as_mut()) {
+        Some(loading) => loading
+            .await
+            .unwrap_or_else(|_| Err(KeepError::Storage("the read was cut short".into()))),
+        None => std::future::pending().await,
+    }
+}
+
+/// A nudge of a persistent session; never, for a clean one.
+async fn nudged(nudge: Option<&Notify>) {
+    match nudge {
+        Some(n) => n.notified().await,
         None => std::future::pending().await,
     }
 }

@@ -11,11 +11,14 @@ use crate::config::{MqttMode, ServeConfig};
 use crate::conn_limit::ConnLimits;
 use crate::devices::DownlinkPath;
 use crate::ingest::router::RouterLimits;
+use crate::ingest::SessionStore as _;
 use crate::ingest::{
     ExternalBroker, ExternalConfig, IngestCounters, ListenerConfig, MqttListener, SessionRouter,
 };
 use crate::pipeline::{Pipeline, Republisher, DEFAULT_QUEUE_DEPTH};
 use crate::rules::RuleEngine;
+use crate::session_store::{StoredSessions, SESSIONS};
+use crate::store::Store;
 
 use super::ServeError;
 
@@ -33,6 +36,8 @@ pub(super) fn listener_config(config: &ServeConfig) -> ListenerConfig {
             max_subscriptions_per_session: l.max_subscriptions_per_session,
             max_saved_sessions: l.max_saved_sessions,
             saved_session_expiry: secs(l.saved_session_expiry_secs),
+            offline_retention: secs(l.offline_retention_secs),
+            max_waiting_calls: l.max_waiting_calls,
         },
         connections: ConnLimits {
             max_total: l.max_connections,
@@ -210,4 +215,77 @@ fn ack_everything() -> crate::ingest::IngestSink {
         }
     });
     tx.into()
+}
+
+/// The task that keeps persistent MQTT sessions durable, and how to stop it.
+pub(super) struct SessionKeeper {
+    task: JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl SessionKeeper {
+    /// Makes the listener's persistent sessions durable in `store`: the sessions saved there
+    /// are taken back (before the listener accepts anyone), and changes are written as they
+    /// happen until [`SessionKeeper::finish`].
+    pub(super) async fn start(
+        config: &ServeConfig,
+        store: &Store,
+        router: &SessionRouter,
+    ) -> Result<SessionKeeper, ServeError> {
+        let sessions = StoredSessions::new(
+            store.clone(),
+            config.mqtt_limits.max_kept_per_session,
+            router.counters().clone(),
+        );
+        let failed = |e: crate::ingest::KeepError| ServeError::Sessions(e.to_string());
+        sessions.drop_orphans().await.map_err(failed)?;
+        let saved = sessions.sessions().await.map_err(failed)?;
+        if !saved.is_empty() {
+            tracing::info!(sessions = saved.len(), "persistent MQTT sessions restored");
+        }
+        router.attach_store(Arc::new(sessions.clone()));
+        router.restore(saved);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(router.clone().persist(stop.clone()));
+        if let Some(changes) = store.record_changes(SESSIONS).await? {
+            tokio::spawn(follow_sessions(
+                sessions,
+                router.clone(),
+                changes,
+                stop.clone(),
+            ));
+        }
+        Ok(SessionKeeper { task, stop })
+    }
+
+    /// Writes what the closing sessions changed, then stops (call once intake has ended).
+    pub(super) async fn finish(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// On a store shared by several processes (JetStream), keeps the router's view of the
+/// persistent sessions other processes saved current, so downlink to a device that was last
+/// connected elsewhere is kept for it here too.
+async fn follow_sessions(
+    sessions: StoredSessions,
+    router: SessionRouter,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+        // Every change (this process's own included) moves the revision: read at most once a
+        // second, whatever the rate of changes.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        changes.borrow_and_update();
+        match sessions.sessions().await {
+            Ok(states) => router.follow_saved(states),
+            Err(e) => tracing::warn!("cannot follow the shared MQTT sessions: {e}"),
+        }
+    }
 }

@@ -85,6 +85,9 @@ pub enum ServeError {
     /// The rules of an earlier version's `rules.db` could not be brought into the store.
     #[error(transparent)]
     RuleImport(#[from] crate::rule_catalog::ImportError),
+    /// The saved persistent MQTT sessions could not be read.
+    #[error("persistent MQTT sessions: {0}")]
+    Sessions(String),
     /// The sandbox could not start.
     #[error("rule sandbox: {0}")]
     Sandbox(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -220,6 +223,12 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     objects::create_configured_objects(&config, configured_rules, &store, &registry).await?;
 
     let ingest = ingest::ingest_stage(&config, ports.mqtt.take(), &engine, &shutdown)?;
+    let sessions = match &ingest.downlink {
+        crate::devices::DownlinkPath::Local(router) => {
+            Some(ingest::SessionKeeper::start(&config, &store, router).await?)
+        }
+        crate::devices::DownlinkPath::External(_) => None,
+    };
     let pipeline = start_pipeline(&config, &engine, &store, ingest.republisher.clone());
     let intake = ingest::start_intake(&config, ingest.intake, &pipeline, shutdown.child_token());
     let signing_keys = Arc::new(crate::deliver::signing_keys::SigningKeys::new(
@@ -265,6 +274,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     shutdown.cancelled().await;
     Running {
         intake,
+        sessions,
         pipeline,
         http_task,
         http_stop,
@@ -566,6 +576,7 @@ fn public_url(config: &ServeConfig, scheme: &str, http_addr: SocketAddr) -> Stri
 /// The running stages, stopped in order by [`Running::drain`].
 struct Running {
     intake: JoinHandle<()>,
+    sessions: Option<ingest::SessionKeeper>,
     pipeline: Pipeline,
     http_task: JoinHandle<()>,
     http_stop: CancellationToken,
@@ -579,6 +590,9 @@ impl Running {
     /// then the pipeline, the HTTP API, HTTP push, and the store closed last.
     async fn drain(self) -> Result<(), ServeError> {
         let _ = self.intake.await;
+        if let Some(sessions) = self.sessions {
+            sessions.finish().await;
+        }
         self.pipeline.finish().await;
         self.http_stop.cancel();
         let _ = self.http_task.await;

@@ -49,6 +49,10 @@ pub struct StoreCounters {
     /// Time one checkpoint took (the write-ahead log copied into the database file and synced),
     /// nanoseconds; most run on their own thread, beside the writer.
     pub checkpoint_time: LatencyHistogram,
+    /// Store operations tried again because the cluster could not take them for a moment (the
+    /// JetStream backend during a leader election: no leader, no answer in time); one per
+    /// retry. A request that then succeeded was only slower.
+    pub unavailable_retries: AtomicU64,
     queues: Mutex<HashMap<String, QueueTotals>>,
     topics: Mutex<HashMap<String, u64>>,
 }

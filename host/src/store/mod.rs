@@ -58,7 +58,7 @@ pub use types::{
     validate_name, Attributes, DeadLetterOrigin, Endpoint, Message, PublishRequest, Published,
     QueueAttributes, QueueInfo, SendRequest, Sent, StoreOptions, SubscriptionInfo,
     SubscriptionSpec, Synchronous, TopicInfo, VisibilityChanged, DEFAULT_PRIORITY, MAX_BATCH,
-    MAX_MESSAGE_SIZE_CAP, MAX_PUBLISH_UNIT, MAX_WAIT_SECONDS,
+    MAX_MESSAGE_SIZE_CAP, MAX_NAME_LEN, MAX_PUBLISH_UNIT, MAX_WAIT_SECONDS,
 };
 
 use types::check_range;
@@ -646,6 +646,36 @@ impl Store {
     pub async fn list_records(&self, kind: &str) -> Result<Vec<Record>> {
         records::check_kind(kind)?;
         on_backend!(self, b => b.list_records(kind).await)
+    }
+
+    /// The records of a kind whose keys lie under `parent` (`parent/...`), by key.
+    pub async fn list_records_under(&self, kind: &str, parent: &str) -> Result<Vec<Record>> {
+        records::check_kind(kind)?;
+        records::check_key(parent)?;
+        on_backend!(self, b => b.list_records_under(kind, parent).await)
+    }
+
+    /// How many records of a kind lie under `parent`.
+    pub async fn count_records_under(&self, kind: &str, parent: &str) -> Result<usize> {
+        records::check_kind(kind)?;
+        records::check_key(parent)?;
+        on_backend!(self, b => b.count_records_under(kind, parent).await)
+    }
+
+    /// Removes records of a kind by key, in one commit; how many existed.
+    pub async fn delete_records(&self, kind: &str, keys: &[String]) -> Result<usize> {
+        records::check_kind(kind)?;
+        for key in keys {
+            records::check_key(key)?;
+        }
+        on_backend!(self, b => b.delete_records(kind, keys.to_vec()).await)
+    }
+
+    /// Removes every record of a kind under `parent`; how many there were.
+    pub async fn delete_records_under(&self, kind: &str, parent: &str) -> Result<usize> {
+        records::check_kind(kind)?;
+        records::check_key(parent)?;
+        on_backend!(self, b => b.delete_records_under(kind, parent).await)
     }
 
     /// On JetStream, a counter that moves whenever any process changed a record of `kind`, so

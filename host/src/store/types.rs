@@ -292,10 +292,13 @@ impl QueueAttributesPatch {
     }
 }
 
+/// The longest topic, queue or subscription name.
+pub const MAX_NAME_LEN: usize = 120;
+
 /// Checks a topic, queue or subscription name: 1–120 characters, ASCII letters, digits and `-`,
 /// starting with a letter or digit (as in MNS). `field` names the argument in the error.
 pub fn validate_name(field: &'static str, name: &str) -> Result<(), StoreError> {
-    let ok_len = (1..=120).contains(&name.len());
+    let ok_len = (1..=MAX_NAME_LEN).contains(&name.len());
     let ok_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     let ok_first = name
         .bytes()

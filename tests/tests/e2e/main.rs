@@ -4,6 +4,7 @@
 mod bench;
 mod common;
 mod console;
+mod device_loop;
 mod devices;
 mod first_run;
 mod ingest_external;

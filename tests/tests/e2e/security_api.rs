@@ -334,7 +334,7 @@ async fn mns_signatures_cover_the_body_and_unknown_keys_answer_like_wrong_secret
     let with_md5 = mns_signed(&post, "/queues/sig/messages", md5, admin, &now);
     let (status, xml) = text(send(with_md5.clone(), other_body)).await;
     assert_eq!(status, 400, "{xml}");
-    assert_eq!(element(&xml, "Code"), "InvalidDigest", "{xml}");
+    assert_eq!(element(&xml, "Code"), "InvalidDegist", "{xml}"); // sic: MNS's spelling
     let (status, xml) = text(send(with_md5, signed_body)).await;
     assert_eq!(status, 201, "{xml}");
     // A request without a body needs no Content-MD5.

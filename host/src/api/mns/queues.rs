@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::error::MnsError;
+use super::error::{check_name, store_code, MnsError, NameKind};
 use super::xml::{
     self, message_text, number, to_xml, xml_text, ChangeVisibilityResp, DeleteErrorResp,
     DeleteErrorsResp, MessageReq, MessageResp, MessagesReq, MessagesResp, QueueReq, QueueResp,
@@ -73,6 +73,7 @@ pub async fn create_or_set(
             .await?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
+    check_name(NameKind::Queue, &queue)?;
     let created = state
         .store
         .create_queue(&queue, queue_patch(&req)?.attributes())
@@ -228,7 +229,7 @@ fn message_resp(m: Message, root: bool) -> MessageResp {
 
 /// (Batch)ReceiveMessage with `waitseconds` (0–30) and `numOfMessages` (1–16), or with
 /// `peekonly=true` (Batch)PeekMessage. No message after the wait is MNS's `404
-/// MessageNotExist`. A request with `numOfMessages` is a batch and answers `<Messages>`.
+/// MessageNotExist` with MNS's own message, `Message not exist.`. A request with `numOfMessages` is a batch and answers `<Messages>`.
 pub async fn receive_or_peek(
     State(state): State<AppState>,
     Path(queue): Path<String>,
@@ -246,7 +247,7 @@ pub async fn receive_or_peek(
         return Err(MnsError::new(
             StatusCode::NOT_FOUND,
             "MessageNotExist",
-            format!("no message in queue `{queue}`"),
+            "Message not exist.",
         ));
     }
     let body = if batch.is_some() {
@@ -266,7 +267,8 @@ pub async fn receive_or_peek(
 
 /// DeleteMessage (`?ReceiptHandle=`) or BatchDeleteMessage (`<ReceiptHandles>`, 1–16): `204`
 /// when every handle worked; a batch with failures answers `404` with one `<Error>` per failed
-/// handle (the others are deleted), as MNS does.
+/// handle (the others are deleted), as MNS does, each with the code a DeleteMessage of that
+/// handle would answer. No handle at all is MNS's `400 MissingReceiptHandle`.
 pub async fn delete_messages(
     State(state): State<AppState>,
     Path(queue): Path<String>,
@@ -279,10 +281,7 @@ pub async fn delete_messages(
     }
     let req: ReceiptHandlesReq = body.parse("ReceiptHandles")?;
     if req.handles.is_empty() {
-        return Err(MnsError::invalid(
-            "ReceiptHandle",
-            "missing: give ?ReceiptHandle= or a <ReceiptHandles> document",
-        ));
+        return Err(missing_handle());
     }
     let results = state
         .store
@@ -294,7 +293,7 @@ pub async fn delete_messages(
         .zip(results)
         .filter_map(|(handle, r)| {
             r.err().map(|e| DeleteErrorResp {
-                error_code: e.code().to_string(),
+                error_code: store_code(&e).1.to_string(),
                 error_message: e.to_string(),
                 receipt_handle: handle,
             })
@@ -310,19 +309,31 @@ pub async fn delete_messages(
     Ok(xml_ok(StatusCode::NOT_FOUND, to_xml(&doc)))
 }
 
+fn missing_handle() -> MnsError {
+    MnsError::new(
+        StatusCode::BAD_REQUEST,
+        "MissingReceiptHandle",
+        "ReceiptHandle is required: give ?ReceiptHandle= (or a <ReceiptHandles> document to \
+         BatchDeleteMessage)",
+    )
+}
+
 /// ChangeMessageVisibility: `?ReceiptHandle=&VisibilityTimeout=` (1–43200 s); answers the new
-/// handle and the next visible time (ms).
+/// handle and the next visible time (ms). Without either parameter: MNS's `400
+/// MissingReceiptHandle` / `400 MissingVisibilityTimeout`.
 pub async fn change_visibility(
     State(state): State<AppState>,
     Path(queue): Path<String>,
     q: MnsQuery,
 ) -> Result<Response, MnsError> {
-    let handle = q
-        .get("receipthandle")
-        .ok_or_else(|| MnsError::invalid("ReceiptHandle", "missing"))?;
-    let seconds = q
-        .number::<u32>("VisibilityTimeout")?
-        .ok_or_else(|| MnsError::invalid("VisibilityTimeout", "missing: seconds, 1 to 43200"))?;
+    let handle = q.get("receipthandle").ok_or_else(missing_handle)?;
+    let seconds = q.number::<u32>("VisibilityTimeout")?.ok_or_else(|| {
+        MnsError::new(
+            StatusCode::BAD_REQUEST,
+            "MissingVisibilityTimeout",
+            "VisibilityTimeout is required: seconds, 1 to 43200",
+        )
+    })?;
     let changed = state
         .store
         .change_visibility(&queue, handle, seconds)

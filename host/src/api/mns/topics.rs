@@ -5,7 +5,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
-use super::error::MnsError;
+use super::error::{check_name, denied, MnsError, NameKind};
 use super::xml::{
     number, to_xml, MessageReq, SentResp, SubscriptionReq, SubscriptionResp, SubscriptionUrl,
     SubscriptionsResp, TopicReq, TopicResp, TopicUrl, TopicsResp, UserProperties, XmlBody, XMLNS,
@@ -76,6 +76,7 @@ pub async fn create_or_set(
         state.store.get_topic(&topic).await?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
+    check_name(NameKind::Topic, &topic)?;
     let created = state.store.create_topic(&topic).await?;
     let url = format!("{}/topics/{topic}", base_url(&headers));
     let status = if created {
@@ -192,6 +193,16 @@ fn format_name(f: ContentFormat) -> &'static str {
     }
 }
 
+/// MNS's `400 EndpointInvalid`: a subscription's Endpoint that is missing, not a queue or
+/// http(s) URL, or an address the egress rules refuse.
+fn endpoint_invalid(message: impl Into<String>) -> MnsError {
+    MnsError::new(
+        StatusCode::BAD_REQUEST,
+        "EndpointInvalid",
+        format!("invalid Endpoint: {}", message.into()),
+    )
+}
+
 /// The queue name of an MNS queue endpoint `acs:mns:{region}:{account}:queues/{name}`.
 fn queue_of_endpoint(endpoint: &str) -> Result<Option<String>, MnsError> {
     let Some(rest) = endpoint.strip_prefix(QUEUE_ENDPOINT_PREFIX) else {
@@ -200,10 +211,9 @@ fn queue_of_endpoint(endpoint: &str) -> Result<Option<String>, MnsError> {
     rest.rsplit_once(":queues/")
         .map(|(_, name)| Some(name.to_string()))
         .ok_or_else(|| {
-            MnsError::invalid(
-                "Endpoint",
-                format!("`{endpoint}`: a queue endpoint is acs:mns:REGION:ACCOUNT:queues/NAME"),
-            )
+            endpoint_invalid(format!(
+                "`{endpoint}`: a queue endpoint is acs:mns:REGION:ACCOUNT:queues/NAME"
+            ))
         })
 }
 
@@ -211,7 +221,7 @@ fn queue_of_endpoint(endpoint: &str) -> Result<Option<String>, MnsError> {
 fn spec_of(req: SubscriptionReq) -> Result<SubscriptionSpec, MnsError> {
     let endpoint = req
         .endpoint
-        .ok_or_else(|| MnsError::invalid("Endpoint", "missing: a queue or an http(s) URL"))?;
+        .ok_or_else(|| endpoint_invalid("missing: a queue or an http(s) URL"))?;
     let strategy = req
         .notify_strategy
         .as_deref()
@@ -248,13 +258,10 @@ fn spec_of(req: SubscriptionReq) -> Result<SubscriptionSpec, MnsError> {
         };
         Endpoint::Http(push)
     } else {
-        return Err(MnsError::invalid(
-            "Endpoint",
-            format!(
-                "`{endpoint}`: use acs:mns:REGION:ACCOUNT:queues/NAME for a queue or an \
-                 http(s):// URL"
-            ),
-        ));
+        return Err(endpoint_invalid(format!(
+            "`{endpoint}`: use acs:mns:REGION:ACCOUNT:queues/NAME for a queue or an http(s):// \
+             URL"
+        )));
     };
     Ok(SubscriptionSpec {
         endpoint,
@@ -266,7 +273,7 @@ fn spec_of(req: SubscriptionReq) -> Result<SubscriptionSpec, MnsError> {
 /// Subscribe (`201` + `Location`; `204` when the same subscription exists; `409
 /// SubscriptionAlreadyExist` when a different one does) or, with `?metaoverride=true`,
 /// SetSubscriptionAttributes. Subscribing a queue needs `send` on that queue too; an HTTP
-/// endpoint the egress policy refuses is a `400 InvalidArgument`.
+/// endpoint the egress policy refuses is a `400 EndpointInvalid`.
 pub async fn subscribe_or_set(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -279,16 +286,17 @@ pub async fn subscribe_or_set(
     if q.flag("metaoverride") {
         return set_subscription(&state, &topic, &name, req).await;
     }
+    check_name(NameKind::Subscription, &name)?;
     let spec = spec_of(req)?;
     if let Endpoint::Http(push) = &spec.endpoint {
         state
             .push_egress
             .check_new_endpoint(&push.url)
-            .map_err(|message| MnsError::invalid("Endpoint", message))?;
+            .map_err(endpoint_invalid)?;
     }
     if let Endpoint::Queue(queue) = &spec.endpoint {
         if let Some(d) = deny_queue(&caller, queue, Permission::Send) {
-            return Err(MnsError::new(d.status, d.code, d.message));
+            return Err(denied(d.status, d.code, d.message));
         }
     }
     let url = format!("{}/topics/{topic}/subscriptions/{name}", base_url(&headers));

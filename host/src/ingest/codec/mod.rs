@@ -161,6 +161,8 @@ pub(crate) enum Outbound<'a> {
         qos: u8,
         pkid: u16,
         retain: bool,
+        /// Resent: the device may have it already.
+        dup: bool,
     },
     Disconnect(CloseReason),
 }

@@ -113,10 +113,12 @@ pub(super) fn encode(packet: Outbound<'_>, out: &mut BytesMut) -> Result<(), Cod
             qos,
             pkid,
             retain,
+            dup,
         } => {
             let mut p = p4::Publish::from_bytes(topic, qos4(qos), payload);
             p.pkid = pkid;
             p.retain = retain;
+            p.dup = dup;
             p4::Packet::Publish(p)
         }
         Outbound::Disconnect(_) => return Ok(()),

@@ -212,10 +212,12 @@ pub(super) fn encode(
             qos,
             pkid,
             retain,
+            dup,
         } => {
             let mut p = p5::Publish::new(topic, qos5(qos), payload, None);
             p.pkid = pkid;
             p.retain = retain;
+            p.dup = dup;
             p5::Packet::Publish(p)
         }
         Outbound::Disconnect(reason) => {

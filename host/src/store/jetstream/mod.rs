@@ -26,6 +26,9 @@
 //!   process ([`records`]).
 //! - **HTTP push**: pending pushes in a stream per topic, one durable consumer per HTTP
 //!   subscription shared by every process ([`push`]).
+//! - **A node lost**: writes that meet a stream or consumer without a leader (an election) are
+//!   tried again with backoff until the request's deadline, with the same deduplicating ids
+//!   ([`retry`]).
 //!
 //! # Where the semantics differ from the SQLite store
 //! Documented in the README ("The message service on NATS JetStream") and shown by the
@@ -42,6 +45,7 @@ mod push;
 mod queue;
 mod receipt;
 mod records;
+mod retry;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,32 +1,28 @@
 //! Publishing: the topic fan-out to queue streams and HTTP subscriptions' pending pushes with
 //! deduplicating ids, the shared message
 //! encoding, and the ordered submission path of the rule pipeline. Every copy waits for the
-//! cluster's acknowledgement and is sent again with the same id when none comes.
+//! cluster's acknowledgement and is sent again with the same id while the stream cannot take it
+//! (a leader election), until the request's deadline ([`super::retry`]).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::retry::{publish_transient, Retry};
 use super::{
     rfc3339_ms, unavailable, Inner, JetStream, H_ATTRIBUTES, H_DEAD_LETTER, H_ENQUEUED, H_ID,
     H_PRIORITY, H_TAG,
 };
 use crate::ids::{now_ms, MessageId};
-use crate::store::metrics::{QueueTotals, StoreCounters};
+use crate::store::metrics::QueueTotals;
 use crate::store::types::{md5_hex, md5_of};
 use crate::store::{
     DeadLetterOrigin, Endpoint, PublishRequest, Published, Result, StoreError, DEFAULT_PRIORITY,
 };
-
-/// Publishes of one fan-out are sent again (same deduplicating ids) this many times when the
-/// cluster does not answer, e.g. during a leader election after a node died.
-const PUBLISH_ATTEMPTS: u32 = 6;
 
 pub(super) type Unit = Vec<(String, PublishRequest)>;
 pub(super) type Submitted = (Unit, oneshot::Sender<Result<Vec<Published>>>);
@@ -40,13 +36,16 @@ pub(super) struct Resend {
     queue: Option<String>,
     subject: String,
     message: PublishMessage,
-    ack: async_nats::jetstream::context::PublishAckFuture,
+    /// The ack to wait for, or why the copy could not be sent (a transient failure: it is sent
+    /// again by [`JetStream::confirm`]).
+    ack: std::result::Result<PublishAckFuture, PublishError>,
 }
 
 impl JetStream {
     pub(in crate::store) async fn publish_batch(&self, items: Unit) -> Result<Vec<Published>> {
+        let mut retry = Retry::new(&self.inner.counters);
         let pending = self.start_publish(items).await?;
-        finish_publish(&self.inner.js, &self.inner.counters, pending).await
+        self.finish_publish(pending, &mut retry).await
     }
 
     /// Queues a unit for publishing from a plain thread, in submission order; the future
@@ -184,12 +183,16 @@ impl JetStream {
         subject: String,
         message: PublishMessage,
     ) -> Result<Resend> {
-        let ack = self
+        let ack = match self
             .inner
             .js
             .send_publish(subject.clone(), message.clone())
             .await
-            .map_err(|e| publish_error(&subject, e))?;
+        {
+            Ok(ack) => Ok(ack),
+            Err(e) if publish_transient(&e) => Err(e),
+            Err(e) => return Err(publish_error(&subject, e)),
+        };
         Ok(Resend {
             queue: queue.map(str::to_owned),
             subject,
@@ -248,9 +251,9 @@ pub(super) async fn publish_in_order(
         let store = JetStream { inner };
         match store.start_publish(unit).await {
             Ok(pending) => {
-                let (js, counters) = (store.inner.js.clone(), store.inner.counters.clone());
                 tokio::spawn(async move {
-                    let _ = reply.send(finish_publish(&js, &counters, pending).await);
+                    let mut retry = Retry::new(&store.inner.counters);
+                    let _ = reply.send(store.finish_publish(pending, &mut retry).await);
                 });
             }
             Err(e) => {
@@ -260,70 +263,79 @@ pub(super) async fn publish_in_order(
     }
 }
 
-async fn finish_publish(
-    js: &Context,
-    counters: &StoreCounters,
-    pending: PendingAcks,
-) -> Result<Vec<Published>> {
-    let mut out = Vec::with_capacity(pending.len());
-    for (topic, published, copies) in pending {
-        for copy in copies {
-            let queue = copy.queue.clone();
-            confirm(js, copy).await?;
-            if let Some(queue) = queue {
-                counters.add_queue(
-                    &queue,
-                    QueueTotals {
-                        enqueued: 1,
-                        ..QueueTotals::default()
-                    },
-                );
+impl JetStream {
+    /// Waits for every copy's ack (sending again what the stream could not take), then counts
+    /// the unit.
+    async fn finish_publish(
+        &self,
+        pending: PendingAcks,
+        retry: &mut Retry<'_>,
+    ) -> Result<Vec<Published>> {
+        let counters = &self.inner.counters;
+        let mut out = Vec::with_capacity(pending.len());
+        for (topic, published, copies) in pending {
+            for copy in copies {
+                let queue = copy.queue.clone();
+                self.confirm(copy, retry).await?;
+                if let Some(queue) = queue {
+                    counters.add_queue(
+                        &queue,
+                        QueueTotals {
+                            enqueued: 1,
+                            ..QueueTotals::default()
+                        },
+                    );
+                }
             }
+            counters.add_published(&topic, 1);
+            out.push(published);
         }
-        counters.add_published(&topic, 1);
-        out.push(published);
+        Ok(out)
     }
-    Ok(out)
-}
 
-/// Waits for a copy's ack; when the cluster does not answer (a leader election, a node gone),
-/// sends the same message again with the same deduplicating id, so it is stored once.
-pub(super) async fn confirm(js: &Context, copy: Resend) -> Result<()> {
-    let Resend {
-        subject,
-        message,
-        ack,
-        ..
-    } = copy;
-    let mut last = match ack.await {
-        Ok(_) => return Ok(()),
-        Err(e) => e,
-    };
-    for attempt in 1..PUBLISH_ATTEMPTS {
-        if !retryable(&last) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
-        let sent = js.send_publish(subject.clone(), message.clone()).await;
-        match sent {
-            Ok(ack) => match ack.await {
-                Ok(_) => return Ok(()),
-                Err(e) => last = e,
-            },
-            Err(e) => last = e,
+    /// Waits for a copy's ack. While the stream cannot take it (no leader during an election,
+    /// no answer in time, the connection moving to another node), sends the same message again
+    /// with the same deduplicating id, so it is stored once, until `retry`'s deadline. A queue
+    /// deleted meanwhile ends the wait with `QueueNotExist`.
+    pub(super) async fn confirm(&self, copy: Resend, retry: &mut Retry<'_>) -> Result<()> {
+        let Resend {
+            queue,
+            subject,
+            message,
+            mut ack,
+        } = copy;
+        loop {
+            let error = match ack {
+                Ok(pending) => match tokio::time::timeout_at(retry.deadline(), pending).await {
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err(e)) => e,
+                    Err(_) => PublishError::new(PublishErrorKind::TimedOut),
+                },
+                Err(e) => e,
+            };
+            if !publish_transient(&error) {
+                return Err(publish_error(&subject, error));
+            }
+            if let Some(queue) = &queue {
+                if self.inner.catalog.queues.get(queue).is_none() {
+                    return Err(StoreError::QueueNotExist {
+                        name: queue.clone(),
+                    });
+                }
+            }
+            if !retry.again(&subject, &error).await {
+                return Err(publish_error(&subject, error));
+            }
+            ack = self
+                .inner
+                .js
+                .send_publish(subject.clone(), message.clone())
+                .await;
         }
     }
-    Err(publish_error(&subject, last))
 }
 
-fn retryable(e: &async_nats::jetstream::context::PublishError) -> bool {
-    matches!(
-        e.kind(),
-        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::Other
-    ) && !e.to_string().contains("no responders")
-}
-
-fn publish_error(subject: &str, e: async_nats::jetstream::context::PublishError) -> StoreError {
+fn publish_error(subject: &str, e: PublishError) -> StoreError {
     if e.kind() == PublishErrorKind::MaxPayloadExceeded {
         return StoreError::invalid("body", e.to_string());
     }
@@ -331,8 +343,9 @@ fn publish_error(subject: &str, e: async_nats::jetstream::context::PublishError)
         // NATS's "no responders": no server took the publish. The catalog knows the stream,
         // so it has no leader right now (an election after a node failed) or was just deleted.
         return StoreError::Unavailable(format!(
-            "storing a message on {subject}: no NATS server took it; the stream has no leader \
-             (an election after a node failed takes up to about 10 s) or was deleted; retry"
+            "storing a message on {subject}: no NATS server took it for {} s; the stream has \
+             had no leader that long (is a majority of its nodes up?) or was deleted; retry",
+            super::retry::PATIENCE.as_secs()
         ));
     }
     unavailable(format!("storing a message on {subject}"), e)

@@ -31,8 +31,9 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsum
 use async_nats::jetstream::AckKind;
 
 use super::catalog::{PushState, PushStats, SubRecord};
-use super::publish::{confirm, Envelope};
+use super::publish::Envelope;
 use super::queue::{decode, fetch};
+use super::retry::Retry;
 use super::{ms_of, sub_key, unavailable, JetStream};
 use crate::ids::now_ms;
 use crate::store::push::new_secret;
@@ -669,7 +670,8 @@ impl JetStream {
             let copy = self
                 .send_copy(None, self.push_subject(topic, name), message)
                 .await?;
-            confirm(&self.inner.js, copy).await?;
+            self.confirm(copy, &mut Retry::new(&self.inner.counters))
+                .await?;
             match stream.delete_message(seq).await {
                 Ok(_) => {}
                 // Taken by a consumer of the dead-letter queue meanwhile: it is pushed again

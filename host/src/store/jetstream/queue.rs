@@ -9,7 +9,8 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::publish::{confirm, Envelope};
+use super::publish::Envelope;
+use super::retry::{pull_transient, request_transient, Retry};
 use super::{
     ms_of, receipt, unavailable, JetStream, H_ATTRIBUTES, H_DEAD_LETTER, H_ENQUEUED, H_ID,
     H_PRIORITY, H_TAG,
@@ -32,6 +33,7 @@ impl JetStream {
         queue: &str,
         requests: Vec<SendRequest>,
     ) -> Result<Vec<Sent>> {
+        let mut retry = Retry::new(&self.inner.counters);
         let record = self.queue(queue).await?;
         let limit = record.attributes.maximum_message_size;
         if let Some(big) = requests.iter().find(|r| r.body.len() > limit as usize) {
@@ -71,7 +73,7 @@ impl JetStream {
             });
         }
         for copy in copies {
-            confirm(&self.inner.js, copy).await?;
+            self.confirm(copy, &mut retry).await?;
         }
         self.inner.counters.add_queue(
             queue,
@@ -94,8 +96,14 @@ impl JetStream {
         let wait = wait
             .unwrap_or_else(|| Duration::from_secs(record.attributes.polling_wait_seconds.into()));
         let deadline = tokio::time::Instant::now() + wait;
+        // A pull that nobody answers (the consumer has no leader during an election) is made
+        // again until the later of the poll's end and the request's retry deadline.
+        let mut retry = Retry::until(
+            &self.inner.counters,
+            deadline.max(tokio::time::Instant::now() + super::retry::PATIENCE),
+        );
         loop {
-            let mut got = fetch(&consumer, max, None).await?;
+            let mut got = fetch_retrying(&consumer, max, None, &mut retry).await?;
             if got.is_empty() {
                 // Wait for one message only, so the poll returns as soon as one is there, then
                 // take whatever else is ready. Even a receive that does not wait gives the
@@ -104,12 +112,12 @@ impl JetStream {
                 let left = deadline
                     .saturating_duration_since(tokio::time::Instant::now())
                     .max(SETTLE);
-                got = fetch(&consumer, 1, Some(left)).await?;
+                got = fetch_retrying(&consumer, 1, Some(left), &mut retry).await?;
                 if got.is_empty() {
                     return Ok(Vec::new());
                 }
                 if max > 1 {
-                    got.extend(fetch(&consumer, max - 1, None).await?);
+                    got.extend(fetch_retrying(&consumer, max - 1, None, &mut retry).await?);
                 }
             }
             let mut out = Vec::with_capacity(got.len());
@@ -216,7 +224,8 @@ impl JetStream {
         let (subject, msg) =
             self.message_for(dlq, &envelope, headers, message.body.clone(), 0, dedup_id);
         let copy = self.send_copy(Some(dlq), subject, msg).await?;
-        confirm(&self.inner.js, copy).await
+        self.confirm(copy, &mut Retry::new(&self.inner.counters))
+            .await
     }
 
     pub(in crate::store) async fn peek(&self, queue: &str, max: usize) -> Result<Vec<Message>> {
@@ -321,19 +330,50 @@ impl JetStream {
         Ok(lease)
     }
 
-    /// Sends an ack or nak and waits for the server to confirm it.
+    /// Sends an ack or nak and waits for the server to confirm it. While nobody answers (the
+    /// consumer has no leader during an election) or the answer does not come in time, sends
+    /// it again until the request's deadline: an ack or a nak with the same delay applied twice
+    /// does what it did once.
     pub(super) async fn answer(&self, ack_subject: &str, kind: AckKind) -> Result<()> {
         let client = self.inner.js.client();
         let payload: Bytes = kind.into();
-        let reply = client
-            .request(ack_subject.to_owned(), payload)
-            .await
-            .map_err(|e| unavailable("acknowledging to the queue".to_owned(), e))?;
+        let mut retry = Retry::new(&self.inner.counters);
+        let reply = loop {
+            let request = client.request(ack_subject.to_owned(), payload.clone());
+            let Ok(answered) = tokio::time::timeout_at(retry.deadline(), request).await else {
+                return Err(StoreError::Unavailable(format!(
+                    "acknowledging to the queue: no answer within {} s",
+                    super::retry::PATIENCE.as_secs()
+                )));
+            };
+            match answered {
+                Ok(reply) => break reply,
+                Err(e) if request_transient(e.kind()) && retry.again(ack_subject, &e).await => {}
+                Err(e) => return Err(unavailable("acknowledging to the queue".to_owned(), e)),
+            }
+        };
         match reply.status {
             Some(status) if !status.is_success() && status.as_u16() != 0 => Err(
                 StoreError::Unavailable(format!("the queue refused the acknowledgement: {status}")),
             ),
             _ => Ok(()),
+        }
+    }
+}
+
+/// [`fetch`], made again while the pull is not answered ([`pull_transient`]) until `retry`'s
+/// deadline.
+async fn fetch_retrying(
+    consumer: &PullConsumer,
+    max: usize,
+    wait: Option<Duration>,
+    retry: &mut Retry<'_>,
+) -> Result<Vec<async_nats::jetstream::Message>> {
+    loop {
+        match fetch(consumer, max, wait).await {
+            Err(StoreError::Unavailable(why))
+                if pull_transient(&why) && retry.again("pulling from a queue", &why).await => {}
+            done => return done,
         }
     }
 }

@@ -138,8 +138,26 @@ impl JetStream {
     /// Every record of the kind, from the local copy, by record key.
     pub(in crate::store) async fn list_records(&self, kind: &str) -> Result<Vec<Record>> {
         let bucket = self.bucket(kind).await?;
-        let mut out = Vec::new();
-        for (kv, value) in bucket.all() {
+        self.records_of(kind, bucket.all())
+    }
+
+    /// The records of the kind under `parent`, from the local copy, by record key.
+    pub(in crate::store) async fn list_records_under(
+        &self,
+        kind: &str,
+        parent: &str,
+    ) -> Result<Vec<Record>> {
+        let bucket = self.bucket(kind).await?;
+        self.records_of(
+            kind,
+            bucket.with_prefix(&format!("{}.", record_key(parent))),
+        )
+    }
+
+    /// Bucket entries of `kind` as records, by record key.
+    fn records_of(&self, kind: &str, entries: Vec<(String, Box<RawValue>)>) -> Result<Vec<Record>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for (kv, value) in entries {
             let key = from_kv_key(&kv).ok_or_else(|| {
                 StoreError::Internal(format!(
                     "bucket {}_{kind} holds key `{kv}`, which sluice did not write",
@@ -153,6 +171,46 @@ impl JetStream {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    /// How many records of the kind lie under `parent`, from the local copy.
+    pub(in crate::store) async fn count_records_under(
+        &self,
+        kind: &str,
+        parent: &str,
+    ) -> Result<usize> {
+        let bucket = self.bucket(kind).await?;
+        Ok(bucket
+            .with_prefix(&format!("{}.", record_key(parent)))
+            .len())
+    }
+
+    /// Removes records by key (one key-value delete each: JetStream has no multi-key commit).
+    pub(in crate::store) async fn delete_records(
+        &self,
+        kind: &str,
+        keys: Vec<String>,
+    ) -> Result<usize> {
+        let mut n = 0;
+        for key in keys {
+            n += usize::from(self.delete_record(kind, &key).await?);
+        }
+        Ok(n)
+    }
+
+    /// Removes every record of the kind under `parent`.
+    pub(in crate::store) async fn delete_records_under(
+        &self,
+        kind: &str,
+        parent: &str,
+    ) -> Result<usize> {
+        let keys = self
+            .list_records_under(kind, parent)
+            .await?
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        self.delete_records(kind, keys).await
     }
 
     /// The revision of the kind's local copy: it moves when any process changes a record.

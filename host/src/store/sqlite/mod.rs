@@ -630,6 +630,38 @@ impl SqliteStore {
         self.readers.run(move |c| records::list(c, &kind)).await
     }
 
+    pub(crate) async fn list_records_under(&self, kind: &str, parent: &str) -> Result<Vec<Record>> {
+        let (kind, parent) = (kind.to_owned(), parent.to_owned());
+        self.readers
+            .run(move |c| records::list_under(c, &kind, &parent))
+            .await
+    }
+
+    pub(crate) async fn count_records_under(&self, kind: &str, parent: &str) -> Result<usize> {
+        let (kind, parent) = (kind.to_owned(), parent.to_owned());
+        self.readers
+            .run(move |c| records::count_under(c, &kind, &parent))
+            .await
+    }
+
+    pub(crate) async fn delete_records(&self, kind: &str, keys: Vec<String>) -> Result<usize> {
+        let kind = kind.to_owned();
+        self.write(move |w| {
+            let mut n = 0;
+            for key in &keys {
+                n += usize::from(records::delete(w.conn(), &kind, key)?);
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    pub(crate) async fn delete_records_under(&self, kind: &str, parent: &str) -> Result<usize> {
+        let (kind, parent) = (kind.to_owned(), parent.to_owned());
+        self.write(move |w| records::delete_under(w.conn(), &kind, &parent))
+            .await
+    }
+
     // ----- maintenance -----
 
     /// Copies the live database to `dest` with SQLite's online backup API.

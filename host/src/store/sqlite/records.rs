@@ -92,3 +92,40 @@ pub(crate) fn list(conn: &Connection, kind: &str) -> Result<Vec<Record>> {
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
+
+/// The key range of the records under `parent` (keys `parent/...`): `/` sorts just before `0`.
+fn under(parent: &str) -> (String, String) {
+    (format!("{parent}/"), format!("{parent}0"))
+}
+
+/// The records of a kind under `parent`, by key.
+pub(crate) fn list_under(conn: &Connection, kind: &str, parent: &str) -> Result<Vec<Record>> {
+    let (from, to) = under(parent);
+    let mut stmt = conn.prepare_cached(
+        "SELECT key, value FROM records WHERE kind = ?1 AND key >= ?2 AND key < ?3 ORDER BY key",
+    )?;
+    let rows = stmt.query_map(params![kind, from, to], |r| {
+        Ok(Record {
+            key: r.get(0)?,
+            value: r.get(1)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// How many records of a kind are under `parent`.
+pub(crate) fn count_under(conn: &Connection, kind: &str, parent: &str) -> Result<usize> {
+    let (from, to) = under(parent);
+    let n: i64 = conn
+        .prepare_cached("SELECT count(*) FROM records WHERE kind = ?1 AND key >= ?2 AND key < ?3")?
+        .query_row(params![kind, from, to], |r| r.get(0))?;
+    Ok(n as usize)
+}
+
+/// Removes the records of a kind under `parent`; how many there were.
+pub(crate) fn delete_under(conn: &Connection, kind: &str, parent: &str) -> Result<usize> {
+    let (from, to) = under(parent);
+    Ok(conn
+        .prepare_cached("DELETE FROM records WHERE kind = ?1 AND key >= ?2 AND key < ?3")?
+        .execute(params![kind, from, to])?)
+}

@@ -170,7 +170,53 @@ conformance!(
     push_claims_retries_and_delivers,
     push_disable_keeps_the_message_and_give_up_dead_letters,
     records_are_kept_by_key_and_survive_a_reopen,
+    records_under_a_parent_are_one_range,
 );
+
+async fn records_under_a_parent_are_one_range(s: Subject) {
+    // Proves the range operations both backends keep for records: `parent/...` lists in key
+    // order, counts, and deletes as one range, never touching a sibling whose name merely
+    // starts the same (`a` vs `ab`, `a.b`, `a0`), a deeper key is in range, and a batch delete
+    // by key says how many existed.
+    let st = s.store.clone();
+    let rec = |key: &str| Record {
+        key: key.into(),
+        value: format!(r#"{{"k":"{key}"}}"#),
+    };
+    for key in ["a/2", "a/1", "a/x/y", "ab/1", "a.b/1", "a0/1", "b/1"] {
+        st.put_record("kept", rec(key)).await.unwrap();
+    }
+    let under = |parent: &'static str| {
+        let st = st.clone();
+        async move {
+            st.list_records_under("kept", parent)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.key)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(under("a").await, vec!["a/1", "a/2", "a/x/y"]);
+    assert_eq!(under("ab").await, vec!["ab/1"]);
+    assert_eq!(under("zz").await, Vec::<String>::new());
+    assert_eq!(st.count_records_under("kept", "a").await.unwrap(), 3);
+    assert_eq!(
+        st.delete_records("kept", &["a/1".into(), "a/nope".into()])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(st.delete_records_under("kept", "a").await.unwrap(), 2);
+    let left: Vec<String> = st
+        .list_records("kept")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(left, vec!["a.b/1", "a0/1", "ab/1", "b/1"]);
+}
 
 async fn records_are_kept_by_key_and_survive_a_reopen(mut s: Subject) {
     // Proves the record contract both backends keep: insert does not replace, put does, keys

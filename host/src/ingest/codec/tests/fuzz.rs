@@ -408,7 +408,7 @@ proptest! {
         let codes: Vec<SubCode> = granted.iter().map(|q| SubCode::Granted(*q)).collect();
         let mut out = BytesMut::new();
         c.encode(
-            Outbound::Publish { topic: &topic, payload: Bytes::from(payload.clone()), qos, pkid: pkid_p, retain },
+            Outbound::Publish { topic: &topic, payload: Bytes::from(payload.clone()), qos, pkid: pkid_p, retain, dup: false },
             &mut out,
         ).unwrap();
         c.encode(Outbound::SubAck { pkid, codes: &codes }, &mut out).unwrap();

@@ -176,6 +176,7 @@ fn v5_publish_larger_than_client_limit_is_refused() {
             qos: 0,
             pkid: 0,
             retain: false,
+            dup: false,
         },
         &mut out,
     );
@@ -220,6 +221,7 @@ fn all_outbound() -> Vec<Outbound<'static>> {
             qos: 1,
             pkid: 7,
             retain: false,
+            dup: true,
         },
         Outbound::Publish {
             topic: "t",
@@ -227,6 +229,7 @@ fn all_outbound() -> Vec<Outbound<'static>> {
             qos: 0,
             pkid: 0,
             retain: true,
+            dup: false,
         },
     ];
     for code in [
