@@ -167,8 +167,8 @@ pub async fn remove(
 }
 
 /// `POST /v1/devices/{pk}/{dn}/messages`: publishes to the device through the broker in use.
-/// `202 Accepted` with `kept` when the device is offline and its persistent session keeps the
-/// message for its return.
+/// `202 Accepted` with `queued` when the device is offline and its persistent session keeps
+/// the message for its return.
 pub async fn send(
     State(state): State<AppState>,
     Path((pk, dn)): Path<(String, String)>,
@@ -191,7 +191,7 @@ pub async fn send(
             "topic": out.topic,
             "qos": b.qos,
             "delivered": out.delivered,
-            "kept": out.kept,
+            "queued": out.kept,
         })),
     ))
 }

@@ -211,11 +211,11 @@ pub async fn run_pub(args: PubArgs, client: &Client, as_json: bool) -> anyhow::R
         .await?;
     if as_json {
         output::json(&v);
-    } else if v["kept"].as_u64().is_some_and(|n| n > 0) {
+    } else if v["queued"].as_u64().is_some_and(|n| n > 0) {
         println!(
-            "device is offline: kept for {} ({} persistent session(s)), delivered when it reconnects",
+            "device is offline: queued for {} ({} persistent session(s)), delivered when it reconnects",
             output::cell(&v["topic"]),
-            output::cell(&v["kept"])
+            output::cell(&v["queued"])
         );
     } else if v["delivered"].is_null() {
         println!(

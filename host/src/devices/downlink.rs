@@ -3,7 +3,7 @@
 //!
 //! With sluice's own listener the message goes to the device's subscribed sessions. For a device
 //! that is offline, a QoS 1 message is kept for each of its persistent sessions subscribed to
-//! the topic at QoS 1 and delivered when it reconnects (the answer says `kept`); otherwise the
+//! the topic at QoS 1 and delivered when it reconnects (the answer says `queued`); otherwise the
 //! answer is a clear `DeviceOffline` instead of a silent drop. A connected device that has not
 //! subscribed to the topic gets `NotSubscribed`. Through an external broker sluice cannot see
 //! the device, so the broker's own rules apply (it keeps QoS 1 messages for persistent

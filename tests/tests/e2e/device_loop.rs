@@ -140,7 +140,7 @@ async fn metric(api: &Api, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_downlink_is_kept_through_a_crash_and_delivered_when_the_device_returns() {
     // Proves the offline downlink promise with a real MQTT client and a SIGKILLed server: QoS 1
-    // messages sent while a persistent-session device is away answer 202 `kept`, survive the
+    // messages sent while a persistent-session device is away answer 202 `queued`, survive the
     // kill, arrive in order on reconnect (session present) and, once acked, are not sent again;
     // QoS 0 to the offline device and anything to a clean-session device answer 409.
     let dir = tempfile::tempdir().unwrap();
@@ -158,7 +158,7 @@ async fn offline_downlink_is_kept_through_a_crash_and_delivered_when_the_device_
     for i in 1..=3 {
         let (status, v) = downlink(&api, &format!("m{i}"), 1).await;
         assert_eq!(status, 202, "{v}");
-        assert_eq!(v["kept"], 1, "{v}");
+        assert_eq!(v["queued"], 1, "{v}");
     }
     let (status, v) = downlink(&api, "qos0", 0).await;
     assert_eq!(
@@ -167,7 +167,7 @@ async fn offline_downlink_is_kept_through_a_crash_and_delivered_when_the_device_
         "{v}"
     );
     let (ok, out, err) = sluice.run_cli(&["pub", "pk", "dev1", "user/get", "m4", "--qos", "1"]);
-    assert!(ok && out.contains("kept"), "{out}{err}");
+    assert!(ok && out.contains("queued"), "{out}{err}");
 
     sluice.kill();
     let sluice = Sluice::start(&data, &["--config", &config]);
