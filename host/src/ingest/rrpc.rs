@@ -12,6 +12,7 @@
 //! its entry (the [`Waiting`] guard), so a late answer goes to the rules like any message.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -26,6 +27,9 @@ pub const DEFAULT_MAX_WAITING_CALLS: usize = 1024;
 #[derive(Debug)]
 pub(crate) struct Calls {
     waiting: Mutex<HashMap<Arc<str>, oneshot::Sender<Bytes>>>,
+    /// How many entries `waiting` holds: every device publish asks, and with no call waiting
+    /// (nearly always) the answer must not cost a shared lock.
+    count: AtomicUsize,
     max_waiting: usize,
     counters: Arc<IngestCounters>,
 }
@@ -53,6 +57,7 @@ impl Calls {
     pub(crate) fn new(max_waiting: usize, counters: Arc<IngestCounters>) -> Calls {
         Calls {
             waiting: Mutex::new(HashMap::new()),
+            count: AtomicUsize::new(0),
             max_waiting,
             counters,
         }
@@ -75,6 +80,7 @@ impl Calls {
         let topic: Arc<str> = Arc::from(answer_topic);
         let (tx, rx) = oneshot::channel();
         waiting.insert(topic.clone(), tx);
+        self.count.store(waiting.len(), Ordering::Release);
         bump(&self.counters.rrpc_calls_total);
         Ok(Waiting {
             calls: self.clone(),
@@ -86,12 +92,16 @@ impl Calls {
     /// A device published `payload` to `topic`: true when a call was waiting for it (and now has
     /// its answer), false when the message is an ordinary one.
     pub(crate) fn answer(&self, topic: &str, payload: &Bytes) -> bool {
+        // The request was published after its entry was counted, and the device answered
+        // after it received the request, so a waiting call is seen here.
+        if self.count.load(Ordering::Acquire) == 0 {
+            return false;
+        }
         let tx = {
             let mut waiting = self.lock();
-            if waiting.is_empty() {
-                return false;
-            }
-            waiting.remove(topic)
+            let tx = waiting.remove(topic);
+            self.count.store(waiting.len(), Ordering::Release);
+            tx
         };
         match tx {
             Some(tx) => {
@@ -127,7 +137,9 @@ impl Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.calls.lock().remove(&self.topic);
+        let mut waiting = self.calls.lock();
+        waiting.remove(&self.topic);
+        self.calls.count.store(waiting.len(), Ordering::Release);
     }
 }
 

@@ -310,7 +310,7 @@ impl Session {
                     Err(e) => return Exit::Io(e),
                 },
                 loaded = load_of(&mut self.kept), if kept_loading => self.on_kept_loaded(loaded),
-                () = nudged(nudge.as_deref()) => {
+                () = nudged(nudge.as_deref()), if nudge.is_some() => {
                     let client_id = self.info.client_id.clone();
                     if let Some(kept) = &mut self.kept {
                         kept.load(&client_id);
