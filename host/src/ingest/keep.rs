@@ -1,7 +1,7 @@
 //! What persistent sessions leave behind, and where it is kept.
 //!
-//! A device that connects with a persistent session (MQTT 3.1.1 clean session 0, MQTT 5 session
-//! expiry above 0) keeps its subscriptions while it is away, and QoS 1 downlink sent to it
+//! A device that connects with a persistent session (MQTT 3.1.1 with the clean-session flag off,
+//! MQTT 5 with a session expiry above 0) keeps its subscriptions while it is away, and QoS 1 downlink sent to it
 //! meanwhile is kept and delivered, in order, when it comes back. The listener keeps the live
 //! view in memory (the router); a [`SessionStore`] makes it durable, so sessions and their kept
 //! messages survive a restart or a crash. Ingest knows the store only through this trait; `sluice

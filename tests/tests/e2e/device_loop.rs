@@ -269,8 +269,8 @@ async fn a_message_in_flight_at_a_disconnect_is_resent_with_dup_and_the_cap_hold
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mqtt5_device_keeps_its_session_only_with_a_session_expiry() {
-    // Proves the MQTT 5 rule: clean start 0 with a session expiry interval above 0 keeps the
-    // session (downlink kept while away, delivered on return); clean start 0 with no expiry
+    // Proves the MQTT 5 rule: clean start off with a session expiry interval above 0 keeps the
+    // session (downlink kept while away, delivered on return); clean start off with no expiry
     // does not (the session ends with the connection, so the device counts as gone: 409).
     use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet as P5};
     use rumqttc::v5::mqttbytes::QoS as Q5;
