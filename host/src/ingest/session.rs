@@ -122,8 +122,6 @@ struct Outgoing {
 /// What a persistent session tracks of its kept messages.
 struct Kept {
     store: Arc<dyn super::keep::SessionStore>,
-    /// Woken when a message was kept for this client id after the session began.
-    nudge: Arc<Notify>,
     /// Kept messages loaded and not yet sent, oldest first.
     queue: VecDeque<KeptMessage>,
     /// Ids of kept messages this session has loaded (sent or queued).
@@ -160,6 +158,9 @@ struct Session {
     downlink_rx: mpsc::Receiver<Downlink>,
     /// Persistent sessions only: the store of what is kept for it while it is away.
     kept: Option<Kept>,
+    /// Persistent sessions only: woken when a message was kept for this client id after the
+    /// session began (a field apart from `kept`, so the loop can wait on it while reading).
+    nudge: Option<Arc<Notify>>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     /// Acks of QoS 1/2 publishes handed to the sink, in arrival order.
@@ -188,7 +189,6 @@ impl Session {
             (true, Some(store)) => {
                 let mut kept = Kept {
                     store: store.clone(),
-                    nudge: c.registration.nudge.clone(),
                     queue: VecDeque::new(),
                     known: HashSet::new(),
                     loading: None,
@@ -201,6 +201,7 @@ impl Session {
             _ => None,
         };
         Session {
+            nudge: kept.is_some().then(|| c.registration.nudge.clone()),
             kept,
             ctx,
             codec: c.codec,
@@ -267,7 +268,6 @@ impl Session {
                 && self.out_inflight.len() < self.out_window
                 && !kept_waiting;
             let kept_loading = self.kept.as_ref().is_some_and(|k| k.loading.is_some());
-            let nudge = self.kept.as_ref().map(|k| k.nudge.clone());
             if self.rbuf.capacity() - self.rbuf.len() < 1024 {
                 self.rbuf.reserve(READ_CHUNK_BYTES);
             }
@@ -310,7 +310,7 @@ impl Session {
                     Err(e) => return Exit::Io(e),
                 },
                 loaded = load_of(&mut self.kept), if kept_loading => self.on_kept_loaded(loaded),
-                () = nudged(nudge.as_deref()), if nudge.is_some() => {
+                () = nudged(self.nudge.as_deref()), if self.nudge.is_some() => {
                     let client_id = self.info.client_id.clone();
                     if let Some(kept) = &mut self.kept {
                         kept.load(&client_id);
@@ -404,18 +404,7 @@ impl Session {
         let store = kept.store.clone();
         let client_id = self.info.client_id.clone();
         let counters = self.ctx.counters.clone();
-        tokio::spawn(async move {
-            match store.forget(&client_id, &ids).await {
-                Ok(()) => {
-                    counters
-                        .offline_delivered_total
-                        .fetch_add(ids.len() as u64, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::warn!(%client_id, "acked kept messages not forgotten, they will be resent: {e}");
-                }
-            }
-        });
+        tokio::spawn(async move { forget(&*store, &client_id, &ids, &counters).await });
     }
 
     /// Queues kept messages read from the store that this session has not seen yet.
@@ -494,9 +483,7 @@ impl Session {
         }
         let acked = std::mem::take(&mut kept.acked);
         if !acked.is_empty() {
-            if let Err(e) = store.forget(&client_id, &acked).await {
-                tracing::warn!(%client_id, "acked kept messages not forgotten, they will be resent: {e}");
-            }
+            forget(&*store, &client_id, &acked, &self.ctx.counters).await;
         }
         if leftovers.is_empty() {
             return;
@@ -855,6 +842,25 @@ async fn reserve_on(
     match queue {
         Some(queue) => queue.reserve().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Tells the store the device acked these kept messages, counting them as delivered.
+async fn forget(
+    store: &dyn super::keep::SessionStore,
+    client_id: &str,
+    ids: &[String],
+    counters: &IngestCounters,
+) {
+    match store.forget(client_id, ids).await {
+        Ok(()) => {
+            counters
+                .offline_delivered_total
+                .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::warn!(%client_id, "acked kept messages not forgotten, they will be resent: {e}");
+        }
     }
 }
 

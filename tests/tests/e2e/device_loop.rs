@@ -268,6 +268,37 @@ async fn a_message_in_flight_at_a_disconnect_is_resent_with_dup_and_the_cap_hold
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_keeps_what_a_connected_device_had_not_acked() {
+    // Proves the clean-stop promise of docs/devices.md: a QoS 1 downlink a connected
+    // persistent-session device received but had not acked when sluice stopped (SIGTERM) is
+    // kept, and comes again, flagged DUP, when the device reconnects to the restarted server.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let data = dir.path().join("data");
+    let sluice = Sluice::start(&data, &["--config", &config]);
+    let mut opts = device_options(sluice.mqtt_port, false);
+    opts.set_manual_acks(true);
+    let (client, mut ev, _) = connect(opts).await;
+    subscribe(&client, &mut ev, "/pk/dev1/user/get").await;
+    let (status, v) = downlink(&sluice.api(), "held", 1).await;
+    assert_eq!((status, v["delivered"].as_u64()), (200, Some(1)), "{v}");
+    assert_eq!(receive(&mut ev, 1, Duration::from_secs(10)).await.len(), 1);
+    sluice.stop();
+    drop(client);
+    drop(ev);
+
+    let sluice = Sluice::start(&data, &["--config", &config]);
+    let (_client, mut ev, present) = connect(device_options(sluice.mqtt_port, false)).await;
+    assert!(present);
+    let got = receive(&mut ev, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        got,
+        vec![("/pk/dev1/user/get".to_string(), "held".to_string(), true)]
+    );
+    sluice.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mqtt5_device_keeps_its_session_only_with_a_session_expiry() {
     // Proves the MQTT 5 rule: clean start off with a session expiry interval above 0 keeps the
     // session (downlink kept while away, delivered on return); clean start off with no expiry
